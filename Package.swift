@@ -1,0 +1,37 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Torus",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "torus", targets: ["torus"]),
+        .library(name: "TorusModel", targets: ["TorusModel"]),
+        .library(name: "TorusComm", targets: ["TorusComm"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+    ],
+    targets: [
+        // Open MPI's C API plus static inline getters for the predefined handles that Swift
+        // cannot import (MPI_COMM_WORLD, MPI_FLOAT, MPI_SUM, ... are macros over globals).
+        .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c",
+                       providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+        // OpenBLAS's CBLAS interface.
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .target(name: "TorusComm", dependencies: ["CMPI", "TorusTensor"]),
+        .target(name: "TorusTensor", dependencies: ["CBLAS"]),
+        .target(name: "TorusModel", dependencies: ["TorusTensor"]),
+        .executableTarget(name: "torus", dependencies: [
+            "TorusComm", "TorusTensor", "TorusModel",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Yams", package: "Yams"),
+        ]),
+        .testTarget(name: "TorusTensorTests", dependencies: ["TorusTensor"]),
+        .testTarget(name: "TorusModelTests", dependencies: ["TorusModel", "TorusTensor"]),
+        .testTarget(name: "TorusCommTests", dependencies: ["TorusComm"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

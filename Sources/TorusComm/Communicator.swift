@@ -1,0 +1,191 @@
+import CMPI
+import Foundation
+import TorusTensor
+
+/// Reduction operator of a collective.
+public enum ReduceOp: Sendable {
+    case sum, max, min
+    var handle: MPI_Op {
+        switch self {
+        case .sum: return torus_mpi_op_sum()
+        case .max: return torus_mpi_op_max()
+        case .min: return torus_mpi_op_min()
+        }
+    }
+}
+
+/// A group of MPI ranks: point-to-point transfers and collectives on fp32 buffers.
+///
+/// Every call throws `MPIError` naming the call and this rank when MPI reports an error
+/// (the communicator's error handler is set to return errors instead of aborting).
+public final class Communicator: @unchecked Sendable {
+    let handle: MPI_Comm?
+    private let owned: Bool
+    /// This process's rank in the group.
+    public let rank: Int
+    /// Number of ranks in the group.
+    public let size: Int
+
+    init(handle: MPI_Comm?, owned: Bool) {
+        self.handle = handle
+        self.owned = owned
+        var r: Int32 = 0, s: Int32 = 0
+        MPI_Comm_rank(handle, &r)
+        MPI_Comm_size(handle, &s)
+        rank = Int(r)
+        size = Int(s)
+    }
+
+    deinit {
+        var finalized: Int32 = 0
+        MPI_Finalized(&finalized)
+        if owned && finalized == 0 {
+            var h: MPI_Comm? = handle
+            MPI_Comm_free(&h)
+        }
+    }
+
+    /// A sub-communicator of the ranks that pass the same `color`, ordered by `key`
+    /// (then by rank in this group).
+    public func split(color: Int, key: Int) throws -> Communicator {
+        var out: MPI_Comm? = nil
+        try check(MPI_Comm_split(handle, Int32(color), Int32(key), &out), "MPI_Comm_split", rank: rank)
+        guard let sub = out else { throw MPIError(call: "MPI_Comm_split", rank: rank, code: -1, message: "no communicator returned") }
+        MPI_Comm_set_errhandler(sub, torus_mpi_errors_return())
+        return Communicator(handle: sub, owned: true)
+    }
+
+    // MARK: Point-to-point
+
+    public func send(_ buffer: UnsafePointer<Float>, count: Int, to dest: Int, tag: Int = 0) throws {
+        try check(MPI_Send(buffer, Int32(count), torus_mpi_float(), Int32(dest), Int32(tag), handle),
+                  "MPI_Send(\(count) floats to rank \(dest), tag \(tag))", rank: rank)
+    }
+
+    public func recv(_ buffer: UnsafeMutablePointer<Float>, count: Int, from source: Int, tag: Int = 0) throws {
+        try check(MPI_Recv(buffer, Int32(count), torus_mpi_float(), Int32(source), Int32(tag), handle, torus_mpi_status_ignore()),
+                  "MPI_Recv(\(count) floats from rank \(source), tag \(tag))", rank: rank)
+    }
+
+    /// Starts sending; `keepAlive` (the buffer's owner) is retained until completion.
+    public func isend(_ buffer: UnsafePointer<Float>, count: Int, to dest: Int, tag: Int = 0, keepAlive: AnyObject? = nil) throws -> Request {
+        var req: MPI_Request? = torus_mpi_request_null()
+        let call = "MPI_Isend(\(count) floats to rank \(dest), tag \(tag))"
+        try check(MPI_Isend(buffer, Int32(count), torus_mpi_float(), Int32(dest), Int32(tag), handle, &req), call, rank: rank)
+        return Request(handle: req, call: call, rank: rank, keepAlive: keepAlive)
+    }
+
+    /// Starts receiving; `keepAlive` (the buffer's owner) is retained until completion.
+    public func irecv(_ buffer: UnsafeMutablePointer<Float>, count: Int, from source: Int, tag: Int = 0, keepAlive: AnyObject? = nil) throws -> Request {
+        var req: MPI_Request? = torus_mpi_request_null()
+        let call = "MPI_Irecv(\(count) floats from rank \(source), tag \(tag))"
+        try check(MPI_Irecv(buffer, Int32(count), torus_mpi_float(), Int32(source), Int32(tag), handle, &req), call, rank: rank)
+        return Request(handle: req, call: call, rank: rank, keepAlive: keepAlive)
+    }
+
+    public func send(_ tensor: Tensor, to dest: Int, tag: Int = 0) throws {
+        try send(tensor.pointer, count: tensor.count, to: dest, tag: tag)
+    }
+
+    public func recv(_ tensor: Tensor, from source: Int, tag: Int = 0) throws {
+        try recv(tensor.pointer, count: tensor.count, from: source, tag: tag)
+    }
+
+    public func isend(_ tensor: Tensor, to dest: Int, tag: Int = 0) throws -> Request {
+        try isend(tensor.pointer, count: tensor.count, to: dest, tag: tag, keepAlive: tensor)
+    }
+
+    public func irecv(_ tensor: Tensor, from source: Int, tag: Int = 0) throws -> Request {
+        try irecv(tensor.pointer, count: tensor.count, from: source, tag: tag, keepAlive: tensor)
+    }
+
+    // MARK: Collectives
+
+    /// Reduces `count` floats in place across all ranks; every rank gets the result.
+    public func allReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp = .sum) throws {
+        try check(MPI_Allreduce(torus_mpi_in_place(), buffer, Int32(count), torus_mpi_float(), op.handle, handle),
+                  "MPI_Allreduce(\(count) floats)", rank: rank)
+    }
+
+    public func allReduce(_ tensor: Tensor, op: ReduceOp = .sum) throws {
+        try allReduce(tensor.pointer, count: tensor.count, op: op)
+    }
+
+    /// Starts an in-place all-reduce; the buffer must not be touched until the request completes.
+    public func iallReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp = .sum, keepAlive: AnyObject? = nil) throws -> Request {
+        var req: MPI_Request? = torus_mpi_request_null()
+        let call = "MPI_Iallreduce(\(count) floats)"
+        try check(MPI_Iallreduce(torus_mpi_in_place(), buffer, Int32(count), torus_mpi_float(), op.handle, handle, &req), call, rank: rank)
+        return Request(handle: req, call: call, rank: rank, keepAlive: keepAlive)
+    }
+
+    public func iallReduce(_ tensor: Tensor, op: ReduceOp = .sum) throws -> Request {
+        try iallReduce(tensor.pointer, count: tensor.count, op: op, keepAlive: tensor)
+    }
+
+    /// Reduces doubles across ranks (losses, counters, checksums).
+    public func allReduce(_ values: [Double], op: ReduceOp = .sum) throws -> [Double] {
+        var v = values
+        try v.withUnsafeMutableBufferPointer { b in
+            try check(MPI_Allreduce(torus_mpi_in_place(), b.baseAddress, Int32(b.count), torus_mpi_double(), op.handle, handle),
+                      "MPI_Allreduce(\(b.count) doubles)", rank: rank)
+        }
+        return v
+    }
+
+    /// Copies `count` floats from `root` to every rank.
+    public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int = 0) throws {
+        try check(MPI_Bcast(buffer, Int32(count), torus_mpi_float(), Int32(root), handle),
+                  "MPI_Bcast(\(count) floats from rank \(root))", rank: rank)
+    }
+
+    public func broadcast(_ tensor: Tensor, root: Int = 0) throws {
+        try broadcast(tensor.pointer, count: tensor.count, root: root)
+    }
+
+    /// Copies bytes from `root` to every rank (its length first); returns root's bytes.
+    public func broadcast(bytes: [UInt8], root: Int = 0) throws -> [UInt8] {
+        var length = [Double(bytes.count)]
+        try length.withUnsafeMutableBufferPointer { b in
+            try check(MPI_Bcast(b.baseAddress, 1, torus_mpi_double(), Int32(root), handle), "MPI_Bcast(length)", rank: rank)
+        }
+        var out = rank == root ? bytes : [UInt8](repeating: 0, count: Int(length[0]))
+        try out.withUnsafeMutableBufferPointer { b in
+            try check(MPI_Bcast(b.baseAddress, Int32(b.count), torus_mpi_byte(), Int32(root), handle),
+                      "MPI_Bcast(\(b.count) bytes from rank \(root))", rank: rank)
+        }
+        return out
+    }
+
+    /// Gathers `count` floats from every rank into `output` (`count * size` floats, rank order).
+    public func allGather(_ input: UnsafePointer<Float>, count: Int, into output: UnsafeMutablePointer<Float>) throws {
+        try check(MPI_Allgather(input, Int32(count), torus_mpi_float(), output, Int32(count), torus_mpi_float(), handle),
+                  "MPI_Allgather(\(count) floats per rank)", rank: rank)
+    }
+
+    public func allGather(_ input: Tensor, into output: Tensor) throws {
+        precondition(output.count == input.count * size, "allGather output needs \(input.count * size) floats, has \(output.count)")
+        try allGather(input.pointer, count: input.count, into: output.pointer)
+    }
+
+    /// Sums `count * size` floats across ranks and leaves block `rank` (`count` floats) here.
+    public func reduceScatter(_ input: UnsafePointer<Float>, into output: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp = .sum) throws {
+        try check(MPI_Reduce_scatter_block(input, output, Int32(count), torus_mpi_float(), op.handle, handle),
+                  "MPI_Reduce_scatter_block(\(count) floats per rank)", rank: rank)
+    }
+
+    public func reduceScatter(_ input: Tensor, into output: Tensor, op: ReduceOp = .sum) throws {
+        precondition(input.count == output.count * size, "reduceScatter input needs \(output.count * size) floats, has \(input.count)")
+        try reduceScatter(input.pointer, into: output.pointer, count: output.count, op: op)
+    }
+
+    public func barrier() throws {
+        try check(MPI_Barrier(handle), "MPI_Barrier", rank: rank)
+    }
+
+    /// Ends every process of the job with `code` (Open MPI's `MPI_Abort`).
+    public func abort(code: Int32 = 1) -> Never {
+        MPI_Abort(handle, code)
+        exit(code)
+    }
+}

@@ -1,0 +1,44 @@
+import CMPI
+
+/// A nonblocking MPI operation in flight. Keeps its buffer's owner alive until completion.
+public final class Request: @unchecked Sendable {
+    var handle: MPI_Request?
+    let call: String
+    let rank: Int
+    private var keepAlive: AnyObject?
+    /// True once the operation has completed (by `test` or `wait`).
+    public private(set) var isComplete = false
+
+    init(handle: MPI_Request?, call: String, rank: Int, keepAlive: AnyObject?) {
+        self.handle = handle
+        self.call = call
+        self.rank = rank
+        self.keepAlive = keepAlive
+    }
+
+    /// Whether the operation has completed; drives MPI progress.
+    public func test() throws -> Bool {
+        if isComplete { return true }
+        var flag: Int32 = 0
+        try check(MPI_Test(&handle, &flag, torus_mpi_status_ignore()), "MPI_Test(\(call))", rank: rank)
+        if flag != 0 { finish() }
+        return isComplete
+    }
+
+    /// Blocks until the operation completes.
+    public func wait() throws {
+        if isComplete { return }
+        try check(MPI_Wait(&handle, torus_mpi_status_ignore()), "MPI_Wait(\(call))", rank: rank)
+        finish()
+    }
+
+    private func finish() {
+        isComplete = true
+        keepAlive = nil
+    }
+
+    /// Waits for all requests.
+    public static func waitAll(_ requests: [Request]) throws {
+        for r in requests { try r.wait() }
+    }
+}

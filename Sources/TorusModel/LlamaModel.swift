@@ -1,0 +1,252 @@
+import Foundation
+import TorusTensor
+
+/// A LLaMA-architecture decoder in fp32: weights in one `ParameterStore`, forward over a batch
+/// of sequences, incremental forward with a `KVCache`, and an exact hand-written backward.
+public final class LlamaModel: @unchecked Sendable {
+    public let config: LlamaConfig
+    /// All weights, in transformers order and names.
+    public let parameters: ParameterStore
+    /// Views of `parameters` by role.
+    public let weights: LlamaTensors
+    let rotary: RotaryTable
+    let shape: AttentionShape
+
+    /// A model with all weights zero. Throws when the config is inconsistent.
+    public init(config: LlamaConfig) throws {
+        try config.validate()
+        self.config = config
+        self.parameters = ParameterStore(layout: LlamaTensors.layout(for: config))
+        self.weights = LlamaTensors(config: config, store: parameters)
+        self.shape = config.attentionShape
+        self.rotary = RotaryTable(headDim: config.resolvedHeadDim, theta: config.ropeTheta,
+                                  capacity: min(config.maxPositionEmbeddings, 4096))
+    }
+
+    /// A freshly initialised model as transformers does it: linear and embedding weights
+    /// normal(0, initializer_range), norm weights one.
+    public static func initialized(config: LlamaConfig, seed: UInt64) throws -> LlamaModel {
+        let model = try LlamaModel(config: config)
+        var rng = SeededGenerator(seed: seed)
+        for entry in model.parameters.entries {
+            let t = model.parameters.tensor(entry.name)
+            if entry.shape.count == 1 { t.fill(1) } else { t.fillNormal(std: Float(config.initializerRange), generator: &rng) }
+        }
+        return model
+    }
+
+    /// A zero-filled store shaped like the parameters, for gradients.
+    public func makeGradients() -> ParameterStore { parameters.zerosLike() }
+
+    // MARK: - Batch forward and backward
+
+    /// Logits [batch * seqLen, vocab] for every position of `batch` sequences of `seqLen` tokens.
+    public func logits(tokens: [Int32], batch: Int, seqLen: Int) throws -> Tensor {
+        let pass = try forward(tokens: tokens, batch: batch, seqLen: seqLen, keepActivations: false)
+        return pass.logits
+    }
+
+    /// Mean cross-entropy of predicting `targets` (same layout as `tokens`;
+    /// `CrossEntropy.ignoreIndex` skips a position). When `gradients` is given, adds the
+    /// gradient of `lossScale * loss` to it.
+    @discardableResult
+    public func loss(tokens: [Int32], targets: [Int32], batch: Int, seqLen: Int,
+                     gradients: ParameterStore? = nil, lossScale: Float = 1) throws -> Float {
+        guard targets.count == tokens.count else {
+            throw ModelInputError.shapeMismatch("targets has \(targets.count) entries for \(tokens.count) tokens")
+        }
+        for t in targets where t != CrossEntropy.ignoreIndex && (t < 0 || Int(t) >= config.vocabSize) {
+            throw ModelInputError.tokenOutOfRange(token: Int(t), vocab: config.vocabSize)
+        }
+        let pass = try forward(tokens: tokens, batch: batch, seqLen: seqLen, keepActivations: gradients != nil)
+        let rows = batch * seqLen
+        let result = targets.withUnsafeBufferPointer { tp in
+            CrossEntropy.forward(logits: pass.logits.pointer, targets: tp.baseAddress!, rows: rows, vocab: config.vocabSize,
+                                 dLogits: gradients == nil ? nil : pass.logits.pointer, scale: lossScale)
+        }
+        if let gradients {
+            backward(pass: pass, dLogits: pass.logits, gradients: LlamaTensors(config: config, store: gradients))
+        }
+        return result.mean
+    }
+
+    /// Saved tensors of one decoder layer's forward pass.
+    struct LayerActivations {
+        let x: Tensor, rstd1: Tensor, h1: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
+        let x2: Tensor, rstd2: Tensor, h2: Tensor, gate: Tensor, up: Tensor, act: Tensor
+    }
+
+    struct ForwardPass {
+        let tokens: [Int32]
+        let positions: [Int32]
+        let batch: Int, seqLen: Int
+        var layers: [LayerActivations]
+        let finalInput: Tensor, finalRstd: Tensor, finalNormed: Tensor
+        let logits: Tensor
+    }
+
+    func checkTokens(_ tokens: [Int32]) throws {
+        for t in tokens where t < 0 || Int(t) >= config.vocabSize {
+            throw ModelInputError.tokenOutOfRange(token: Int(t), vocab: config.vocabSize)
+        }
+    }
+
+    func forward(tokens: [Int32], batch: Int, seqLen: Int, keepActivations: Bool) throws -> ForwardPass {
+        guard batch > 0, seqLen > 0, tokens.count == batch * seqLen else {
+            throw ModelInputError.shapeMismatch("\(tokens.count) tokens for batch \(batch) x sequence \(seqLen)")
+        }
+        try checkTokens(tokens)
+        if seqLen > config.maxPositionEmbeddings {
+            throw ModelInputError.sequenceTooLong(length: seqLen, limit: config.maxPositionEmbeddings)
+        }
+        rotary.ensure(capacity: seqLen)
+        let rows = batch * seqLen
+        let positions = (0..<rows).map { Int32($0 % seqLen) }
+        var x = embed(tokens)
+        var saved: [LayerActivations] = []
+        let shape = self.shape
+        for (l, w) in weights.layers.enumerated() {
+            _ = l
+            let acts = positions.withUnsafeBufferPointer { pos in
+                layerForward(w, x: x, rows: rows, positions: pos.baseAddress!) { q, k, v, o, lse in
+                    for b in 0..<batch {
+                        let qo = b * seqLen * shape.queryWidth, ko = b * seqLen * shape.keyValueWidth
+                        BlockAttention.forward(q: q + qo, k: k + ko, v: v + ko, queryCount: seqLen, keyCount: seqLen,
+                                               shape: shape, mask: AttentionMask(causal: true),
+                                               out: o + qo, lse: lse + b * seqLen * shape.queryHeads)
+                    }
+                }
+            }
+            if keepActivations { saved.append(acts.saved) }
+            x = acts.out
+        }
+        let (normed, rstd) = finalNorm(x, rows: rows)
+        let logits = Tensor(zeros: [rows, config.vocabSize])
+        Linear.forward(x: normed.pointer, weight: weights.lmHead.pointer, y: logits.pointer,
+                       rows: rows, inFeatures: config.hiddenSize, outFeatures: config.vocabSize)
+        return ForwardPass(tokens: tokens, positions: positions, batch: batch, seqLen: seqLen, layers: saved,
+                           finalInput: x, finalRstd: rstd, finalNormed: normed, logits: logits)
+    }
+
+    func embed(_ tokens: [Int32]) -> Tensor {
+        let d = config.hiddenSize
+        let x = Tensor(zeros: [tokens.count, d])
+        for (r, t) in tokens.enumerated() {
+            (x.pointer + r * d).update(from: weights.embed.pointer + Int(t) * d, count: d)
+        }
+        return x
+    }
+
+    func finalNorm(_ x: Tensor, rows: Int) -> (Tensor, Tensor) {
+        let normed = Tensor(zeros: [rows, config.hiddenSize])
+        let rstd = Tensor(zeros: [rows])
+        RMSNorm.forward(x: x.pointer, weight: weights.finalNorm.pointer, y: normed.pointer, rstd: rstd.pointer,
+                        rows: rows, dim: config.hiddenSize, eps: Float(config.rmsNormEps))
+        return (normed, rstd)
+    }
+
+    /// One decoder layer. `attend(q, k, v, out, lse)` fills the attention output for the
+    /// rotated projections of these rows (the caller decides which keys each row sees).
+    func layerForward(_ w: LlamaLayerTensors, x: Tensor, rows: Int, positions: UnsafePointer<Int32>,
+                      attend: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>,
+                               UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) -> Void)
+        -> (out: Tensor, saved: LayerActivations) {
+        let d = config.hiddenSize, f = config.intermediateSize, eps = Float(config.rmsNormEps)
+        let qw = shape.queryWidth, kw = shape.keyValueWidth
+        let rstd1 = Tensor(zeros: [rows]), h1 = Tensor(zeros: [rows, d])
+        RMSNorm.forward(x: x.pointer, weight: w.inputNorm.pointer, y: h1.pointer, rstd: rstd1.pointer, rows: rows, dim: d, eps: eps)
+        let q = Tensor(zeros: [rows, qw]), k = Tensor(zeros: [rows, kw]), v = Tensor(zeros: [rows, kw])
+        Linear.forward(x: h1.pointer, weight: w.q.pointer, y: q.pointer, rows: rows, inFeatures: d, outFeatures: qw)
+        Linear.forward(x: h1.pointer, weight: w.k.pointer, y: k.pointer, rows: rows, inFeatures: d, outFeatures: kw)
+        Linear.forward(x: h1.pointer, weight: w.v.pointer, y: v.pointer, rows: rows, inFeatures: d, outFeatures: kw)
+        rotary.apply(q.pointer, rows: rows, heads: shape.queryHeads, positions: positions)
+        rotary.apply(k.pointer, rows: rows, heads: shape.keyValueHeads, positions: positions)
+        let o = Tensor(zeros: [rows, qw]), lse = Tensor(zeros: [rows, shape.queryHeads])
+        attend(q.pointer, k.pointer, v.pointer, o.pointer, lse.pointer)
+        let x2 = x.copy()
+        Linear.forward(x: o.pointer, weight: w.o.pointer, y: x2.pointer, rows: rows, inFeatures: qw, outFeatures: d, accumulate: true)
+        let rstd2 = Tensor(zeros: [rows]), h2 = Tensor(zeros: [rows, d])
+        RMSNorm.forward(x: x2.pointer, weight: w.postNorm.pointer, y: h2.pointer, rstd: rstd2.pointer, rows: rows, dim: d, eps: eps)
+        let gate = Tensor(zeros: [rows, f]), up = Tensor(zeros: [rows, f]), act = Tensor(zeros: [rows, f])
+        Linear.forward(x: h2.pointer, weight: w.gate.pointer, y: gate.pointer, rows: rows, inFeatures: d, outFeatures: f)
+        Linear.forward(x: h2.pointer, weight: w.up.pointer, y: up.pointer, rows: rows, inFeatures: d, outFeatures: f)
+        SwiGLU.forward(gate: gate.pointer, up: up.pointer, out: act.pointer, count: rows * f)
+        let x3 = x2.copy()
+        Linear.forward(x: act.pointer, weight: w.down.pointer, y: x3.pointer, rows: rows, inFeatures: f, outFeatures: d, accumulate: true)
+        return (x3, LayerActivations(x: x, rstd1: rstd1, h1: h1, q: q, k: k, v: v, o: o, lse: lse,
+                                     x2: x2, rstd2: rstd2, h2: h2, gate: gate, up: up, act: act))
+    }
+
+    func backward(pass: ForwardPass, dLogits: Tensor, gradients g: LlamaTensors) {
+        let d = config.hiddenSize, f = config.intermediateSize, v = config.vocabSize
+        let qw = shape.queryWidth, kw = shape.keyValueWidth
+        let rows = pass.batch * pass.seqLen, seqLen = pass.seqLen
+        let dNormed = Tensor(zeros: [rows, d])
+        Linear.backward(x: pass.finalNormed.pointer, weight: weights.lmHead.pointer, dy: dLogits.pointer,
+                        dx: dNormed.pointer, dWeight: g.lmHead.pointer, rows: rows, inFeatures: d, outFeatures: v)
+        let dx = Tensor(zeros: [rows, d])
+        RMSNorm.backward(x: pass.finalInput.pointer, weight: weights.finalNorm.pointer, rstd: pass.finalRstd.pointer,
+                         dy: dNormed.pointer, dx: dx.pointer, dWeight: g.finalNorm.pointer, rows: rows, dim: d)
+        let dAct = Tensor(zeros: [rows, f]), dGate = Tensor(zeros: [rows, f]), dUp = Tensor(zeros: [rows, f])
+        let dH = Tensor(zeros: [rows, d]), dO = Tensor(zeros: [rows, qw]), rowDot = Tensor(zeros: [rows, shape.queryHeads])
+        let dq = Tensor(zeros: [rows, qw]), dk = Tensor(zeros: [rows, kw]), dv = Tensor(zeros: [rows, kw])
+        pass.positions.withUnsafeBufferPointer { posBuffer in
+            let positions = posBuffer.baseAddress!
+            for l in stride(from: config.numHiddenLayers - 1, through: 0, by: -1) {
+                let a = pass.layers[l], w = weights.layers[l], gw = g.layers[l]
+                // x3 = x2 + down(act): dx is dx3 and flows into dx2 unchanged.
+                Linear.backward(x: a.act.pointer, weight: w.down.pointer, dy: dx.pointer, dx: dAct.pointer,
+                                dWeight: gw.down.pointer, rows: rows, inFeatures: f, outFeatures: d)
+                SwiGLU.backward(gate: a.gate.pointer, up: a.up.pointer, dOut: dAct.pointer, dGate: dGate.pointer,
+                                dUp: dUp.pointer, count: rows * f)
+                Linear.backward(x: a.h2.pointer, weight: w.gate.pointer, dy: dGate.pointer, dx: dH.pointer,
+                                dWeight: gw.gate.pointer, rows: rows, inFeatures: d, outFeatures: f)
+                Linear.backward(x: a.h2.pointer, weight: w.up.pointer, dy: dUp.pointer, dx: dH.pointer,
+                                dWeight: gw.up.pointer, rows: rows, inFeatures: d, outFeatures: f, accumulateInput: true)
+                RMSNorm.backward(x: a.x2.pointer, weight: w.postNorm.pointer, rstd: a.rstd2.pointer, dy: dH.pointer,
+                                 dx: dx.pointer, dWeight: gw.postNorm.pointer, rows: rows, dim: d, accumulate: true)
+                // x2 = x + o_proj(o)
+                Linear.backward(x: a.o.pointer, weight: w.o.pointer, dy: dx.pointer, dx: dO.pointer,
+                                dWeight: gw.o.pointer, rows: rows, inFeatures: qw, outFeatures: d)
+                BlockAttention.rowDot(dOut: dO.pointer, out: a.o.pointer, rows: rows, shape: shape, result: rowDot.pointer)
+                dq.fill(0); dk.fill(0); dv.fill(0)
+                for b in 0..<pass.batch {
+                    let qo = b * seqLen * qw, ko = b * seqLen * kw, lo = b * seqLen * shape.queryHeads
+                    BlockAttention.backward(q: a.q.pointer + qo, k: a.k.pointer + ko, v: a.v.pointer + ko,
+                                            dOut: dO.pointer + qo, lse: a.lse.pointer + lo, rowDot: rowDot.pointer + lo,
+                                            queryCount: seqLen, keyCount: seqLen, shape: shape, mask: AttentionMask(causal: true),
+                                            dq: dq.pointer + qo, dk: dk.pointer + ko, dv: dv.pointer + ko)
+                }
+                rotary.apply(dq.pointer, rows: rows, heads: shape.queryHeads, positions: positions, inverse: true)
+                rotary.apply(dk.pointer, rows: rows, heads: shape.keyValueHeads, positions: positions, inverse: true)
+                Linear.backward(x: a.h1.pointer, weight: w.q.pointer, dy: dq.pointer, dx: dH.pointer,
+                                dWeight: gw.q.pointer, rows: rows, inFeatures: d, outFeatures: qw)
+                Linear.backward(x: a.h1.pointer, weight: w.k.pointer, dy: dk.pointer, dx: dH.pointer,
+                                dWeight: gw.k.pointer, rows: rows, inFeatures: d, outFeatures: kw, accumulateInput: true)
+                Linear.backward(x: a.h1.pointer, weight: w.v.pointer, dy: dv.pointer, dx: dH.pointer,
+                                dWeight: gw.v.pointer, rows: rows, inFeatures: d, outFeatures: kw, accumulateInput: true)
+                RMSNorm.backward(x: a.x.pointer, weight: w.inputNorm.pointer, rstd: a.rstd1.pointer, dy: dH.pointer,
+                                 dx: dx.pointer, dWeight: gw.inputNorm.pointer, rows: rows, dim: d, accumulate: true)
+            }
+        }
+        for (r, t) in pass.tokens.enumerated() {
+            let dst = g.embed.pointer + Int(t) * d, src = dx.pointer + r * d
+            for i in 0..<d { dst[i] += src[i] }
+        }
+    }
+}
+
+/// Bad input to a model call, naming what was expected.
+public enum ModelInputError: Error, CustomStringConvertible, Equatable {
+    case tokenOutOfRange(token: Int, vocab: Int)
+    case shapeMismatch(String)
+    case sequenceTooLong(length: Int, limit: Int)
+
+    public var description: String {
+        switch self {
+        case let .tokenOutOfRange(token, vocab): return "token id \(token) is outside the vocabulary [0, \(vocab))"
+        case let .shapeMismatch(message): return "input shape mismatch: \(message)"
+        case let .sequenceTooLong(length, limit): return "sequence of \(length) tokens exceeds max_position_embeddings \(limit)"
+        }
+    }
+}

@@ -1,0 +1,129 @@
+import Foundation
+
+/// Exact softmax attention of one block of queries against one block of keys and values.
+///
+/// The forward pass returns the block's output, normalised within the block, and the per-row
+/// log-sum-exp of the scaled scores; partial results over several key blocks combine with
+/// `AttentionMerge`. The backward pass takes the final (merged) output's `D = rowsum(dO * O)`
+/// and final log-sum-exp, which makes each key block's gradient exact on its own. The single
+/// rank model and the sequence-parallel methods all call these two functions.
+public enum BlockAttention {
+    /// Query rows per tile; bounds the score buffer to `tileRows x keyCount` floats.
+    public static let tileRows = 128
+
+    /// Computes `out` [queryCount, Hq*d] and `lse` [queryCount, Hq] (natural log). Rows that
+    /// see no key get `out = 0` and `lse = -inf`.
+    public static func forward(
+        q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+        queryCount: Int, keyCount: Int, shape: AttentionShape, mask: AttentionMask,
+        out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>
+    ) {
+        let d = shape.headDim, qw = shape.queryWidth, kw = shape.keyValueWidth
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(1, min(tileRows, queryCount) * keyCount))
+        defer { scores.deallocate() }
+        for h in 0..<shape.queryHeads {
+            let g = h / shape.groupSize
+            var i0 = 0
+            while i0 < queryCount {
+                let rows = min(tileRows, queryCount - i0)
+                let nk = mask.visibleKeys(row: i0 + rows - 1, keyCount: keyCount)
+                let outTile = out + i0 * qw + h * d
+                if nk == 0 {
+                    for r in 0..<rows {
+                        for c in 0..<d { outTile[r * qw + c] = 0 }
+                        lse[(i0 + r) * shape.queryHeads + h] = -Float.infinity
+                    }
+                    i0 += rows
+                    continue
+                }
+                BLAS.gemm(transB: true, m: rows, n: nk, k: d, alpha: shape.scale,
+                          a: q + i0 * qw + h * d, lda: qw, b: k + g * d, ldb: kw, c: scores, ldc: nk)
+                for r in 0..<rows {
+                    let s = scores + r * nk
+                    let visible = mask.visibleKeys(row: i0 + r, keyCount: nk)
+                    if visible == 0 {
+                        for j in 0..<nk { s[j] = 0 }
+                        lse[(i0 + r) * shape.queryHeads + h] = -Float.infinity
+                        continue
+                    }
+                    var m = -Float.infinity
+                    for j in 0..<visible { m = max(m, s[j]) }
+                    var sum: Float = 0
+                    for j in 0..<visible {
+                        let e = expf(s[j] - m)
+                        s[j] = e
+                        sum += e
+                    }
+                    let inv = 1 / sum
+                    for j in 0..<visible { s[j] *= inv }
+                    for j in visible..<nk { s[j] = 0 }
+                    lse[(i0 + r) * shape.queryHeads + h] = m + logf(sum)
+                }
+                BLAS.gemm(m: rows, n: d, k: nk, a: scores, lda: nk, b: v + g * d, ldb: kw, c: outTile, ldc: qw)
+                i0 += rows
+            }
+        }
+    }
+
+    /// `D[row, head] = sum over d of dO * O`, the per-row term of the softmax backward.
+    public static func rowDot(dOut: UnsafePointer<Float>, out: UnsafePointer<Float>, rows: Int, shape: AttentionShape,
+                              result: UnsafeMutablePointer<Float>) {
+        let d = shape.headDim
+        for r in 0..<rows {
+            for h in 0..<shape.queryHeads {
+                let base = (r * shape.queryHeads + h) * d
+                var acc: Float = 0
+                for c in 0..<d { acc += dOut[base + c] * out[base + c] }
+                result[r * shape.queryHeads + h] = acc
+            }
+        }
+    }
+
+    /// Adds this block's contribution to `dq` [queryCount, Hq*d], `dk` and `dv`
+    /// [keyCount, Hkv*d], given the final output's `lse` and `D` (`rowDot`).
+    public static func backward(
+        q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+        dOut: UnsafePointer<Float>, lse: UnsafePointer<Float>, rowDot: UnsafePointer<Float>,
+        queryCount: Int, keyCount: Int, shape: AttentionShape, mask: AttentionMask,
+        dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>
+    ) {
+        let d = shape.headDim, qw = shape.queryWidth, kw = shape.keyValueWidth
+        let cap = max(1, min(tileRows, queryCount) * keyCount)
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: cap)
+        let dp = UnsafeMutablePointer<Float>.allocate(capacity: cap)
+        defer { p.deallocate(); dp.deallocate() }
+        for h in 0..<shape.queryHeads {
+            let g = h / shape.groupSize
+            var i0 = 0
+            while i0 < queryCount {
+                let rows = min(tileRows, queryCount - i0)
+                let nk = mask.visibleKeys(row: i0 + rows - 1, keyCount: keyCount)
+                if nk == 0 { i0 += rows; continue }
+                let qTile = q + i0 * qw + h * d, dOTile = dOut + i0 * qw + h * d
+                BLAS.gemm(transB: true, m: rows, n: nk, k: d, alpha: shape.scale,
+                          a: qTile, lda: qw, b: k + g * d, ldb: kw, c: p, ldc: nk)
+                BLAS.gemm(transB: true, m: rows, n: nk, k: d, a: dOTile, lda: qw, b: v + g * d, ldb: kw, c: dp, ldc: nk)
+                for r in 0..<rows {
+                    let pr = p + r * nk, dpr = dp + r * nk
+                    let l = lse[(i0 + r) * shape.queryHeads + h]
+                    let visible = l == -Float.infinity ? 0 : mask.visibleKeys(row: i0 + r, keyCount: nk)
+                    let dd = rowDot[(i0 + r) * shape.queryHeads + h]
+                    for j in 0..<visible {
+                        let pj = expf(pr[j] - l)
+                        pr[j] = pj
+                        dpr[j] = pj * (dpr[j] - dd)
+                    }
+                    for j in visible..<nk { pr[j] = 0; dpr[j] = 0 }
+                }
+                // dV += P^T dO ; dQ += scale * dS K ; dK += scale * dS^T Q
+                BLAS.gemm(transA: true, m: nk, n: d, k: rows, a: p, lda: nk, b: dOTile, ldb: qw,
+                          beta: 1, c: dv + g * d, ldc: kw)
+                BLAS.gemm(m: rows, n: d, k: nk, alpha: shape.scale, a: dp, lda: nk, b: k + g * d, ldb: kw,
+                          beta: 1, c: dq + i0 * qw + h * d, ldc: qw)
+                BLAS.gemm(transA: true, m: nk, n: d, k: rows, alpha: shape.scale, a: dp, lda: nk, b: qTile, ldb: qw,
+                          beta: 1, c: dk + g * d, ldc: kw)
+                i0 += rows
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+/// A dense fp32 tensor in row-major order with reference semantics.
+///
+/// A tensor either owns its memory (allocated 64-byte aligned, zero-filled) or is a view into
+/// another tensor's memory, which it keeps alive. Kernels work on `pointer` directly; the
+/// memory never moves, so it may be handed to BLAS or to nonblocking MPI calls.
+public final class Tensor: @unchecked Sendable {
+    /// The extent of each dimension, outermost first.
+    public let shape: [Int]
+    /// The number of elements (product of `shape`).
+    public let count: Int
+    /// The first element.
+    public let pointer: UnsafeMutablePointer<Float>
+    private let owner: Tensor?
+    private let owns: Bool
+
+    /// A zero-filled tensor of the given shape.
+    public init(zeros shape: [Int]) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
+        self.shape = shape
+        self.count = shape.reduce(1, *)
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
+        self.pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        self.pointer.initialize(repeating: 0, count: max(count, 1))
+        self.owner = nil
+        self.owns = true
+    }
+
+    /// A tensor holding a copy of `values`; `values.count` must equal the shape's product.
+    public convenience init(shape: [Int], values: [Float]) {
+        self.init(zeros: shape)
+        precondition(values.count == count, "\(values.count) values for shape \(shape)")
+        values.withUnsafeBufferPointer { src in
+            if let base = src.baseAddress { pointer.update(from: base, count: count) }
+        }
+    }
+
+    private init(viewOf base: Tensor, offset: Int, shape: [Int]) {
+        self.shape = shape
+        self.count = shape.reduce(1, *)
+        precondition(offset >= 0 && offset + count <= base.count,
+                     "view [\(offset), \(offset + count)) outside tensor of \(base.count) elements")
+        self.pointer = base.pointer + offset
+        self.owner = base.owner ?? base
+        self.owns = false
+    }
+
+    deinit {
+        if owns { UnsafeMutableRawPointer(pointer).deallocate() }
+    }
+
+    /// A view of `shape.product` elements starting at element `offset`; shares memory.
+    public func view(offset: Int = 0, shape: [Int]) -> Tensor {
+        Tensor(viewOf: self, offset: offset, shape: shape)
+    }
+
+    /// The same memory seen with another shape of the same element count.
+    public func reshaped(_ shape: [Int]) -> Tensor {
+        precondition(shape.reduce(1, *) == count, "cannot reshape \(self.shape) to \(shape)")
+        return view(offset: 0, shape: shape)
+    }
+
+    /// A new tensor with a copy of the elements.
+    public func copy() -> Tensor {
+        let t = Tensor(zeros: shape)
+        t.pointer.update(from: pointer, count: count)
+        return t
+    }
+
+    /// The elements as an array.
+    public var array: [Float] { Array(UnsafeBufferPointer(start: pointer, count: count)) }
+
+    /// The elements as a buffer pointer (valid while the tensor lives).
+    public var buffer: UnsafeMutableBufferPointer<Float> {
+        UnsafeMutableBufferPointer(start: pointer, count: count)
+    }
+
+    /// Element `i` of the flattened tensor.
+    public subscript(i: Int) -> Float {
+        get { pointer[i] }
+        set { pointer[i] = newValue }
+    }
+
+    /// Sets every element to `value`.
+    public func fill(_ value: Float) { pointer.update(repeating: value, count: count) }
+
+    /// Copies all elements from a tensor of the same element count.
+    public func copy(from other: Tensor) {
+        precondition(other.count == count, "copy of \(other.count) elements into \(count)")
+        pointer.update(from: other.pointer, count: count)
+    }
+}
+
+extension Tensor: CustomStringConvertible {
+    public var description: String { "Tensor(\(shape))" }
+}
