@@ -31,7 +31,7 @@ let package = Package(
         ]),
         .testTarget(name: "TorusTensorTests", dependencies: ["TorusTensor"]),
         .testTarget(name: "TorusModelTests", dependencies: ["TorusModel", "TorusTensor"]),
-        .testTarget(name: "TorusCommTests", dependencies: ["TorusComm"]),
+        .testTarget(name: "TorusIntegrationTests", dependencies: ["TorusModel", "TorusTensor"]),
     ],
     swiftLanguageModes: [.v5]
 )

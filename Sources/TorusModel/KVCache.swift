@@ -55,6 +55,7 @@ extension LlamaModel {
         let logits = Tensor(zeros: [n, config.vocabSize])
         Linear.forward(x: normed.pointer, weight: weights.lmHead.pointer, y: logits.pointer,
                        rows: n, inFeatures: config.hiddenSize, outFeatures: config.vocabSize)
+        withExtendedLifetime(normed) {}
         return logits
     }
 }

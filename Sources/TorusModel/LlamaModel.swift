@@ -67,6 +67,7 @@ public final class LlamaModel: @unchecked Sendable {
         if let gradients {
             backward(pass: pass, dLogits: pass.logits, gradients: LlamaTensors(config: config, store: gradients))
         }
+        withExtendedLifetime(pass.logits) {}
         return result.mean
     }
 
@@ -233,6 +234,8 @@ public final class LlamaModel: @unchecked Sendable {
             let dst = g.embed.pointer + Int(t) * d, src = dx.pointer + r * d
             for i in 0..<d { dst[i] += src[i] }
         }
+        // Scratch tensors are used through raw pointers; keep them alive to the end.
+        withExtendedLifetime((dNormed, dx, dAct, dGate, dUp, dH, dO, rowDot, dq, dk, dv)) {}
     }
 }
 
