@@ -147,8 +147,9 @@ public enum HFCheckpoint {
             "num_key_value_heads": c.numKeyValueHeads, "rms_norm_eps": c.rmsNormEps, "rope_theta": c.ropeTheta,
             "vocab_size": c.vocabSize, "tie_word_embeddings": c.tieWordEmbeddings,
             "max_position_embeddings": c.maxPositionEmbeddings, "initializer_range": c.initializerRange,
-            "head_dim": c.resolvedHeadDim, "rope_scaling": NSNull(), "use_cache": true,
+            "rope_scaling": NSNull(), "use_cache": true,
         ]
+        if let headDim = c.headDim { object["head_dim"] = headDim }
         object["bos_token_id"] = NSNull()
         object["eos_token_id"] = NSNull()
         let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
