@@ -1,0 +1,69 @@
+import Foundation
+import Testing
+import TorusModel
+
+@Suite struct CLITests {
+    func tempDir() -> String {
+        let d = NSTemporaryDirectory() + "torus-cli-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+
+    func writeConfig(_ dir: String, extra: String = "") throws -> String {
+        let path = dir + "/tiny.yaml"
+        try """
+        model:
+          hidden_size: 32
+          intermediate_size: 64
+          num_hidden_layers: 2
+          num_attention_heads: 4
+          num_key_value_heads: 2
+          vocab_size: 256
+          max_position_embeddings: 128
+        seed: 7
+        \(extra)
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @Test func initEvalGenerateEndToEnd() throws {
+        let dir = tempDir()
+        let config = try writeConfig(dir)
+        let initRun = try TorusBinary.torus(["init", "--config", config, "--out", dir + "/model"])
+        #expect(initRun.status == 0, "\(initRun.output)")
+        let loaded = try HFCheckpoint.load(directory: dir + "/model")
+        #expect(loaded.config.numKeyValueHeads == 2)
+
+        try String(repeating: "the quick brown fox jumps over the lazy dog. ", count: 20)
+            .write(toFile: dir + "/text.txt", atomically: true, encoding: .utf8)
+        let eval = try TorusBinary.torus(["eval", "--model", dir + "/model", "--data", dir + "/text.txt", "--seq-len", "64"])
+        #expect(eval.status == 0, "\(eval.output)")
+        // A fresh model is near uniform over 256 byte tokens: loss close to ln(256) = 5.545.
+        let loss = eval.stdout.components(separatedBy: "mean loss ").last.flatMap { Double($0.prefix(6)) }
+        #expect(loss.map { abs($0 - 5.545) < 0.2 } == true, "\(eval.stdout)")
+
+        let gen = try TorusBinary.torus(["generate", "--model", dir + "/model", "--prompt-ids", "1,2,3", "--max-tokens", "5", "--ids"])
+        #expect(gen.status == 0, "\(gen.output)")
+        let ids = gen.stdout.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",").compactMap { Int32($0) }
+        #expect(ids == (try loaded.generate(prompt: [1, 2, 3], maxNewTokens: 5)))
+    }
+
+    @Test func badInputsGiveClearErrors() throws {
+        let dir = tempDir()
+        let unknown = try writeConfig(dir, extra: "learning_rate: 3")
+        let r1 = try TorusBinary.torus(["init", "--config", unknown, "--out", dir + "/m"])
+        #expect(r1.status != 0 && r1.stderr.contains("unknown key 'learning_rate'"), "\(r1.output)")
+
+        let r2 = try TorusBinary.torus(["eval", "--model", dir + "/nope", "--data", unknown])
+        #expect(r2.status != 0 && r2.stderr.contains("config.json does not exist"), "\(r2.output)")
+
+        let config = try writeConfig(tempDir())
+        _ = try TorusBinary.torus(["init", "--config", config, "--out", dir + "/model"])
+        let r3 = try TorusBinary.torus(["generate", "--model", dir + "/model", "--prompt-ids", "1,999"])
+        #expect(r3.status != 0 && r3.stderr.contains("token id 999 is outside the vocabulary [0, 256)"), "\(r3.output)")
+
+        try TokenFile.write([1, 2, 300], to: dir + "/big.tokens")
+        let r4 = try TorusBinary.torus(["eval", "--model", dir + "/model", "--data", dir + "/big.tokens"])
+        #expect(r4.status != 0 && r4.stderr.contains("token 2 is 300, outside the vocabulary"), "\(r4.output)")
+    }
+}

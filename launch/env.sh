@@ -1,0 +1,35 @@
+# Shared set-up for launch/ scripts: installs missing system packages (Debian, as root) and
+# exports the runtime environment. Source it; do not run it.
+
+torus_ensure_packages() {
+  local need=()
+  command -v mpirun >/dev/null 2>&1 || need+=(openmpi-bin)
+  pkg-config --exists ompi-c 2>/dev/null || need+=(libopenmpi-dev)
+  pkg-config --exists openblas 2>/dev/null || need+=(libopenblas-dev)
+  command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "launch: installing ${need[*]}" >&2
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libopenmpi-dev openmpi-bin libopenblas-dev pkg-config >/dev/null
+  fi
+  if ! command -v swift >/dev/null 2>&1; then
+    [ -x /opt/swift/usr/bin/swift ] && export PATH="/opt/swift/usr/bin:$PATH"
+  fi
+  command -v swift >/dev/null 2>&1 || { echo "launch: Swift 6 toolchain not found on PATH" >&2; exit 1; }
+}
+
+torus_export_env() {
+  # Open MPI refuses to run as root unless told it is intended.
+  if [ "$(id -u)" -eq 0 ]; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  fi
+  # OpenBLAS reads OPENBLAS_CORETYPE when it loads; Debian's build picks a slow generic kernel
+  # on these AVX-512 CPUs without it. torus re-executes itself to set it; test bundles need it
+  # from the start.
+  if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -q avx512f /proc/cpuinfo 2>/dev/null \
+     && grep -q avx512bw /proc/cpuinfo && grep -q avx512vl /proc/cpuinfo; then
+    export OPENBLAS_CORETYPE=SkylakeX
+  fi
+}
