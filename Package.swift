@@ -22,7 +22,9 @@ let package = Package(
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
         .target(name: "TorusComm", dependencies: ["CMPI", "TorusTensor"]),
-        .target(name: "TorusTensor", dependencies: ["CBLAS"]),
+        // Vectorised elementwise kernels (exp, sigmoid, max), optimised even in debug builds.
+        .target(name: "CTorusKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]),
+        .target(name: "TorusTensor", dependencies: ["CBLAS", "CTorusKernels"]),
         .target(name: "TorusModel", dependencies: ["TorusTensor"]),
         .executableTarget(name: "torus", dependencies: [
             "TorusComm", "TorusTensor", "TorusModel",

@@ -19,9 +19,9 @@ public enum BlockAttention {
         out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>
     ) {
         let d = shape.headDim, qw = shape.queryWidth, kw = shape.keyValueWidth
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(1, min(tileRows, queryCount) * keyCount))
-        defer { scores.deallocate() }
-        for h in 0..<shape.queryHeads {
+        Parallel.forEach(shape.queryHeads) { h in
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(1, min(tileRows, queryCount) * keyCount))
+            defer { scores.deallocate() }
             let g = h / shape.groupSize
             var i0 = 0
             while i0 < queryCount {
@@ -46,16 +46,9 @@ public enum BlockAttention {
                         lse[(i0 + r) * shape.queryHeads + h] = -Float.infinity
                         continue
                     }
-                    var m = -Float.infinity
-                    for j in 0..<visible { m = max(m, s[j]) }
-                    var sum: Float = 0
-                    for j in 0..<visible {
-                        let e = expf(s[j] - m)
-                        s[j] = e
-                        sum += e
-                    }
-                    let inv = 1 / sum
-                    for j in 0..<visible { s[j] *= inv }
+                    let m = VectorMath.max(s, count: visible)
+                    let sum = VectorMath.expShifted(s, count: visible, shift: m)
+                    VectorMath.scale(s, count: visible, by: 1 / sum)
                     for j in visible..<nk { s[j] = 0 }
                     lse[(i0 + r) * shape.queryHeads + h] = m + logf(sum)
                 }
@@ -89,11 +82,12 @@ public enum BlockAttention {
     ) {
         let d = shape.headDim, qw = shape.queryWidth, kw = shape.keyValueWidth
         let cap = max(1, min(tileRows, queryCount) * keyCount)
-        let p = UnsafeMutablePointer<Float>.allocate(capacity: cap)
-        let dp = UnsafeMutablePointer<Float>.allocate(capacity: cap)
-        defer { p.deallocate(); dp.deallocate() }
-        for h in 0..<shape.queryHeads {
-            let g = h / shape.groupSize
+        // Query heads of one group accumulate into the same dK, dV columns: one worker per group.
+        Parallel.forEach(shape.keyValueHeads) { g in
+          let p = UnsafeMutablePointer<Float>.allocate(capacity: cap)
+          let dp = UnsafeMutablePointer<Float>.allocate(capacity: cap)
+          defer { p.deallocate(); dp.deallocate() }
+          for h in (g * shape.groupSize)..<((g + 1) * shape.groupSize) {
             var i0 = 0
             while i0 < queryCount {
                 let rows = min(tileRows, queryCount - i0)
@@ -108,11 +102,8 @@ public enum BlockAttention {
                     let l = lse[(i0 + r) * shape.queryHeads + h]
                     let visible = l == -Float.infinity ? 0 : mask.visibleKeys(row: i0 + r, keyCount: nk)
                     let dd = rowDot[(i0 + r) * shape.queryHeads + h]
-                    for j in 0..<visible {
-                        let pj = expf(pr[j] - l)
-                        pr[j] = pj
-                        dpr[j] = pj * (dpr[j] - dd)
-                    }
+                    VectorMath.expShifted(pr, count: visible, shift: l)
+                    for j in 0..<visible { dpr[j] = pr[j] * (dpr[j] - dd) }
                     for j in visible..<nk { pr[j] = 0; dpr[j] = 0 }
                 }
                 // dV += P^T dO ; dQ += scale * dS K ; dK += scale * dS^T Q
@@ -124,6 +115,7 @@ public enum BlockAttention {
                           beta: 1, c: dk + g * d, ldc: kw)
                 i0 += rows
             }
+          }
         }
     }
 }

@@ -15,13 +15,14 @@ public enum CrossEntropy {
         for r in 0..<rows where targets[r] != ignoreIndex { valid += 1 }
         var total: Double = 0
         let norm = valid > 0 ? scale / Float(valid) : 0
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: vocab)
+        defer { scratch.deallocate() }
         for r in 0..<rows {
             let lr = logits + r * vocab
             let t = Int(targets[r])
-            var m = -Float.infinity
-            for j in 0..<vocab { m = max(m, lr[j]) }
-            var sum: Float = 0
-            for j in 0..<vocab { sum += expf(lr[j] - m) }
+            let m = VectorMath.max(lr, count: vocab)
+            scratch.update(from: lr, count: vocab)
+            let sum = VectorMath.expShifted(scratch, count: vocab, shift: m)
             let lse = m + logf(sum)
             if targets[r] != ignoreIndex {
                 precondition(t >= 0 && t < vocab, "target \(t) outside vocabulary of \(vocab)")
@@ -32,7 +33,8 @@ public enum CrossEntropy {
                 if targets[r] == ignoreIndex {
                     for j in 0..<vocab { dr[j] = 0 }
                 } else {
-                    for j in 0..<vocab { dr[j] = expf(lr[j] - lse) * norm }
+                    let factor = norm / sum
+                    for j in 0..<vocab { dr[j] = scratch[j] * factor }
                     dr[t] -= norm
                 }
             }

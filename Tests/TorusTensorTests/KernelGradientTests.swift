@@ -91,3 +91,31 @@ import TorusTensor
         #expect(Ref.relativeError(dl.array, fd) < 1e-5)
     }
 }
+
+@Suite struct VectorMathTests {
+    @Test func expMatchesFoundationAcrossTheRange() {
+        var worst = 0.0
+        var x: Float = -87
+        while x < 88 {
+            let want = Foundation.exp(Double(x))
+            worst = max(worst, abs(Double(VectorMath.exp(x)) - want) / want)
+            x += 0.0137
+        }
+        #expect(worst < 5e-7, "worst relative error \(worst)")
+        #expect(VectorMath.exp(-.infinity) == 0)
+        #expect(VectorMath.exp(100) == .infinity)
+    }
+
+    @Test func expShiftedSumsAndHandlesTails() {
+        for n in [1, 15, 16, 17, 40] {
+            let values = (0..<n).map { Float($0) * 0.1 - 2 }
+            let buf = Tensor(shape: [n], values: values)
+            #expect(VectorMath.max(buf.pointer, count: n) == values.max())
+            let sum = VectorMath.expShifted(buf.pointer, count: n, shift: 0.5)
+            let want = values.map { Foundation.exp(Double($0) - 0.5) }
+            #expect(Ref.relativeError(buf.array, want) < 1e-6)
+            #expect(abs(Double(sum) - want.reduce(0, +)) < 1e-5 * want.reduce(0, +))
+        }
+        #expect(VectorMath.max(Tensor(zeros: [1]).pointer, count: 0) == -.infinity)
+    }
+}

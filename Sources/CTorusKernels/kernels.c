@@ -1,0 +1,81 @@
+#include "torus_kernels.h"
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__clang__)
+#define TORUS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define TORUS_CLONES
+#endif
+
+/* Cephes-style exp: x = n ln2 + r, degree-6 polynomial for e^r, 2^n from exponent bits.
+   Relative error about 2e-7; below -87.34 gives 0, above 88.72 gives +inf. Branch-free so
+   that loops over it vectorise. */
+static inline float exp_poly(float x) {
+    const float lo = -87.336544f, hi = 88.722832f;
+    float xc = x < lo ? lo : (x > hi ? hi : x);
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float shifted = xc * 1.44269504f + magic;
+    float n = shifted - magic;
+    int32_t bits;
+    memcpy(&bits, &shifted, 4);
+    int32_t ni = bits - 0x4B400000;
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    int32_t scale_bits = (ni + 127) << 23;
+    float scale;
+    memcpy(&scale, &scale_bits, 4);
+    float result = p * scale;
+    result = x < lo ? 0.0f : result;
+    result = x > hi ? INFINITY : result;
+    return result;
+}
+
+float torus_exp(float x) { return exp_poly(x); }
+
+TORUS_CLONES
+float torus_exp_shifted(float *x, long n, float shift) {
+    float acc[16] = {0};
+    long i = 0;
+    for (; i + 16 <= n; i += 16) {
+        for (int j = 0; j < 16; j++) {
+            float e = exp_poly(x[i + j] - shift);
+            x[i + j] = e;
+            acc[j] += e;
+        }
+    }
+    float sum = 0;
+    for (; i < n; i++) {
+        float e = exp_poly(x[i] - shift);
+        x[i] = e;
+        sum += e;
+    }
+    for (int j = 0; j < 16; j++) sum += acc[j];
+    return sum;
+}
+
+TORUS_CLONES
+void torus_sigmoid(const float *x, float *out, long n) {
+    for (long i = 0; i < n; i++) out[i] = 1.0f / (1.0f + exp_poly(-x[i]));
+}
+
+TORUS_CLONES
+float torus_max(const float *x, long n) {
+    float acc[16];
+    for (int j = 0; j < 16; j++) acc[j] = -INFINITY;
+    long i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
+    float m = -INFINITY;
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    for (int j = 0; j < 16; j++) m = acc[j] > m ? acc[j] : m;
+    return m;
+}

@@ -1,0 +1,31 @@
+import CTorusKernels
+
+/// Vectorised elementwise math over fp32 buffers. The loops live in the C target
+/// `CTorusKernels`, compiled for AVX-512, AVX2 and baseline x86-64 and dispatched at load.
+public enum VectorMath {
+    /// e^x with the kernels' polynomial (relative error about 2e-7).
+    @inline(__always)
+    public static func exp(_ x: Float) -> Float { torus_exp(x) }
+
+    /// `x[i] = e^(x[i] - shift)` for `count` values; returns their sum.
+    @inline(__always) @discardableResult
+    public static func expShifted(_ x: UnsafeMutablePointer<Float>, count: Int, shift: Float) -> Float {
+        torus_exp_shifted(x, count, shift)
+    }
+
+    /// The largest of `count` values (-inf when empty).
+    @inline(__always)
+    public static func max(_ x: UnsafePointer<Float>, count: Int) -> Float { torus_max(x, count) }
+
+    /// `x[i] *= factor`.
+    @inline(__always)
+    public static func scale(_ x: UnsafeMutablePointer<Float>, count: Int, by factor: Float) {
+        for i in 0..<count { x[i] *= factor }
+    }
+
+    /// `out[i] = 1 / (1 + e^(-x[i]))`.
+    @inline(__always)
+    public static func sigmoid(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, count: Int) {
+        torus_sigmoid(x, out, count)
+    }
+}
