@@ -106,8 +106,7 @@ public final class LlamaModel: @unchecked Sendable {
         var x = embed(tokens)
         var saved: [LayerActivations] = []
         let shape = self.shape
-        for (l, w) in weights.layers.enumerated() {
-            _ = l
+        for w in weights.layers {
             let acts = positions.withUnsafeBufferPointer { pos in
                 layerForward(w, x: x, rows: rows, positions: pos.baseAddress!) { q, k, v, o, lse in
                     for b in 0..<batch {

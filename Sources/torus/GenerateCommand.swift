@@ -33,12 +33,12 @@ struct GenerateCommand: ParsableCommand {
             input = tokenizer.encode(prompt ?? "")
         }
         let began = Date()
+        var decoder = ByteStreamDecoder()
         let out = try m.generate(prompt: input, maxNewTokens: maxTokens,
                                  options: SamplingOptions(temperature: temperature, topP: topP, seed: seed)) { token in
-            // Stream raw bytes; the terminal reassembles multi-byte UTF-8 characters.
-            if !ids && token >= 0 && token < 256 { FileHandle.standardOutput.write(Data([UInt8(token)])) }
+            if !ids { FileHandle.standardOutput.write(Data(decoder.push(token).utf8)) }
         }
-        if ids { print(out.map(String.init).joined(separator: ",")) } else { print() }
+        if ids { print(out.map(String.init).joined(separator: ",")) } else { print(decoder.flush()) }
         let dt = Date().timeIntervalSince(began)
         warn(String(format: "generate: %d prompt + %d new tokens in %.2f s (%.1f tokens/s)", input.count, out.count, dt, Double(out.count) / dt))
     }

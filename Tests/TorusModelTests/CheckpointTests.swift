@@ -163,3 +163,21 @@ func temporaryDirectory(_ name: String) -> String {
         #expect(t.encode("A") == [65])
     }
 }
+
+@Suite struct ByteStreamDecoderTests {
+    @Test func emitsCompleteCharactersAndEscapesGarbage() {
+        var d = ByteStreamDecoder()
+        let euro = Array("€".utf8).map(Int32.init)   // 3 bytes
+        #expect(d.push(72) == "H")
+        #expect(d.push(euro[0]) == "")
+        #expect(d.push(euro[1]) == "")
+        #expect(d.push(euro[2]) == "€")
+        #expect(d.push(0xFF) == "\\xFF")
+        #expect(d.push(0x01) == "\\x01")
+        #expect(d.push(10) == "\n")
+        #expect(d.push(0xE2) == "")
+        #expect(d.push(65) == "\\xE2A")
+        #expect(d.push(0xC3) == "")
+        #expect(d.flush() == "\\xC3")
+    }
+}
