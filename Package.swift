@@ -8,6 +8,7 @@ let package = Package(
         .executable(name: "torus", targets: ["torus"]),
         .library(name: "TorusModel", targets: ["TorusModel"]),
         .library(name: "TorusComm", targets: ["TorusComm"]),
+        .library(name: "TorusTrain", targets: ["TorusTrain"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -26,13 +27,15 @@ let package = Package(
         .target(name: "CTorusKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]),
         .target(name: "TorusTensor", dependencies: ["CBLAS", "CTorusKernels"]),
         .target(name: "TorusModel", dependencies: ["TorusTensor"]),
+        .target(name: "TorusTrain", dependencies: ["TorusComm", "TorusModel", "TorusTensor"]),
         .executableTarget(name: "torus", dependencies: [
-            "TorusComm", "TorusTensor", "TorusModel",
+            "TorusComm", "TorusTensor", "TorusModel", "TorusTrain",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Yams", package: "Yams"),
         ]),
         .testTarget(name: "TorusTensorTests", dependencies: ["TorusTensor"]),
         .testTarget(name: "TorusModelTests", dependencies: ["TorusModel", "TorusTensor"]),
+        .testTarget(name: "TorusTrainTests", dependencies: ["TorusTrain", "TorusModel"]),
         .testTarget(name: "TorusIntegrationTests", dependencies: ["TorusModel", "TorusTensor"]),
     ],
     swiftLanguageModes: [.v5]

@@ -163,7 +163,7 @@ public enum HFCheckpoint {
     }
 
     /// Moves `temp` to `target`, replacing any existing directory there.
-    static func replace(directory target: String, with temp: String) throws {
+    public static func replace(directory target: String, with temp: String) throws {
         let fm = FileManager.default
         if fm.fileExists(atPath: target) {
             let old = target + ".old-\(getpid())"

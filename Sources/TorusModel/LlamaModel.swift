@@ -48,10 +48,13 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// Mean cross-entropy of predicting `targets` (same layout as `tokens`;
     /// `CrossEntropy.ignoreIndex` skips a position). When `gradients` is given, adds the
-    /// gradient of `lossScale * loss` to it.
+    /// gradient of `lossScale * loss` to it. During backward, `gradientsReady(offset)` is called
+    /// each time every gradient at flat offset `offset` and above is final (the head first, the
+    /// embedding last), so reductions of those slices can start while backward continues.
     @discardableResult
     public func loss(tokens: [Int32], targets: [Int32], batch: Int, seqLen: Int,
-                     gradients: ParameterStore? = nil, lossScale: Float = 1) throws -> Float {
+                     gradients: ParameterStore? = nil, lossScale: Float = 1,
+                     gradientsReady: ((Int) -> Void)? = nil) throws -> Float {
         guard targets.count == tokens.count else {
             throw ModelInputError.shapeMismatch("targets has \(targets.count) entries for \(tokens.count) tokens")
         }
@@ -65,7 +68,8 @@ public final class LlamaModel: @unchecked Sendable {
                                  dLogits: gradients == nil ? nil : pass.logits.pointer, scale: lossScale)
         }
         if let gradients {
-            backward(pass: pass, dLogits: pass.logits, gradients: LlamaTensors(config: config, store: gradients))
+            backward(pass: pass, dLogits: pass.logits, gradients: LlamaTensors(config: config, store: gradients),
+                     gradientsReady: gradientsReady)
         }
         withExtendedLifetime(pass.logits) {}
         return result.mean
@@ -177,7 +181,13 @@ public final class LlamaModel: @unchecked Sendable {
                                      x2: x2, rstd2: rstd2, h2: h2, gate: gate, up: up, act: act))
     }
 
-    func backward(pass: ForwardPass, dLogits: Tensor, gradients g: LlamaTensors) {
+    /// Flat offset of the first tensor of layer `l` (or of the final norm for `l == layers`).
+    func layerOffset(_ l: Int) -> Int {
+        let name = l < config.numHiddenLayers ? "model.layers.\(l).input_layernorm.weight" : "model.norm.weight"
+        return parameters.entry(name)?.offset ?? 0
+    }
+
+    func backward(pass: ForwardPass, dLogits: Tensor, gradients g: LlamaTensors, gradientsReady: ((Int) -> Void)? = nil) {
         let d = config.hiddenSize, f = config.intermediateSize, v = config.vocabSize
         let qw = shape.queryWidth, kw = shape.keyValueWidth
         let rows = pass.batch * pass.seqLen, seqLen = pass.seqLen
@@ -187,6 +197,8 @@ public final class LlamaModel: @unchecked Sendable {
         let dx = Tensor(zeros: [rows, d])
         RMSNorm.backward(x: pass.finalInput.pointer, weight: weights.finalNorm.pointer, rstd: pass.finalRstd.pointer,
                          dy: dNormed.pointer, dx: dx.pointer, dWeight: g.finalNorm.pointer, rows: rows, dim: d)
+        // With tied embeddings the head's gradient lives in the embedding, which finishes last.
+        gradientsReady?(layerOffset(config.numHiddenLayers))
         let dAct = Tensor(zeros: [rows, f]), dGate = Tensor(zeros: [rows, f]), dUp = Tensor(zeros: [rows, f])
         let dH = Tensor(zeros: [rows, d]), dO = Tensor(zeros: [rows, qw]), rowDot = Tensor(zeros: [rows, shape.queryHeads])
         let dq = Tensor(zeros: [rows, qw]), dk = Tensor(zeros: [rows, kw]), dv = Tensor(zeros: [rows, kw])
@@ -227,12 +239,14 @@ public final class LlamaModel: @unchecked Sendable {
                                 dWeight: gw.v.pointer, rows: rows, inFeatures: d, outFeatures: kw, accumulateInput: true)
                 RMSNorm.backward(x: a.x.pointer, weight: w.inputNorm.pointer, rstd: a.rstd1.pointer, dy: dH.pointer,
                                  dx: dx.pointer, dWeight: gw.inputNorm.pointer, rows: rows, dim: d, accumulate: true)
+                gradientsReady?(layerOffset(l))
             }
         }
         for (r, t) in pass.tokens.enumerated() {
             let dst = g.embed.pointer + Int(t) * d, src = dx.pointer + r * d
             for i in 0..<d { dst[i] += src[i] }
         }
+        gradientsReady?(0)
         // Scratch tensors are used through raw pointers; keep them alive to the end.
         withExtendedLifetime((dNormed, dx, dAct, dGate, dUp, dH, dO, rowDot, dq, dk, dv)) {}
     }

@@ -1,5 +1,6 @@
 import Foundation
 import TorusModel
+import TorusTrain
 import Yams
 
 /// A problem with a YAML config, naming the file and the key.
@@ -9,12 +10,47 @@ struct ConfigError: Error, CustomStringConvertible {
     var description: String { "config \(file): \(message)" }
 }
 
+/// The `train:` section.
+struct TrainSection {
+    var steps = 100
+    var batchSize = 8
+    var microBatches = 1
+    var seqLen = 256
+    var lr = 3e-3
+    var minLR = 3e-4
+    var warmupSteps = 10
+    var weightDecay = 0.1
+    var beta1 = 0.9, beta2 = 0.95, eps = 1e-8
+    var clipNorm = 1.0
+    var logEvery = 10
+    var checkpointEvery = 0
+    var checkWeightsEvery = 50
+    var bucketMB = 25.0
+    var out = "runs/train"
+    var initFrom: String?
+
+    static let keys = ["steps", "batch_size", "micro_batches", "seq_len", "lr", "min_lr", "warmup_steps", "weight_decay",
+                       "beta1", "beta2", "eps", "clip_norm", "log_every", "checkpoint_every", "check_weights_every",
+                       "bucket_mb", "out", "init_from"]
+}
+
+/// The `data:` section: `train` and `heldout` are token or text files, or `synth` for the
+/// built-in corpus (generated in memory from the seed).
+struct DataSection {
+    var train = "synth"
+    var heldout: String? = "synth"
+    var synthExamples = 20000
+    static let keys = ["train", "heldout", "synth_examples"]
+}
+
 /// The contents of a `configs/*.yaml` file.
 struct RunConfig {
     var model: LlamaConfig
     var seed: UInt64
+    var train = TrainSection()
+    var data = DataSection()
 
-    static let topLevelKeys = ["model", "seed"]
+    static let topLevelKeys = ["model", "seed", "train", "data"]
 
     static func load(path: String) throws -> RunConfig {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
@@ -25,15 +61,11 @@ struct RunConfig {
             throw ConfigError(file: path, message: "not valid YAML: \(error)")
         }
         guard let map = root as? [String: Any] else { throw ConfigError(file: path, message: "the top level must be a mapping") }
-        for key in map.keys where !topLevelKeys.contains(key) {
-            throw ConfigError(file: path, message: "unknown key '\(key)' (known: \(topLevelKeys.joined(separator: ", ")))")
-        }
+        try checkKeys(map, known: topLevelKeys, section: nil, file: path)
         guard let modelMap = map["model"] as? [String: Any] else {
             throw ConfigError(file: path, message: "missing mapping 'model'")
         }
-        for key in modelMap.keys where !LlamaConfig.knownKeys.contains(key) {
-            throw ConfigError(file: path, message: "unknown key 'model.\(key)' (known: \(LlamaConfig.knownKeys.joined(separator: ", ")))")
-        }
+        try checkKeys(modelMap, known: LlamaConfig.knownKeys, section: "model", file: path)
         let model: LlamaConfig
         do {
             let json = try JSONSerialization.data(withJSONObject: modelMap)
@@ -48,11 +80,69 @@ struct RunConfig {
         } catch {
             throw ConfigError(file: path, message: "\(error)")
         }
-        var seed: UInt64 = 0
-        if let s = map["seed"] {
-            guard let v = s as? Int, v >= 0 else { throw ConfigError(file: path, message: "'seed' must be a non-negative integer") }
-            seed = UInt64(v)
+        var config = RunConfig(model: model, seed: 0)
+        let r = Reader(file: path)
+        if map["seed"] != nil { config.seed = UInt64(try r.int(map, "seed", section: nil, min: 0)) }
+        if let t = map["train"] {
+            guard let t = t as? [String: Any] else { throw ConfigError(file: path, message: "'train' must be a mapping") }
+            try checkKeys(t, known: TrainSection.keys, section: "train", file: path)
+            var s = TrainSection()
+            if t["steps"] != nil { s.steps = try r.int(t, "steps", section: "train", min: 1) }
+            if t["batch_size"] != nil { s.batchSize = try r.int(t, "batch_size", section: "train", min: 1) }
+            if t["micro_batches"] != nil { s.microBatches = try r.int(t, "micro_batches", section: "train", min: 1) }
+            if t["seq_len"] != nil { s.seqLen = try r.int(t, "seq_len", section: "train", min: 1) }
+            if t["lr"] != nil { s.lr = try r.double(t, "lr", section: "train") }
+            if t["min_lr"] != nil { s.minLR = try r.double(t, "min_lr", section: "train") }
+            if t["warmup_steps"] != nil { s.warmupSteps = try r.int(t, "warmup_steps", section: "train", min: 0) }
+            if t["weight_decay"] != nil { s.weightDecay = try r.double(t, "weight_decay", section: "train") }
+            if t["beta1"] != nil { s.beta1 = try r.double(t, "beta1", section: "train") }
+            if t["beta2"] != nil { s.beta2 = try r.double(t, "beta2", section: "train") }
+            if t["eps"] != nil { s.eps = try r.double(t, "eps", section: "train") }
+            if t["clip_norm"] != nil { s.clipNorm = try r.double(t, "clip_norm", section: "train") }
+            if t["log_every"] != nil { s.logEvery = try r.int(t, "log_every", section: "train", min: 1) }
+            if t["checkpoint_every"] != nil { s.checkpointEvery = try r.int(t, "checkpoint_every", section: "train", min: 0) }
+            if t["check_weights_every"] != nil { s.checkWeightsEvery = try r.int(t, "check_weights_every", section: "train", min: 0) }
+            if t["bucket_mb"] != nil { s.bucketMB = try r.double(t, "bucket_mb", section: "train") }
+            if t["out"] != nil { s.out = try r.string(t, "out", section: "train") }
+            if t["init_from"] != nil { s.initFrom = try r.string(t, "init_from", section: "train") }
+            config.train = s
         }
-        return RunConfig(model: model, seed: seed)
+        if let d = map["data"] {
+            guard let d = d as? [String: Any] else { throw ConfigError(file: path, message: "'data' must be a mapping") }
+            try checkKeys(d, known: DataSection.keys, section: "data", file: path)
+            if d["train"] != nil { config.data.train = try r.string(d, "train", section: "data") }
+            if d["heldout"] != nil { config.data.heldout = try r.string(d, "heldout", section: "data") }
+            if d["synth_examples"] != nil { config.data.synthExamples = try r.int(d, "synth_examples", section: "data", min: 1) }
+        }
+        return config
+    }
+
+    static func checkKeys(_ map: [String: Any], known: [String], section: String?, file: String) throws {
+        for key in map.keys.sorted() where !known.contains(key) {
+            let name = section.map { "\($0).\(key)" } ?? key
+            throw ConfigError(file: file, message: "unknown key '\(name)' (known: \(known.joined(separator: ", ")))")
+        }
+    }
+
+    struct Reader {
+        let file: String
+        func name(_ key: String, _ section: String?) -> String { section.map { "\($0).\(key)" } ?? key }
+        func int(_ m: [String: Any], _ key: String, section: String?, min: Int) throws -> Int {
+            guard let v = m[key] as? Int, v >= min else {
+                throw ConfigError(file: file, message: "'\(name(key, section))' must be an integer >= \(min), got \(m[key].map { "\($0)" } ?? "nothing")")
+            }
+            return v
+        }
+        func double(_ m: [String: Any], _ key: String, section: String?) throws -> Double {
+            if let v = m[key] as? Double, v.isFinite, v >= 0 { return v }
+            if let v = m[key] as? Int, v >= 0 { return Double(v) }
+            throw ConfigError(file: file, message: "'\(name(key, section))' must be a non-negative number, got \(m[key].map { "\($0)" } ?? "nothing")")
+        }
+        func string(_ m: [String: Any], _ key: String, section: String?) throws -> String {
+            guard let v = m[key] as? String, !v.isEmpty else {
+                throw ConfigError(file: file, message: "'\(name(key, section))' must be a non-empty string")
+            }
+            return v
+        }
     }
 }

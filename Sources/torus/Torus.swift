@@ -7,7 +7,7 @@ struct Torus: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "torus",
         abstract: "Distributed training and serving of long-context LLaMA models over MPI.",
-        subcommands: [InitCommand.self, EvalCommand.self, GenerateCommand.self, BenchCommand.self, CheckCommand.self])
+        subcommands: [InitCommand.self, TrainCommand.self, DataCommand.self, EvalCommand.self, GenerateCommand.self, BenchCommand.self, CheckCommand.self])
 
     static func main() {
         ProcessSetup.prepare()

@@ -1,0 +1,27 @@
+import Foundation
+import TorusModel
+
+/// Exact-match answer accuracy: the model is prompted with documents and question and
+/// generates greedily until a newline; the answer counts when it equals the expected one.
+public struct QAEvaluation {
+    public struct Result: Sendable {
+        public var total = 0, correct = 0
+        public var twoHopTotal = 0, twoHopCorrect = 0
+        public var accuracy: Double { total == 0 ? 0 : Double(correct) / Double(total) }
+        public var twoHopAccuracy: Double { twoHopTotal == 0 ? 0 : Double(twoHopCorrect) / Double(twoHopTotal) }
+    }
+
+    public static func evaluate(model: LlamaModel, examples: [QAExample], maxAnswerTokens: Int = 16) throws -> Result {
+        let tokenizer = ByteTokenizer()
+        var r = Result()
+        for e in examples {
+            let prompt = tokenizer.encode(e.prompt)
+            let out = try model.generate(prompt: prompt, maxNewTokens: maxAnswerTokens, stopToken: 10)
+            let text = tokenizer.decode(out).trimmingCharacters(in: .whitespacesAndNewlines)
+            let ok = text == e.answer
+            r.total += 1; r.correct += ok ? 1 : 0
+            if e.hops == 2 { r.twoHopTotal += 1; r.twoHopCorrect += ok ? 1 : 0 }
+        }
+        return r
+    }
+}

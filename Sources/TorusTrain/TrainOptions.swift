@@ -1,0 +1,48 @@
+/// Everything that defines a training run besides the model and the data.
+public struct TrainOptions: Codable, Equatable, Sendable {
+    /// Optimizer steps to reach.
+    public var steps: Int
+    /// Sequences in one micro-batch summed over all data-parallel ranks.
+    public var globalSequences: Int
+    /// Micro-batches accumulated per optimizer step.
+    public var microBatches: Int = 1
+    public var seqLen: Int
+    public var schedule: LearningRateSchedule
+    public var adamw: AdamWOptions = AdamWOptions()
+    /// Clip the global gradient norm to this (0 turns clipping off).
+    public var clipNorm: Double = 1.0
+    public var seed: UInt64 = 0
+    public var logEvery: Int = 10
+    /// Checkpoint every this many steps (0: only at the end).
+    public var checkpointEvery: Int = 0
+    /// Compare weights across ranks every this many steps.
+    public var checkWeightsEvery: Int = 50
+    public var bucketBytes: Int = 32 << 20
+
+    public init(steps: Int, globalSequences: Int, microBatches: Int = 1, seqLen: Int, schedule: LearningRateSchedule,
+                adamw: AdamWOptions = AdamWOptions(), clipNorm: Double = 1.0, seed: UInt64 = 0, logEvery: Int = 10,
+                checkpointEvery: Int = 0, checkWeightsEvery: Int = 50, bucketBytes: Int = 32 << 20) {
+        self.steps = steps; self.globalSequences = globalSequences; self.microBatches = microBatches
+        self.seqLen = seqLen; self.schedule = schedule; self.adamw = adamw; self.clipNorm = clipNorm
+        self.seed = seed; self.logEvery = logEvery; self.checkpointEvery = checkpointEvery
+        self.checkWeightsEvery = checkWeightsEvery; self.bucketBytes = bucketBytes
+    }
+}
+
+/// A training problem that stops the run, with what to do about it.
+public enum TrainError: Error, CustomStringConvertible {
+    case invalid(String)
+    case nonFiniteLoss(step: Int, loss: Float, lastCheckpoint: String?)
+    case weightsDiverged(step: Int, detail: String)
+    case resume(String)
+
+    public var description: String {
+        switch self {
+        case let .invalid(m): return "train: \(m)"
+        case let .nonFiniteLoss(step, loss, last):
+            return "train: loss is \(loss) at step \(step); stopping. Last good checkpoint: \(last ?? "none")"
+        case let .weightsDiverged(step, detail): return "train: weights differ across data-parallel ranks at step \(step): \(detail)"
+        case let .resume(m): return "train: cannot resume: \(m)"
+        }
+    }
+}

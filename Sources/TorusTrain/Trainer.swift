@@ -1,0 +1,164 @@
+import Foundation
+import TorusComm
+import TorusModel
+import TorusTensor
+
+/// One optimizer step's figures, as printed and written to the metrics file.
+public struct StepReport: Codable, Sendable {
+    public var step: Int
+    public var loss: Float
+    public var lr: Double
+    public var gradNorm: Double
+    public var tokensPerSecond: Double
+    public var gflops: Double
+    public var stepSeconds: Double
+    public var allReduceWaitSeconds: Double
+    public var etaSeconds: Double
+}
+
+/// Data-parallel training of a LLaMA model with AdamW: each rank computes gradients on its
+/// share of every micro-batch; the last micro-batch's backward starts bucketed all-reduces as
+/// gradients complete; then clipping, the schedule and the update, identical on every rank.
+public final class Trainer {
+    public let model: LlamaModel
+    public let options: TrainOptions
+    public let comm: Communicator
+    public let optimizer: AdamW
+    let tokens: [Int32]
+    let sampler: BatchSampler
+    let gradients: ParameterStore
+    let reducer: GradientReducer
+    /// Where checkpoints and metrics go (nil: nowhere).
+    public let outDir: String?
+    public private(set) var step = 0
+    public private(set) var lastCheckpoint: String?
+    /// Test hook: (rank, step) at which this process kills itself, to test failure handling.
+    public var faultInjection: (rank: Int, step: Int)?
+    /// Test hook: the step at which a weight is set to NaN on every rank.
+    public var faultNaNStep: Int?
+
+    public init(model: LlamaModel, tokens: [Int32], options: TrainOptions, comm: Communicator, outDir: String?) throws {
+        guard options.steps >= 1 else { throw TrainError.invalid("steps must be at least 1") }
+        guard options.seqLen >= 1, options.seqLen <= model.config.maxPositionEmbeddings else {
+            throw TrainError.invalid("seq_len \(options.seqLen) must be in 1...\(model.config.maxPositionEmbeddings) (max_position_embeddings)")
+        }
+        guard options.microBatches >= 1 else { throw TrainError.invalid("micro_batches must be at least 1") }
+        guard options.globalSequences >= comm.size, options.globalSequences % comm.size == 0 else {
+            throw TrainError.invalid("global batch of \(options.globalSequences) sequences does not split evenly over \(comm.size) data-parallel ranks")
+        }
+        guard tokens.count > options.seqLen + 1 else {
+            throw TrainError.invalid("the training data has \(tokens.count) tokens; a window needs \(options.seqLen + 1)")
+        }
+        if let bad = tokens.firstIndex(where: { $0 < 0 || Int($0) >= model.config.vocabSize }) {
+            throw TrainError.invalid("training token \(bad) is \(tokens[bad]), outside the vocabulary [0, \(model.config.vocabSize))")
+        }
+        self.model = model
+        self.tokens = tokens
+        self.options = options
+        self.comm = comm
+        self.outDir = outDir
+        self.optimizer = AdamW(parameters: model.parameters, options: options.adamw)
+        self.sampler = BatchSampler(tokenCount: tokens.count, seqLen: options.seqLen, seed: options.seed)
+        self.gradients = model.makeGradients()
+        self.reducer = GradientReducer(comm: comm, gradients: gradients, bucketBytes: options.bucketBytes)
+    }
+
+    /// Makes every rank start from rank 0's weights.
+    public func synchronizeWeights() throws {
+        try comm.broadcast(model.parameters.flat, root: 0)
+    }
+
+    /// Continues from the newest complete checkpoint in `outDir`; returns its step (0 if none).
+    @discardableResult
+    public func resume() throws -> Int {
+        guard let outDir, let dir = TrainingCheckpoint.latest(out: outDir) else { return 0 }
+        let state = try TrainingCheckpoint.load(dir: dir, model: model, optimizer: optimizer)
+        guard state.worldSize == comm.size else {
+            throw TrainError.resume("\(dir) was written by \(state.worldSize) data-parallel ranks and this run has \(comm.size); resuming on a different world size is not supported (the batch split and data order would change)")
+        }
+        guard state.options.globalSequences == options.globalSequences, state.options.seqLen == options.seqLen,
+              state.options.microBatches == options.microBatches, state.options.seed == options.seed,
+              state.options.schedule == options.schedule, state.options.adamw == options.adamw else {
+            throw TrainError.resume("\(dir) used a different batch, sequence length, micro-batch count, seed, learning-rate schedule or AdamW settings")
+        }
+        guard state.dataTokens == tokens.count else {
+            throw TrainError.resume("\(dir) was trained on \(state.dataTokens) tokens; this data has \(tokens.count)")
+        }
+        step = state.step
+        lastCheckpoint = dir
+        return step
+    }
+
+    /// Runs one optimizer step and returns its report.
+    public func trainStep() throws -> StepReport {
+        let began = DispatchTime.now().uptimeNanoseconds
+        step += 1
+        if let fault = faultInjection, fault.rank == comm.rank, fault.step == step {
+            FileHandle.standardError.write(Data("rank \(comm.rank): fault injection: killing myself at step \(step)\n".utf8))
+            kill(getpid(), SIGKILL)
+        }
+        if faultNaNStep == step { model.weights.finalNorm[0] = .nan }
+        gradients.flat.fill(0)
+        reducer.begin()
+        let perRank = options.globalSequences / comm.size
+        var lossSum: Float = 0
+        for micro in 0..<options.microBatches {
+            let batch = sampler.batch(step: step, micro: micro, microBatches: options.microBatches,
+                                      globalSequences: options.globalSequences, rank: comm.rank, ranks: comm.size, tokens: tokens)
+            let last = micro == options.microBatches - 1
+            let reducer = self.reducer
+            lossSum += try model.loss(tokens: batch.inputs, targets: batch.targets, batch: perRank, seqLen: options.seqLen,
+                                      gradients: gradients, lossScale: 1 / Float(options.microBatches),
+                                      gradientsReady: last ? { reducer.ready(offset: $0) } : nil)
+        }
+        try reducer.finish()
+        let loss = Float(try comm.allReduce([Double(lossSum / Float(options.microBatches))])[0] / Double(comm.size))
+        guard loss.isFinite else { throw TrainError.nonFiniteLoss(step: step, loss: loss, lastCheckpoint: lastCheckpoint) }
+        let norm = globalNorm(gradients)
+        if options.clipNorm > 0 && norm > options.clipNorm {
+            let s = Float(options.clipNorm / norm)
+            let g = gradients.flat.pointer
+            for i in 0..<gradients.count { g[i] *= s }
+        }
+        let lr = options.schedule.rate(at: step)
+        optimizer.update(parameters: model.parameters, gradients: gradients, lr: Float(lr))
+        if options.checkWeightsEvery > 0 && step % options.checkWeightsEvery == 0 { try checkWeightsAgree() }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9
+        let tokensPerStep = options.globalSequences * options.microBatches * options.seqLen
+        let flops = 3 * model.config.forwardFLOPs(tokens: tokensPerStep, seqLen: options.seqLen)
+        return StepReport(step: step, loss: loss, lr: lr, gradNorm: norm, tokensPerSecond: Double(tokensPerStep) / seconds,
+                          gflops: flops / seconds / 1e9, stepSeconds: seconds, allReduceWaitSeconds: reducer.lastWaitSeconds,
+                          etaSeconds: seconds * Double(options.steps - step))
+    }
+
+    /// Fails loudly when the weights are not bit-identical on every rank.
+    public func checkWeightsAgree() throws {
+        guard comm.size > 1 else { return }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        let p = model.parameters.flat.pointer
+        for i in 0..<model.parameters.count {
+            hash = (hash ^ UInt64(p[i].bitPattern)) &* 0x100_0000_01b3
+        }
+        // Four 16-bit pieces are exact in Double; compare min and max across ranks.
+        let parts = (0..<4).map { Double((hash >> (16 * UInt64($0))) & 0xFFFF) }
+        let lo = try comm.allReduce(parts, op: .min), hi = try comm.allReduce(parts, op: .max)
+        if lo != hi {
+            throw TrainError.weightsDiverged(step: step, detail: "parameter hash on rank \(comm.rank) is \(String(hash, radix: 16)); ranks disagree")
+        }
+    }
+
+    /// Writes a checkpoint of the current step (rank 0 writes; all ranks wait for it).
+    public func checkpoint() throws {
+        guard let outDir else { return }
+        var failure: String?
+        if comm.rank == 0 {
+            do {
+                lastCheckpoint = try TrainingCheckpoint.write(out: outDir, model: model, optimizer: optimizer,
+                    state: TrainerState(step: step, worldSize: comm.size, options: options, dataTokens: tokens.count, loss: 0))
+            } catch { failure = "\(error)" }
+        }
+        let failed = try comm.allReduce([failure == nil ? 0 : 1], op: .max)[0]
+        if failed > 0 { throw TrainError.invalid("checkpoint at step \(step) failed: \(failure ?? "on rank 0")") }
+        if comm.rank != 0 { lastCheckpoint = TrainingCheckpoint.directory(out: outDir, step: step) }
+    }
+}

@@ -1,0 +1,160 @@
+import ArgumentParser
+import Foundation
+import TorusComm
+import TorusModel
+import TorusTrain
+
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "train",
+        abstract: "Train a LLaMA model (data-parallel across the ranks of mpirun).")
+
+    @Option(help: "YAML config (model, train, data sections).") var config: String
+    @Option(help: "Output directory (overrides train.out).") var out: String?
+    @Option(help: "Optimizer steps (overrides train.steps).") var steps: Int?
+    @Flag(help: "Continue from the newest complete checkpoint in the output directory.") var resume = false
+    @Option(help: "Stop (with a checkpoint) after this step, as if interrupted; the schedule still spans all steps.") var stopAfter: Int?
+
+    func run() throws {
+        let world = try MPIRuntime.world()
+        do {
+            try train(world: world)
+        } catch {
+            // One rank failing must end the job, not leave the others waiting in a collective.
+            warn("torus train: rank \(world.rank) of \(world.size): \(error)")
+            if world.size > 1 { world.abort(code: 1) }
+            throw ExitCode.failure
+        }
+    }
+
+    func train(world: Communicator) throws {
+        var cfg = try RunConfig.load(path: config)
+        if let steps { cfg.train.steps = steps }
+        if let out { cfg.train.out = out }
+        let t = cfg.train
+        let model: LlamaModel
+        if let from = t.initFrom {
+            model = try HFCheckpoint.load(directory: from)
+            guard model.config == cfg.model else {
+                throw ConfigError(file: config, message: "train.init_from \(from) has a different model config than 'model'")
+            }
+        } else {
+            model = try LlamaModel.initialized(config: cfg.model, seed: cfg.seed)
+        }
+        let tokens = try loadTokens(cfg.data.train, cfg: cfg, split: "train", vocab: model.config.vocabSize)
+        let options = TrainOptions(
+            steps: t.steps, globalSequences: t.batchSize, microBatches: t.microBatches, seqLen: t.seqLen,
+            schedule: LearningRateSchedule(peak: t.lr, minimum: t.minLR, warmupSteps: t.warmupSteps, totalSteps: t.steps),
+            adamw: AdamWOptions(beta1: Float(t.beta1), beta2: Float(t.beta2), eps: Float(t.eps), weightDecay: Float(t.weightDecay)),
+            clipNorm: t.clipNorm, seed: cfg.seed, logEvery: t.logEvery, checkpointEvery: t.checkpointEvery,
+            checkWeightsEvery: t.checkWeightsEvery, bucketBytes: Int(t.bucketMB * 1_048_576))
+        let trainer = try Trainer(model: model, tokens: tokens, options: options, comm: world, outDir: t.out)
+        if let spec = ProcessInfo.processInfo.environment["TORUS_FAULT_KILL"] {
+            let parts = spec.split(separator: ":").compactMap { Int($0) }
+            if parts.count == 2 { trainer.faultInjection = (parts[0], parts[1]) }
+        }
+        trainer.faultNaNStep = ProcessInfo.processInfo.environment["TORUS_FAULT_NAN"].flatMap { Int($0) }
+        try trainer.synchronizeWeights()
+        let start = resume ? try trainer.resume() : 0
+        let rank0 = world.rank == 0
+        if rank0 {
+            try FileManager.default.createDirectory(atPath: t.out, withIntermediateDirectories: true)
+            print("train: \(world.size) data-parallel rank(s), \(model.config.parameterCount) parameters, \(tokens.count) training tokens, global batch \(t.batchSize) x \(t.microBatches) x \(t.seqLen) tokens, \(t.steps) steps" + (start > 0 ? ", resuming after step \(start)" : ""))
+        }
+        let metrics = rank0 ? try MetricsLog(path: t.out + "/metrics.jsonl", append: start > 0) : nil
+        let last = min(t.steps, stopAfter ?? t.steps)
+        while trainer.step < last {
+            let report = try trainer.trainStep()
+            if rank0 {
+                try metrics?.write(report)
+                if report.step % t.logEvery == 0 || report.step == t.steps || report.step == start + 1 {
+                    print(String(format: "step %5d/%d  loss %.4f  lr %.2e  |grad| %.3f  %6.0f tok/s  %6.1f GFLOP/s  allreduce wait %5.1f ms  ETA %@",
+                                 report.step, t.steps, report.loss, report.lr, report.gradNorm, report.tokensPerSecond,
+                                 report.gflops, report.allReduceWaitSeconds * 1e3, formatDuration(report.etaSeconds)))
+                }
+            }
+            if t.checkpointEvery > 0 && trainer.step % t.checkpointEvery == 0 && trainer.step < t.steps {
+                try trainer.checkpoint()
+                if rank0 { print("checkpoint: \(trainer.lastCheckpoint ?? "")") }
+            }
+        }
+        try trainer.checkWeightsAgree()
+        try trainer.checkpoint()
+        if trainer.step < t.steps {
+            if rank0 { print("stopped after step \(trainer.step) of \(t.steps); continue with --resume. checkpoint: \(trainer.lastCheckpoint ?? "")") }
+            try world.barrier()
+            return
+        }
+        if rank0 {
+            let modelDir = t.out + "/model"
+            try HFCheckpoint.save(model, to: modelDir)
+            print("checkpoint: \(trainer.lastCheckpoint ?? "")")
+            print("model: \(modelDir)")
+            print("metrics: \(t.out)/metrics.jsonl")
+            if let heldout = cfg.data.heldout {
+                let held = try loadTokens(heldout, cfg: cfg, split: "heldout", vocab: model.config.vocabSize)
+                let loss = try evaluationLoss(model: model, tokens: held, seqLen: t.seqLen)
+                print(String(format: "heldout: loss %.4f, perplexity %.3f over %d tokens", loss, exp(loss), held.count))
+                if heldout == "synth" {
+                    let corpus = SyntheticCorpus(seed: cfg.seed)
+                    let limit = model.config.maxPositionEmbeddings - 16
+                    let examples = (0..<40).map { corpus.example($0, split: "heldout") }.filter { $0.prompt.utf8.count <= limit }
+                    let acc = try QAEvaluation.evaluate(model: model, examples: examples)
+                    if examples.isEmpty {
+                        print("heldout QA: skipped (questions are longer than max_position_embeddings \(model.config.maxPositionEmbeddings))")
+                    } else { print(String(format: "heldout QA: answer accuracy %.1f%% (%d/%d), two-hop %.1f%% (%d/%d)",
+                                 100 * acc.accuracy, acc.correct, acc.total, 100 * acc.twoHopAccuracy, acc.twoHopCorrect, acc.twoHopTotal))
+                    }
+                }
+            }
+        }
+        try world.barrier()
+    }
+
+    func loadTokens(_ source: String, cfg: RunConfig, split: String, vocab: Int) throws -> [Int32] {
+        if source == "synth" {
+            let count = split == "train" ? cfg.data.synthExamples : 200
+            return ByteTokenizer().encode(SyntheticCorpus(seed: cfg.seed).text(count: count, split: split))
+        }
+        return try readTokens(path: source, vocab: vocab)
+    }
+}
+
+/// Mean next-token loss over consecutive windows of `seqLen`.
+func evaluationLoss(model: LlamaModel, tokens: [Int32], seqLen: Int) throws -> Double {
+    var total = 0.0, count = 0, start = 0
+    while start + 1 < tokens.count {
+        let end = min(start + seqLen, tokens.count - 1)
+        let loss = try model.loss(tokens: Array(tokens[start..<end]), targets: Array(tokens[(start + 1)...end]),
+                                  batch: 1, seqLen: end - start)
+        total += Double(loss) * Double(end - start)
+        count += end - start
+        start = end
+    }
+    return total / Double(max(count, 1))
+}
+
+func formatDuration(_ s: Double) -> String {
+    let t = Int(s.rounded())
+    return t >= 3600 ? "\(t / 3600)h\(t % 3600 / 60)m" : t >= 60 ? "\(t / 60)m\(t % 60)s" : "\(t)s"
+}
+
+/// Appends one JSON object per step.
+final class MetricsLog {
+    let handle: FileHandle
+    let encoder = JSONEncoder()
+
+    init(path: String, append: Bool) throws {
+        if !append || !FileManager.default.fileExists(atPath: path) {
+            FileManager.default.createFile(atPath: path, contents: nil)
+        }
+        guard let h = FileHandle(forWritingAtPath: path) else { throw ValidationErrorMessage("cannot write metrics file \(path)") }
+        handle = h
+        handle.seekToEndOfFile()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.outputFormatting = [.sortedKeys]
+    }
+
+    func write(_ report: StepReport) throws {
+        handle.write(try encoder.encode(report) + Data("\n".utf8))
+    }
+}

@@ -1,0 +1,69 @@
+import Foundation
+import Testing
+import TorusModel
+import TorusTrain
+
+@Suite struct TrainComponentTests {
+    @Test func scheduleWarmsUpThenDecaysToTheMinimum() {
+        let s = LearningRateSchedule(peak: 1e-3, minimum: 1e-4, warmupSteps: 10, totalSteps: 110)
+        #expect(abs(s.rate(at: 1) - 1e-4) < 1e-12)
+        #expect(abs(s.rate(at: 10) - 1e-3) < 1e-12)
+        #expect(abs(s.rate(at: 60) - 5.5e-4) < 1e-12)   // half-way through the cosine
+        #expect(abs(s.rate(at: 110) - 1e-4) < 1e-12)
+        #expect(abs(s.rate(at: 500) - 1e-4) < 1e-12)
+    }
+
+    /// Two AdamW steps against a Double reference of the algorithm (decay on matrices only).
+    @Test func adamWMatchesReference() {
+        let store = ParameterStore(layout: [("w", [2, 2]), ("norm", [2])])
+        let grads = store.zerosLike()
+        let p0: [Float] = [0.5, -0.3, 0.2, 0.1, 1.0, 1.0]
+        for i in 0..<6 { store.flat[i] = p0[i] }
+        let opt = AdamW(parameters: store, options: AdamWOptions(beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0.1))
+        var p = p0.map(Double.init), m = [Double](repeating: 0, count: 6), v = m
+        for (step, g) in [[0.1, -0.2, 0.3, 0.0, 0.5, -0.5], [0.2, 0.1, -0.1, 0.4, 0.1, 0.0]].enumerated() {
+            for i in 0..<6 { grads.flat[i] = Float(g[i]) }
+            opt.update(parameters: store, gradients: grads, lr: 0.01)
+            let t = Double(step + 1)
+            for i in 0..<6 {
+                m[i] = 0.9 * m[i] + 0.1 * g[i]
+                v[i] = 0.99 * v[i] + 0.01 * g[i] * g[i]
+                let mhat = m[i] / (1 - pow(0.9, t)), vhat = v[i] / (1 - pow(0.99, t))
+                if i < 4 { p[i] *= 1 - 0.01 * 0.1 }
+                p[i] -= 0.01 * mhat / (vhat.squareRoot() + 1e-8)
+            }
+        }
+        for i in 0..<6 { #expect(abs(Double(store.flat[i]) - p[i]) < 1e-6, "parameter \(i)") }
+        #expect(opt.step == 2)
+    }
+
+    @Test func samplerVisitsEveryWindowOncePerEpoch() {
+        let s = BatchSampler(tokenCount: 1001, seqLen: 10, seed: 3)
+        #expect(s.windowCount == 100)
+        for epoch in 0..<3 {
+            let starts = (0..<100).map { s.windowStart(globalIndex: epoch * 100 + $0) }
+            #expect(Set(starts) == Set((0..<100).map { $0 * 10 }))
+        }
+        let tokens = (0..<1001).map { Int32($0 % 256) }
+        // The two halves of a global batch on two ranks are the one-rank batch.
+        let whole = s.batch(step: 3, micro: 1, microBatches: 2, globalSequences: 4, rank: 0, ranks: 1, tokens: tokens)
+        let a = s.batch(step: 3, micro: 1, microBatches: 2, globalSequences: 4, rank: 0, ranks: 2, tokens: tokens)
+        let b = s.batch(step: 3, micro: 1, microBatches: 2, globalSequences: 4, rank: 1, ranks: 2, tokens: tokens)
+        #expect(a.inputs + b.inputs == whole.inputs && a.targets + b.targets == whole.targets)
+        #expect(zip(whole.inputs, whole.targets).allSatisfy { ($0 + 1) % 256 == $1 % 256 })
+    }
+
+    @Test func synthesisedAnswersAreInTheDocuments() {
+        let corpus = SyntheticCorpus(seed: 1)
+        var twoHop = 0
+        for i in 0..<200 {
+            let e = corpus.example(i, split: "heldout")
+            #expect(e.prompt.hasSuffix("A:"))
+            #expect(e.prompt.contains(" \(e.answer)."), "answer \(e.answer) not in \(e.prompt)")
+            if e.hops == 2 { twoHop += 1 }
+        }
+        #expect(twoHop > 40)
+        #expect(corpus.example(0, split: "train") != corpus.example(0, split: "heldout"))
+        #expect(corpus.example(5, split: "train") == SyntheticCorpus(seed: 1).example(5, split: "train"))
+    }
+}
