@@ -63,6 +63,9 @@ public final class Trainer {
         self.reducer = GradientReducer(comm: comm, gradients: gradients, bucketBytes: options.bucketBytes)
     }
 
+    /// Number of all-reduce buckets the gradients are split into.
+    public var bucketCount: Int { reducer.buckets.count }
+
     /// Makes every rank start from rank 0's weights.
     public func synchronizeWeights() throws {
         try comm.broadcast(model.parameters.flat, root: 0)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TorusModel
+import TorusTrain
 
 struct EvalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "eval",
@@ -10,6 +11,8 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Text file (byte tokens) or Torus token file.") var data: String
     @Option(help: "Tokens per evaluated window (default: min(max_position_embeddings, 256)).") var seqLen: Int?
     @Option(help: "Windows per forward pass.") var batch: Int = 4
+    @Option(help: "Question file (JSON lines with prompt, answer, hops, as written by 'torus data synth'): report answer accuracy.") var qa: String?
+    @Option(help: "Evaluate at most this many questions.") var qaLimit: Int?
 
     func run() throws {
         let m = try HFCheckpoint.load(directory: model)
@@ -49,5 +52,24 @@ struct EvalCommand: ParsableCommand {
         let elapsed = Date().timeIntervalSince(began)
         print(String(format: "eval: %d tokens in %d windows of %d, mean loss %.4f, perplexity %.3f (%.0f tokens/s)",
                      totalTokens, windows.count, t, mean, exp(mean), Double(totalTokens) / max(elapsed, 1e-9)))
+        if let qa { try evaluateQuestions(model: m, path: qa) }
+    }
+
+    func evaluateQuestions(model m: LlamaModel, path: String) throws {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw ValidationErrorMessage("question file \(path) does not exist or cannot be read")
+        }
+        var examples: [QAExample] = []
+        for (i, line) in text.split(separator: "\n").enumerated() where !line.trimmingCharacters(in: .whitespaces).isEmpty {
+            do { examples.append(try JSONDecoder().decode(QAExample.self, from: Data(line.utf8))) } catch {
+                throw ValidationErrorMessage("question file \(path), line \(i + 1): expected {\"prompt\", \"answer\", \"hops\"}")
+            }
+        }
+        if let qaLimit { examples = Array(examples.prefix(qaLimit)) }
+        let fitting = examples.filter { $0.prompt.utf8.count + 16 <= m.config.maxPositionEmbeddings }
+        let r = try QAEvaluation.evaluate(model: m, examples: fitting)
+        print(String(format: "eval: answer accuracy %.1f%% (%d/%d), two-hop %.1f%% (%d/%d)%@", 100 * r.accuracy, r.correct, r.total,
+                     100 * r.twoHopAccuracy, r.twoHopCorrect, r.twoHopTotal,
+                     fitting.count < examples.count ? " (\(examples.count - fitting.count) questions longer than the context skipped)" : ""))
     }
 }

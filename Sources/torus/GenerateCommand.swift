@@ -14,6 +14,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Nucleus sampling threshold.") var topP: Float = 1
     @Option(help: "Sampling seed.") var seed: UInt64 = 0
     @Flag(help: "Print token ids instead of text.") var ids = false
+    @Flag(help: "Stop at the first newline token (10).") var stopAtNewline = false
 
     func validate() throws {
         if (prompt == nil) == (promptIds == nil) { throw ValidationError("give exactly one of --prompt and --prompt-ids") }
@@ -35,7 +36,8 @@ struct GenerateCommand: ParsableCommand {
         let began = Date()
         var decoder = ByteStreamDecoder()
         let out = try m.generate(prompt: input, maxNewTokens: maxTokens,
-                                 options: SamplingOptions(temperature: temperature, topP: topP, seed: seed)) { token in
+                                 options: SamplingOptions(temperature: temperature, topP: topP, seed: seed),
+                                 stopToken: stopAtNewline ? 10 : nil) { token in
             if !ids { FileHandle.standardOutput.write(Data(decoder.push(token).utf8)) }
         }
         if ids { print(out.map(String.init).joined(separator: ",")) } else { print(decoder.flush()) }
