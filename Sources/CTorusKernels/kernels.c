@@ -79,3 +79,34 @@ float torus_max(const float *x, long n) {
     for (int j = 0; j < 16; j++) m = acc[j] > m ? acc[j] : m;
     return m;
 }
+
+TORUS_CLONES
+void torus_adamw(float *p, const float *g, float *m, float *v, long n, float b1, float b2, float eps,
+                 float decay, float step_size, float c2root) {
+    const float inv_c2root = 1.0f / c2root;
+    for (long i = 0; i < n; i++) {
+        float gi = g[i];
+        float mi = b1 * m[i] + (1.0f - b1) * gi;
+        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * decay - step_size * mi / (sqrtf(vi) * inv_c2root + eps);
+    }
+}
+
+TORUS_CLONES
+double torus_sum_squares(const float *x, long n) {
+    double acc[8] = {0};
+    long i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += (double)x[i + j] * (double)x[i + j];
+    double s = 0;
+    for (; i < n; i++) s += (double)x[i] * (double)x[i];
+    for (int j = 0; j < 8; j++) s += acc[j];
+    return s;
+}
+
+TORUS_CLONES
+void torus_scale(float *x, long n, float s) {
+    for (long i = 0; i < n; i++) x[i] *= s;
+}

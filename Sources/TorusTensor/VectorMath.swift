@@ -20,7 +20,19 @@ public enum VectorMath {
     /// `x[i] *= factor`.
     @inline(__always)
     public static func scale(_ x: UnsafeMutablePointer<Float>, count: Int, by factor: Float) {
-        for i in 0..<count { x[i] *= factor }
+        torus_scale(x, count, factor)
+    }
+
+    /// Sum of squares, accumulated in Double.
+    @inline(__always)
+    public static func sumOfSquares(_ x: UnsafePointer<Float>, count: Int) -> Double { torus_sum_squares(x, count) }
+
+    /// One AdamW step over `count` values (see `AdamW` in TorusTrain for the formula).
+    @inline(__always)
+    public static func adamW(parameters p: UnsafeMutablePointer<Float>, gradients g: UnsafePointer<Float>,
+                             firstMoment m: UnsafeMutablePointer<Float>, secondMoment v: UnsafeMutablePointer<Float>, count: Int,
+                             beta1: Float, beta2: Float, eps: Float, decay: Float, stepSize: Float, biasCorrection2Root: Float) {
+        torus_adamw(p, g, m, v, count, beta1, beta2, eps, decay, stepSize, biasCorrection2Root)
     }
 
     /// `out[i] = 1 / (1 + e^(-x[i]))`.

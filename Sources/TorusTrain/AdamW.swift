@@ -44,12 +44,9 @@ public final class AdamW: @unchecked Sendable {
         let m = firstMoment.flat.pointer, v = secondMoment.flat.pointer
         for range in decayMask {
             let decay: Float = range.decay ? 1 - lr * options.weightDecay : 1
-            for i in range.offset..<(range.offset + range.count) {
-                let gi = g[i]
-                m[i] = b1 * m[i] + (1 - b1) * gi
-                v[i] = b2 * v[i] + (1 - b2) * gi * gi
-                p[i] = p[i] * decay - stepSize * m[i] / (v[i].squareRoot() / c2root + eps)
-            }
+            let o = range.offset
+            VectorMath.adamW(parameters: p + o, gradients: g + o, firstMoment: m + o, secondMoment: v + o, count: range.count,
+                             beta1: b1, beta2: b2, eps: eps, decay: decay, stepSize: stepSize, biasCorrection2Root: c2root)
         }
     }
 
@@ -59,8 +56,5 @@ public final class AdamW: @unchecked Sendable {
 
 /// Global L2 norm of a gradient buffer, accumulated in Double.
 public func globalNorm(_ store: ParameterStore) -> Double {
-    var acc = 0.0
-    let p = store.flat.pointer
-    for i in 0..<store.count { acc += Double(p[i]) * Double(p[i]) }
-    return acc.squareRoot()
+    VectorMath.sumOfSquares(store.flat.pointer, count: store.count).squareRoot()
 }

@@ -1,6 +1,7 @@
 import Foundation
 import TorusComm
 import TorusModel
+import TorusTensor
 
 /// Averages gradients across data-parallel ranks in buckets that start while backward is
 /// still running.
@@ -68,9 +69,7 @@ public final class GradientReducer {
         let t0 = DispatchTime.now().uptimeNanoseconds
         try Request.waitAll(requests)
         lastWaitSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-        let scale = 1 / Float(comm.size)
-        let g = gradients.flat.pointer
-        for i in 0..<gradients.count { g[i] *= scale }
+        VectorMath.scale(gradients.flat.pointer, count: gradients.count, by: 1 / Float(comm.size))
     }
 
     /// Time of one blocking all-reduce of the whole gradient buffer in the same buckets (the

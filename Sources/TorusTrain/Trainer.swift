@@ -119,9 +119,7 @@ public final class Trainer {
         guard loss.isFinite else { throw TrainError.nonFiniteLoss(step: step, loss: loss, lastCheckpoint: lastCheckpoint) }
         let norm = globalNorm(gradients)
         if options.clipNorm > 0 && norm > options.clipNorm {
-            let s = Float(options.clipNorm / norm)
-            let g = gradients.flat.pointer
-            for i in 0..<gradients.count { g[i] *= s }
+            VectorMath.scale(gradients.flat.pointer, count: gradients.count, by: Float(options.clipNorm / norm))
         }
         let lr = options.schedule.rate(at: step)
         optimizer.update(parameters: model.parameters, gradients: gradients, lr: Float(lr))

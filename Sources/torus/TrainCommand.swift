@@ -60,7 +60,7 @@ struct TrainCommand: ParsableCommand {
             try FileManager.default.createDirectory(atPath: t.out, withIntermediateDirectories: true)
             print("train: \(world.size) data-parallel rank(s), \(model.config.parameterCount) parameters, \(tokens.count) training tokens, global batch \(t.batchSize) x \(t.microBatches) x \(t.seqLen) tokens, \(t.steps) steps" + (start > 0 ? ", resuming after step \(start)" : ""))
         }
-        let metrics = rank0 ? try MetricsLog(path: t.out + "/metrics.jsonl", append: start > 0) : nil
+        let metrics = rank0 ? try MetricsLog(path: t.out + "/metrics.jsonl", append: start > 0, keepThrough: start) : nil
         let last = min(t.steps, stopAfter ?? t.steps)
         while trainer.step < last {
             let report = try trainer.trainStep()
@@ -143,8 +143,16 @@ final class MetricsLog {
     let handle: FileHandle
     let encoder = JSONEncoder()
 
-    init(path: String, append: Bool) throws {
-        if !append || !FileManager.default.fileExists(atPath: path) {
+    /// Opens the metrics file; when resuming after `keepThrough`, drops lines of later steps
+    /// (written before an interruption) so every step appears once.
+    init(path: String, append: Bool, keepThrough: Int = 0) throws {
+        if append, let text = try? String(contentsOfFile: path, encoding: .utf8) {
+            struct StepOnly: Decodable { let step: Int }
+            let kept = text.split(separator: "\n").filter { line in
+                (try? JSONDecoder().decode(StepOnly.self, from: Data(line.utf8)).step).map { $0 <= keepThrough } ?? false
+            }
+            try (kept.map { $0 + "\n" }.joined()).write(toFile: path, atomically: true, encoding: .utf8)
+        } else {
             FileManager.default.createFile(atPath: path, contents: nil)
         }
         guard let h = FileHandle(forWritingAtPath: path) else { throw ValidationErrorMessage("cannot write metrics file \(path)") }

@@ -12,3 +12,15 @@ float torus_max(const float *x, long n);
 /* exp(x) for a single value with the same polynomial (for tests and scalar tails). */
 float torus_exp(float x);
 #endif
+
+#ifndef TORUS_KERNELS_OPT_H
+#define TORUS_KERNELS_OPT_H
+/* One AdamW update of n values: m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+   p = p * decay - step_size * m / (sqrt(v) / c2root + eps). */
+void torus_adamw(float *p, const float *g, float *m, float *v, long n, float b1, float b2, float eps,
+                 float decay, float step_size, float c2root);
+/* Sum of squares of x[0..n), accumulated in double. */
+double torus_sum_squares(const float *x, long n);
+/* x[i] *= s. */
+void torus_scale(float *x, long n, float s);
+#endif
