@@ -28,6 +28,7 @@ public final class Trainer {
     let sampler: BatchSampler
     let gradients: ParameterStore
     let reducer: GradientReducer
+    let shards: ShardedGradients
     /// Where checkpoints and metrics go (nil: nowhere).
     public let outDir: String?
     public private(set) var step = 0
@@ -61,6 +62,7 @@ public final class Trainer {
         self.sampler = BatchSampler(tokenCount: tokens.count, seqLen: options.seqLen, seed: options.seed)
         self.gradients = model.makeGradients()
         self.reducer = GradientReducer(comm: comm, gradients: gradients, bucketBytes: options.bucketBytes)
+        self.shards = ShardedGradients(main: gradients)
     }
 
     /// Number of all-reduce buckets the gradients are split into.
@@ -104,15 +106,39 @@ public final class Trainer {
         gradients.flat.fill(0)
         reducer.begin()
         let perRank = options.globalSequences / comm.size
+        // This rank's sequences are split over its threads; shard j takes sequences [start, end).
+        let threadCount = min(BLAS.threads, perRank)
+        let bounds = (0...threadCount).map { $0 * perRank / threadCount }
+        shards.begin(shards: threadCount)
         var lossSum: Float = 0
+        let seqLen = options.seqLen, scale = 1 / Float(options.microBatches)
         for micro in 0..<options.microBatches {
             let batch = sampler.batch(step: step, micro: micro, microBatches: options.microBatches,
                                       globalSequences: options.globalSequences, rank: comm.rank, ranks: comm.size, tokens: tokens)
             let last = micro == options.microBatches - 1
-            let reducer = self.reducer
-            lossSum += try model.loss(tokens: batch.inputs, targets: batch.targets, batch: perRank, seqLen: options.seqLen,
-                                      gradients: gradients, lossScale: 1 / Float(options.microBatches),
-                                      gradientsReady: last ? { reducer.ready(offset: $0) } : nil)
+            if last {
+                let reducer = self.reducer
+                shards.watch { reducer.ready(offset: $0) }
+            }
+            var losses = [Float](repeating: 0, count: threadCount)
+            var errors = [Error?](repeating: nil, count: threadCount)
+            let model = self.model, shards = self.shards
+            losses.withUnsafeMutableBufferPointer { lossOut in
+                errors.withUnsafeMutableBufferPointer { errorOut in
+                    Parallel.forEach(threadCount) { j in
+                        let lo = bounds[j] * seqLen, hi = bounds[j + 1] * seqLen, n = bounds[j + 1] - bounds[j]
+                        do {
+                            lossOut[j] = try model.loss(tokens: Array(batch.inputs[lo..<hi]), targets: Array(batch.targets[lo..<hi]),
+                                                        batch: n, seqLen: seqLen, gradients: shards.store(j),
+                                                        lossScale: scale * Float(n) / Float(perRank),
+                                                        gradientsReady: last ? { shards.report(shard: j, offset: $0) } : nil)
+                                * Float(n) / Float(perRank)
+                        } catch { errorOut[j] = error }
+                    }
+                }
+            }
+            if let error = errors.compactMap({ $0 }).first { throw error }
+            lossSum += losses.reduce(0, +)
         }
         try reducer.finish()
         let loss = Float(try comm.allReduce([Double(lossSum / Float(options.microBatches))])[0] / Double(comm.size))
