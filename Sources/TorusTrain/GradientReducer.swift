@@ -20,8 +20,11 @@ public final class GradientReducer {
     private var launched = 0
     private var firstError: Error?
 
-    /// Seconds spent blocked in the final wait of the last step (exposed communication).
+    /// Seconds spent blocked in the final wait of the last step (exposed communication plus
+    /// any time spent waiting for slower ranks to finish their backward).
     public private(set) var lastWaitSeconds: Double = 0
+    /// Monotonic clock (ns) when the last step's final wait began and ended.
+    public private(set) var lastWaitInterval: (start: UInt64, end: UInt64) = (0, 0)
 
     public init(comm: Communicator, gradients: ParameterStore, bucketBytes: Int) {
         self.comm = comm
@@ -68,7 +71,9 @@ public final class GradientReducer {
         if let firstError { throw firstError }
         let t0 = DispatchTime.now().uptimeNanoseconds
         try Request.waitAll(requests)
-        lastWaitSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        let t1 = DispatchTime.now().uptimeNanoseconds
+        lastWaitSeconds = Double(t1 - t0) / 1e9
+        lastWaitInterval = (t0, t1)
         VectorMath.scale(gradients.flat.pointer, count: gradients.count, by: 1 / Float(comm.size))
     }
 

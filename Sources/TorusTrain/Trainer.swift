@@ -65,6 +65,9 @@ public final class Trainer {
         self.shards = ShardedGradients(main: gradients)
     }
 
+    /// Monotonic clock (ns) when the last step's final all-reduce wait began and ended.
+    public var lastReduceWait: (start: UInt64, end: UInt64) { reducer.lastWaitInterval }
+
     /// Number of all-reduce buckets the gradients are split into.
     public var bucketCount: Int { reducer.buckets.count }
 

@@ -30,9 +30,16 @@ struct BenchTrain: ParsableCommand {
                                    checkWeightsEvery: 0, bucketBytes: Int((bucketMb ?? cfg.train.bucketMB) * 1_048_576))
         let trainer = try Trainer(model: model, tokens: tokens, options: options, comm: world, outDir: nil)
         var reports: [StepReport] = []
+        var exposed: [Double] = []
         for i in 0..<(steps + 2) {
             let r = try trainer.trainStep()
-            if i >= 2 { reports.append(r) }
+            // Ranks on one host share the monotonic clock: communication is exposed only from the
+            // moment the last rank finished its backward until this rank's wait ended.
+            let wait = trainer.lastReduceWait
+            let lastBackwardEnd = try world.allReduce([Double(wait.start)], op: .max)[0]
+            let mine = max(0, (Double(wait.end) - lastBackwardEnd) / 1e9)
+            let worst = try world.allReduce([mine], op: .max)[0]
+            if i >= 2 { reports.append(r); exposed.append(worst) }
         }
         let blocking = try GradientReducer(comm: world, gradients: model.makeGradients(), bucketBytes: options.bucketBytes)
             .measureBlockingReduce(on: model.makeGradients())
@@ -46,10 +53,10 @@ struct BenchTrain: ParsableCommand {
                      median(reports.map(\.stepSeconds)) * 1e3, reports.count, median(reports.map(\.tokensPerSecond)),
                      median(reports.map(\.gflops))))
         if world.size > 1 {
-            let exposed = median(reports.map(\.allReduceWaitSeconds))
-            print(String(format: "gradient all-reduce: %.1f MB in %d buckets; blocking cost %.1f ms; exposed after backward %.1f ms (median); overlap %.0f%%",
-                         Double(model.parameters.count * 4) / 1e6, trainer.bucketCount, blocking * 1e3, exposed * 1e3,
-                         blocking > 0 ? 100 * max(0, 1 - exposed / blocking) : 0))
+            let exposedMedian = median(exposed), waitMedian = median(reports.map(\.allReduceWaitSeconds))
+            print(String(format: "gradient all-reduce: %.1f MB in %d buckets; blocking cost %.1f ms; exposed after the last rank's backward %.2f ms (median over steps, max over ranks); overlap %.0f%%; rank 0 waited %.1f ms (includes waiting for slower ranks)",
+                         Double(model.parameters.count * 4) / 1e6, trainer.bucketCount, blocking * 1e3, exposedMedian * 1e3,
+                         blocking > 0 ? 100 * max(0, 1 - exposedMedian / blocking) : 0, waitMedian * 1e3))
         }
     }
 }
