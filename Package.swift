@@ -27,9 +27,10 @@ let package = Package(
         .target(name: "CTorusKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]),
         .target(name: "TorusTensor", dependencies: ["CBLAS", "CTorusKernels"]),
         .target(name: "TorusModel", dependencies: ["TorusTensor"]),
+        .target(name: "TorusParallel", dependencies: ["TorusComm", "TorusTensor"]),
         .target(name: "TorusTrain", dependencies: ["TorusComm", "TorusModel", "TorusTensor"]),
         .executableTarget(name: "torus", dependencies: [
-            "TorusComm", "TorusTensor", "TorusModel", "TorusTrain",
+            "TorusComm", "TorusTensor", "TorusModel", "TorusTrain", "TorusParallel",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Yams", package: "Yams"),
         ]),

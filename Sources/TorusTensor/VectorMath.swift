@@ -41,3 +41,11 @@ public enum VectorMath {
         torus_sigmoid(x, out, count)
     }
 }
+
+extension VectorMath {
+    /// `y[i] += x[i]`.
+    @inline(__always)
+    public static func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) {
+        for i in 0..<count { y[i] += x[i] }
+    }
+}

@@ -1,0 +1,159 @@
+import Foundation
+import TorusComm
+import TorusTensor
+
+/// Ring Attention: every rank keeps its queries; keys and values travel around the ring one
+/// hop per step (double-buffered nonblocking transfers) while each rank attends its queries to
+/// the block it holds and merges the partials. In backward the key/value blocks travel again
+/// and their gradients follow one step behind, accumulated by every rank they pass, so each
+/// block's complete dK, dV arrive home after P hops.
+public final class RingAttention {
+    public let comm: Communicator
+    public let layout: SequenceLayout
+    public let shape: AttentionShape
+    public let causal: Bool
+
+    public init(comm: Communicator, layout: SequenceLayout, shape: AttentionShape, causal: Bool) throws {
+        guard layout.ranks == comm.size else {
+            throw SequenceParallelError.shapeMismatch("layout is for \(layout.ranks) ranks, the communicator has \(comm.size)")
+        }
+        self.comm = comm
+        self.layout = layout
+        self.shape = shape
+        self.causal = causal
+    }
+
+    var next: Int { (comm.rank + 1) % comm.size }
+    var prev: Int { (comm.rank + comm.size - 1) % comm.size }
+
+    func checkRows(_ t: Tensor, width: Int, _ name: String) throws {
+        guard t.count == layout.localCount * width else {
+            throw SequenceParallelError.shapeMismatch("\(name) has \(t.count) values, expected \(layout.localCount) rows of \(width)")
+        }
+    }
+
+    /// Attention output [n, Hq*d] and log-sum-exp [n, Hq] of this rank's queries against the
+    /// whole sequence; `q` [n, Hq*d], `k` and `v` [n, Hkv*d] hold this rank's rows.
+    public func forward(q: Tensor, k: Tensor, v: Tensor) throws -> (out: Tensor, lse: Tensor) {
+        let n = layout.localCount, kw = shape.keyValueWidth
+        try checkRows(q, width: shape.queryWidth, "q"); try checkRows(k, width: kw, "k"); try checkRows(v, width: kw, "v")
+        let out = Tensor(zeros: [n, shape.queryWidth]), lse = Tensor(zeros: [n, shape.queryHeads])
+        lse.fill(-.infinity)
+        let partOut = Tensor(zeros: [n, shape.queryWidth]), partLSE = Tensor(zeros: [n, shape.queryHeads])
+        // Buffers hold [K; V] of one block.
+        var current = Tensor(zeros: [2 * n * kw]), incoming = Tensor(zeros: [2 * n * kw])
+        current.pointer.update(from: k.pointer, count: n * kw)
+        (current.pointer + n * kw).update(from: v.pointer, count: n * kw)
+        let mySegments = layout.segments(rank: comm.rank)
+        for step in 0..<comm.size {
+            let owner = (comm.rank - step + comm.size) % comm.size
+            var requests: [Request] = []
+            if step < comm.size - 1 {
+                requests.append(try comm.irecv(incoming, from: prev, tag: 1000 + step))
+                requests.append(try comm.isend(current, to: next, tag: 1000 + step))
+            }
+            attendBlock(querySegments: mySegments, keySegments: layout.segments(rank: owner), q: q.pointer,
+                        k: current.pointer, v: current.pointer + n * kw, out: out, lse: lse,
+                        partOut: partOut, partLSE: partLSE, poll: requests)
+            try Request.waitAll(requests)
+            swap(&current, &incoming)
+        }
+        return (out, lse)
+    }
+
+    /// Gradients of this rank's q, k, v given the final `out`, `lse` and the output gradient.
+    public func backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor) throws -> (dq: Tensor, dk: Tensor, dv: Tensor) {
+        let n = layout.localCount, kw = shape.keyValueWidth
+        try checkRows(dOut, width: shape.queryWidth, "dOut")
+        let rowDot = Tensor(zeros: [n, shape.queryHeads])
+        BlockAttention.rowDot(dOut: dOut.pointer, out: out.pointer, rows: n, shape: shape, result: rowDot.pointer)
+        let dq = Tensor(zeros: [n, shape.queryWidth])
+        var kv = Tensor(zeros: [2 * n * kw]), kvIncoming = Tensor(zeros: [2 * n * kw])
+        kv.pointer.update(from: k.pointer, count: n * kw)
+        (kv.pointer + n * kw).update(from: v.pointer, count: n * kw)
+        // This rank's contribution to the block it holds, and the accumulated gradient of that
+        // block from the ranks before it: [dK; dV] each.
+        let local = Tensor(zeros: [2 * n * kw])
+        var accumulated = Tensor(zeros: [2 * n * kw]), accumulatedIncoming = Tensor(zeros: [2 * n * kw])
+        var gradSend: Request?
+        let mySegments = layout.segments(rank: comm.rank)
+        for step in 0..<comm.size {
+            let owner = (comm.rank - step + comm.size) % comm.size
+            var kvRequests: [Request] = []
+            if step < comm.size - 1 {
+                kvRequests.append(try comm.irecv(kvIncoming, from: prev, tag: 3000 + step))
+                kvRequests.append(try comm.isend(kv, to: next, tag: 3000 + step))
+            }
+            // The accumulated gradient of this block (from ranks owner..rank-1) arrives while we compute.
+            var gradRecv: Request?
+            if step > 0 { gradRecv = try comm.irecv(accumulatedIncoming, from: prev, tag: 4000 + step) }
+            local.fill(0)
+            backwardBlock(querySegments: mySegments, keySegments: layout.segments(rank: owner), q: q.pointer,
+                          k: kv.pointer, v: kv.pointer + n * kw, dOut: dOut.pointer, lse: lse.pointer, rowDot: rowDot.pointer,
+                          dq: dq.pointer, dk: local.pointer, dv: local.pointer + n * kw,
+                          poll: kvRequests + [gradRecv, gradSend].compactMap { $0 })
+            try gradSend?.wait()
+            if let gradRecv {
+                try gradRecv.wait()
+                swap(&accumulated, &accumulatedIncoming)
+            } else {
+                accumulated.fill(0)
+            }
+            VectorMath.add(local.pointer, into: accumulated.pointer, count: local.count)
+            // Pass the running gradient on; after the last step it reaches the block's owner.
+            gradSend = try comm.isend(accumulated, to: next, tag: 4000 + (step + 1) % comm.size)
+            try Request.waitAll(kvRequests)
+            swap(&kv, &kvIncoming)
+        }
+        // Our own block's complete gradient comes back from the previous rank.
+        let home = Tensor(zeros: [2 * n * kw])
+        try comm.recv(home, from: prev, tag: 4000)
+        try gradSend?.wait()
+        let dk = Tensor(zeros: [n, kw]), dv = Tensor(zeros: [n, kw])
+        dk.pointer.update(from: home.pointer, count: n * kw)
+        dv.pointer.update(from: home.pointer + n * kw, count: n * kw)
+        withExtendedLifetime((kv, kvIncoming, accumulated, accumulatedIncoming, local)) {}
+        return (dq, dk, dv)
+    }
+
+    /// Whether any key of `k` is visible to some query of `q`.
+    func visible(_ q: SequenceSegment, _ k: SequenceSegment) -> Bool {
+        !causal || k.start <= q.start + q.count - 1
+    }
+
+    func attendBlock(querySegments: [SequenceSegment], keySegments: [SequenceSegment], q: UnsafePointer<Float>,
+                     k: UnsafePointer<Float>, v: UnsafePointer<Float>, out: Tensor, lse: Tensor,
+                     partOut: Tensor, partLSE: Tensor, poll: [Request]) {
+        let qw = shape.queryWidth, kw = shape.keyValueWidth, hq = shape.queryHeads
+        for qs in querySegments {
+            for ks in keySegments where visible(qs, ks) {
+                BlockAttention.forward(q: q + qs.localRow * qw, k: k + ks.localRow * kw, v: v + ks.localRow * kw,
+                                       queryCount: qs.count, keyCount: ks.count, shape: shape,
+                                       mask: AttentionMask(causal: causal, queryOffset: qs.start, keyOffset: ks.start),
+                                       out: partOut.pointer, lse: partLSE.pointer)
+                AttentionMerge.merge(out: out.pointer + qs.localRow * qw, lse: lse.pointer + qs.localRow * hq,
+                                     otherOut: partOut.pointer, otherLSE: partLSE.pointer,
+                                     rows: qs.count, heads: hq, headDim: shape.headDim)
+                for r in poll where !r.isComplete { _ = try? r.test() }
+            }
+        }
+    }
+
+    func backwardBlock(querySegments: [SequenceSegment], keySegments: [SequenceSegment], q: UnsafePointer<Float>,
+                       k: UnsafePointer<Float>, v: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
+                       lse: UnsafePointer<Float>, rowDot: UnsafePointer<Float>,
+                       dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+                       poll: [Request]) {
+        let qw = shape.queryWidth, kw = shape.keyValueWidth, hq = shape.queryHeads
+        for qs in querySegments {
+            for ks in keySegments where visible(qs, ks) {
+                BlockAttention.backward(q: q + qs.localRow * qw, k: k + ks.localRow * kw, v: v + ks.localRow * kw,
+                                        dOut: dOut + qs.localRow * qw, lse: lse + qs.localRow * hq,
+                                        rowDot: rowDot + qs.localRow * hq, queryCount: qs.count, keyCount: ks.count,
+                                        shape: shape, mask: AttentionMask(causal: causal, queryOffset: qs.start, keyOffset: ks.start),
+                                        dq: dq + qs.localRow * qw, dk: dk + ks.localRow * kw, dv: dv + ks.localRow * kw)
+                for r in poll where !r.isComplete { _ = try? r.test() }
+            }
+        }
+    }
+}

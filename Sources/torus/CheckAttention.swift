@@ -1,0 +1,33 @@
+import ArgumentParser
+import Foundation
+import TorusComm
+import TorusParallel
+
+/// Sequence-parallel attention against the single-rank computation, for every layout,
+/// causal and not, with and without grouped-query attention, on the ranks of this job.
+struct CheckAttention: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "attention",
+        abstract: "Verify sequence-parallel attention (out, lse, dQ, dK, dV) against one rank on the same inputs.")
+
+    @Option(help: "Method: ring.") var method: String = "ring"
+    @Option(help: "Tokens per zigzag chunk (the sequence is 2 x ranks x this).") var chunk: Int = 5
+    @Option(help: "Largest allowed absolute error.") var tolerance: Double = 2e-5
+
+    func run() throws {
+        guard method == "ring" else { throw SequenceParallelError.unknownMethod(method) }
+        let world = try MPIRuntime.world()
+        let checks = SequenceParallelChecks(comm: world, chunkTokens: chunk)
+        var failed = false
+        for c in SequenceParallelChecks.allCases {
+            let errors = try checks.run(c)
+            let worst = errors.values.max() ?? .infinity
+            if worst > tolerance { failed = true }
+            if world.rank == 0 {
+                let detail = errors.keys.sorted().map { String(format: "%@ %.1e", $0, errors[$0] ?? .nan) }.joined(separator: "  ")
+                print("\(worst <= tolerance ? "ok  " : "FAIL") \(method) P=\(world.size) \(c): \(detail)")
+            }
+        }
+        if failed { throw ValidationErrorMessage("\(method) attention differs from the single-rank computation by more than \(tolerance)") }
+        if world.rank == 0 { print("attention check passed: \(method) on \(world.size) ranks") }
+    }
+}
