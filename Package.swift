@@ -36,6 +36,7 @@ let package = Package(
         ]),
         .testTarget(name: "TorusTensorTests", dependencies: ["TorusTensor"]),
         .testTarget(name: "TorusModelTests", dependencies: ["TorusModel", "TorusTensor"]),
+        .testTarget(name: "TorusParallelTests", dependencies: ["TorusParallel"]),
         .testTarget(name: "TorusTrainTests", dependencies: ["TorusTrain", "TorusModel"]),
         .testTarget(name: "TorusIntegrationTests", dependencies: ["TorusModel", "TorusTensor"]),
     ],

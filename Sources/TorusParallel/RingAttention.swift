@@ -7,29 +7,27 @@ import TorusTensor
 /// the block it holds and merges the partials. In backward the key/value blocks travel again
 /// and their gradients follow one step behind, accumulated by every rank they pass, so each
 /// block's complete dK, dV arrive home after P hops.
-public final class RingAttention {
+public final class RingAttention: SequenceParallelAttention {
     public let comm: Communicator
     public let layout: SequenceLayout
     public let shape: AttentionShape
     public let causal: Bool
+    let blocks: SegmentAttention
 
     public init(comm: Communicator, layout: SequenceLayout, shape: AttentionShape, causal: Bool) throws {
-        guard layout.ranks == comm.size else {
-            throw SequenceParallelError.shapeMismatch("layout is for \(layout.ranks) ranks, the communicator has \(comm.size)")
-        }
+        try checkGroup(comm: comm, layout: layout)
         self.comm = comm
         self.layout = layout
         self.shape = shape
         self.causal = causal
+        self.blocks = SegmentAttention(shape: shape, causal: causal)
     }
 
     var next: Int { (comm.rank + 1) % comm.size }
     var prev: Int { (comm.rank + comm.size - 1) % comm.size }
 
     func checkRows(_ t: Tensor, width: Int, _ name: String) throws {
-        guard t.count == layout.localCount * width else {
-            throw SequenceParallelError.shapeMismatch("\(name) has \(t.count) values, expected \(layout.localCount) rows of \(width)")
-        }
+        try checkLocalRows(t, width: width, name, layout: layout)
     }
 
     /// Attention output [n, Hq*d] and log-sum-exp [n, Hq] of this rank's queries against the
@@ -52,9 +50,9 @@ public final class RingAttention {
                 requests.append(try comm.irecv(incoming, from: prev, tag: 1000 + step))
                 requests.append(try comm.isend(current, to: next, tag: 1000 + step))
             }
-            attendBlock(querySegments: mySegments, keySegments: layout.segments(rank: owner), q: q.pointer,
-                        k: current.pointer, v: current.pointer + n * kw, out: out, lse: lse,
-                        partOut: partOut, partLSE: partLSE, poll: requests)
+            blocks.forward(querySegments: mySegments, keySegments: layout.segments(rank: owner), q: q.pointer,
+                           k: current.pointer, v: current.pointer + n * kw, out: out.pointer, lse: lse.pointer,
+                           partOut: partOut, partLSE: partLSE, poll: requests)
             try Request.waitAll(requests)
             swap(&current, &incoming)
         }
@@ -88,10 +86,10 @@ public final class RingAttention {
             var gradRecv: Request?
             if step > 0 { gradRecv = try comm.irecv(accumulatedIncoming, from: prev, tag: 4000 + step) }
             local.fill(0)
-            backwardBlock(querySegments: mySegments, keySegments: layout.segments(rank: owner), q: q.pointer,
-                          k: kv.pointer, v: kv.pointer + n * kw, dOut: dOut.pointer, lse: lse.pointer, rowDot: rowDot.pointer,
-                          dq: dq.pointer, dk: local.pointer, dv: local.pointer + n * kw,
-                          poll: kvRequests + [gradRecv, gradSend].compactMap { $0 })
+            blocks.backward(querySegments: mySegments, keySegments: layout.segments(rank: owner), q: q.pointer,
+                            k: kv.pointer, v: kv.pointer + n * kw, dOut: dOut.pointer, lse: lse.pointer, rowDot: rowDot.pointer,
+                            dq: dq.pointer, dk: local.pointer, dv: local.pointer + n * kw,
+                            poll: kvRequests + [gradRecv, gradSend].compactMap { $0 })
             try gradSend?.wait()
             if let gradRecv {
                 try gradRecv.wait()
@@ -114,46 +112,5 @@ public final class RingAttention {
         dv.pointer.update(from: home.pointer + n * kw, count: n * kw)
         withExtendedLifetime((kv, kvIncoming, accumulated, accumulatedIncoming, local)) {}
         return (dq, dk, dv)
-    }
-
-    /// Whether any key of `k` is visible to some query of `q`.
-    func visible(_ q: SequenceSegment, _ k: SequenceSegment) -> Bool {
-        !causal || k.start <= q.start + q.count - 1
-    }
-
-    func attendBlock(querySegments: [SequenceSegment], keySegments: [SequenceSegment], q: UnsafePointer<Float>,
-                     k: UnsafePointer<Float>, v: UnsafePointer<Float>, out: Tensor, lse: Tensor,
-                     partOut: Tensor, partLSE: Tensor, poll: [Request]) {
-        let qw = shape.queryWidth, kw = shape.keyValueWidth, hq = shape.queryHeads
-        for qs in querySegments {
-            for ks in keySegments where visible(qs, ks) {
-                BlockAttention.forward(q: q + qs.localRow * qw, k: k + ks.localRow * kw, v: v + ks.localRow * kw,
-                                       queryCount: qs.count, keyCount: ks.count, shape: shape,
-                                       mask: AttentionMask(causal: causal, queryOffset: qs.start, keyOffset: ks.start),
-                                       out: partOut.pointer, lse: partLSE.pointer)
-                AttentionMerge.merge(out: out.pointer + qs.localRow * qw, lse: lse.pointer + qs.localRow * hq,
-                                     otherOut: partOut.pointer, otherLSE: partLSE.pointer,
-                                     rows: qs.count, heads: hq, headDim: shape.headDim)
-                for r in poll where !r.isComplete { _ = try? r.test() }
-            }
-        }
-    }
-
-    func backwardBlock(querySegments: [SequenceSegment], keySegments: [SequenceSegment], q: UnsafePointer<Float>,
-                       k: UnsafePointer<Float>, v: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
-                       lse: UnsafePointer<Float>, rowDot: UnsafePointer<Float>,
-                       dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                       poll: [Request]) {
-        let qw = shape.queryWidth, kw = shape.keyValueWidth, hq = shape.queryHeads
-        for qs in querySegments {
-            for ks in keySegments where visible(qs, ks) {
-                BlockAttention.backward(q: q + qs.localRow * qw, k: k + ks.localRow * kw, v: v + ks.localRow * kw,
-                                        dOut: dOut + qs.localRow * qw, lse: lse + qs.localRow * hq,
-                                        rowDot: rowDot + qs.localRow * hq, queryCount: qs.count, keyCount: ks.count,
-                                        shape: shape, mask: AttentionMask(causal: causal, queryOffset: qs.start, keyOffset: ks.start),
-                                        dq: dq + qs.localRow * qw, dk: dk + ks.localRow * kw, dv: dv + ks.localRow * kw)
-                for r in poll where !r.isComplete { _ = try? r.test() }
-            }
-        }
     }
 }

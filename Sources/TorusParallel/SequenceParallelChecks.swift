@@ -17,11 +17,13 @@ public struct SequenceParallelChecks {
     }
 
     public let comm: Communicator
+    public let method: SequenceParallelMethod
     public let chunkTokens: Int
     public let headDim: Int
 
-    public init(comm: Communicator, chunkTokens: Int = 5, headDim: Int = 8) {
+    public init(comm: Communicator, method: SequenceParallelMethod, chunkTokens: Int = 5, headDim: Int = 8) {
         self.comm = comm
+        self.method = method
         self.chunkTokens = chunkTokens
         self.headDim = headDim
     }
@@ -69,7 +71,7 @@ public struct SequenceParallelChecks {
             for (i, r) in rows.enumerated() { (l.pointer + i * width).update(from: t.pointer + r * width, count: width) }
             return l
         }
-        let ring = try RingAttention(comm: comm, layout: layout, shape: shape, causal: c.causal)
+        let ring = try method.make(comm: comm, layout: layout, shape: shape, causal: c.causal)
         let (pOut, pLSE) = try ring.forward(q: local(q), k: local(k), v: local(v))
         let grads = try ring.backward(q: local(q), k: local(k), v: local(v), out: pOut, lse: pLSE, dOut: local(dOut))
         func maxError(_ a: Tensor, _ b: Tensor) -> Double {

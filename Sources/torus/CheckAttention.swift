@@ -9,14 +9,14 @@ struct CheckAttention: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "attention",
         abstract: "Verify sequence-parallel attention (out, lse, dQ, dK, dV) against one rank on the same inputs.")
 
-    @Option(help: "Method: ring.") var method: String = "ring"
+    @Option(help: "Method: ring or tokenring.") var method: String = "ring"
     @Option(help: "Tokens per zigzag chunk (the sequence is 2 x ranks x this).") var chunk: Int = 5
     @Option(help: "Largest allowed absolute error.") var tolerance: Double = 2e-5
 
     func run() throws {
-        guard method == "ring" else { throw SequenceParallelError.unknownMethod(method) }
+        let chosen = try SequenceParallelMethod(name: method)
         let world = try MPIRuntime.world()
-        let checks = SequenceParallelChecks(comm: world, chunkTokens: chunk)
+        let checks = SequenceParallelChecks(comm: world, method: chosen, chunkTokens: chunk)
         var failed = false
         for c in SequenceParallelChecks.allCases {
             let errors = try checks.run(c)

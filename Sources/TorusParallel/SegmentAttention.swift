@@ -1,0 +1,95 @@
+import TorusComm
+import TorusTensor
+
+/// Attention between a rank's query segments and one block's key segments (each a contiguous
+/// run of global positions), through `BlockAttention` and `AttentionMerge`; polls the given
+/// requests between blocks so transfers in flight keep moving.
+struct SegmentAttention {
+    let shape: AttentionShape
+    let causal: Bool
+
+    /// Whether any key of `k` is visible to some query of `q`.
+    func visible(_ q: SequenceSegment, _ k: SequenceSegment) -> Bool {
+        !causal || k.start <= q.start + q.count - 1
+    }
+
+    /// Whether any query segment sees any key segment.
+    func anyVisible(_ qs: [SequenceSegment], _ ks: [SequenceSegment]) -> Bool {
+        qs.contains { q in ks.contains { visible(q, $0) } }
+    }
+
+    /// Merges the attention of the queries against these keys into `out` / `lse`.
+    func forward(querySegments: [SequenceSegment], keySegments: [SequenceSegment], q: UnsafePointer<Float>,
+                 k: UnsafePointer<Float>, v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                 partOut: Tensor, partLSE: Tensor, poll: [Request]) {
+        let qw = shape.queryWidth, kw = shape.keyValueWidth, hq = shape.queryHeads
+        for qs in querySegments {
+            for ks in keySegments where visible(qs, ks) {
+                BlockAttention.forward(q: q + qs.localRow * qw, k: k + ks.localRow * kw, v: v + ks.localRow * kw,
+                                       queryCount: qs.count, keyCount: ks.count, shape: shape,
+                                       mask: AttentionMask(causal: causal, queryOffset: qs.start, keyOffset: ks.start),
+                                       out: partOut.pointer, lse: partLSE.pointer)
+                AttentionMerge.merge(out: out + qs.localRow * qw, lse: lse + qs.localRow * hq,
+                                     otherOut: partOut.pointer, otherLSE: partLSE.pointer,
+                                     rows: qs.count, heads: hq, headDim: shape.headDim)
+                for r in poll where !r.isComplete { _ = try? r.test() }
+            }
+        }
+    }
+
+    /// Adds these keys' contribution to dq (query rows) and dk, dv (key rows).
+    func backward(querySegments: [SequenceSegment], keySegments: [SequenceSegment], q: UnsafePointer<Float>,
+                  k: UnsafePointer<Float>, v: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
+                  lse: UnsafePointer<Float>, rowDot: UnsafePointer<Float>,
+                  dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+                  poll: [Request]) {
+        let qw = shape.queryWidth, kw = shape.keyValueWidth, hq = shape.queryHeads
+        for qs in querySegments {
+            for ks in keySegments where visible(qs, ks) {
+                BlockAttention.backward(q: q + qs.localRow * qw, k: k + ks.localRow * kw, v: v + ks.localRow * kw,
+                                        dOut: dOut + qs.localRow * qw, lse: lse + qs.localRow * hq,
+                                        rowDot: rowDot + qs.localRow * hq, queryCount: qs.count, keyCount: ks.count,
+                                        shape: shape, mask: AttentionMask(causal: causal, queryOffset: qs.start, keyOffset: ks.start),
+                                        dq: dq + qs.localRow * qw, dk: dk + ks.localRow * kw, dv: dv + ks.localRow * kw)
+                for r in poll where !r.isComplete { _ = try? r.test() }
+            }
+        }
+    }
+}
+
+/// A sequence-parallel attention method: each rank passes its rows of Q, K, V (in the
+/// layout's local order) and gets its rows of the exact full-sequence result.
+public protocol SequenceParallelAttention {
+    var layout: SequenceLayout { get }
+    func forward(q: Tensor, k: Tensor, v: Tensor) throws -> (out: Tensor, lse: Tensor)
+    func backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor) throws -> (dq: Tensor, dk: Tensor, dv: Tensor)
+}
+
+/// The methods by name, as in configs: `ring` or `tokenring`.
+public enum SequenceParallelMethod: String, Sendable, CaseIterable {
+    case ring, tokenring
+
+    public init(name: String) throws {
+        guard let m = SequenceParallelMethod(rawValue: name) else { throw SequenceParallelError.unknownMethod(name) }
+        self = m
+    }
+
+    public func make(comm: Communicator, layout: SequenceLayout, shape: AttentionShape, causal: Bool) throws -> SequenceParallelAttention {
+        switch self {
+        case .ring: return try RingAttention(comm: comm, layout: layout, shape: shape, causal: causal)
+        case .tokenring: return try TokenRingAttention(comm: comm, layout: layout, shape: shape, causal: causal)
+        }
+    }
+}
+
+func checkGroup(comm: Communicator, layout: SequenceLayout) throws {
+    guard layout.ranks == comm.size else {
+        throw SequenceParallelError.shapeMismatch("layout is for \(layout.ranks) ranks, the communicator has \(comm.size)")
+    }
+}
+
+func checkLocalRows(_ t: Tensor, width: Int, _ name: String, layout: SequenceLayout) throws {
+    guard t.count == layout.localCount * width else {
+        throw SequenceParallelError.shapeMismatch("\(name) has \(t.count) values, expected \(layout.localCount) rows of \(width)")
+    }
+}

@@ -1,0 +1,156 @@
+import Foundation
+import TorusComm
+import TorusTensor
+
+/// TokenRing: keys and values stay home; queries travel forward around the ring while the
+/// partial results of the previous step travel straight back to the queries' owner, so both
+/// directions of the links carry data at once. At step s rank r holds the queries of rank
+/// r - s, attends them to its own keys, and returns (out, lse) to their owner, which merges the
+/// partials in step order.
+///
+/// Backward (not in the public TokenRing code) mirrors it: the query-side tensors (Q, dO, lse
+/// and D = rowsum(dO * O)) travel forward; each rank adds their contribution to its own dK, dV,
+/// which never move, and sends the dQ partial straight back to the owner, which sums them in
+/// step order. Both passes are exact: every (query block, key block) pair is computed once
+/// with the final lse and D.
+public final class TokenRingAttention: SequenceParallelAttention {
+    public let comm: Communicator
+    public let layout: SequenceLayout
+    public let shape: AttentionShape
+    public let causal: Bool
+    let blocks: SegmentAttention
+
+    public init(comm: Communicator, layout: SequenceLayout, shape: AttentionShape, causal: Bool) throws {
+        try checkGroup(comm: comm, layout: layout)
+        self.comm = comm
+        self.layout = layout
+        self.shape = shape
+        self.causal = causal
+        self.blocks = SegmentAttention(shape: shape, causal: causal)
+    }
+
+    var next: Int { (comm.rank + 1) % comm.size }
+    var prev: Int { (comm.rank + comm.size - 1) % comm.size }
+    func rank(_ offset: Int) -> Int { ((comm.rank + offset) % comm.size + comm.size) % comm.size }
+
+    /// Whether the queries of `queryOwner` see any key of `keyOwner` (known on both sides, so
+    /// fully masked pairs send nothing).
+    func hasWork(queryOwner: Int, keyOwner: Int) -> Bool {
+        blocks.anyVisible(layout.segments(rank: queryOwner), layout.segments(rank: keyOwner))
+    }
+
+    public func forward(q: Tensor, k: Tensor, v: Tensor) throws -> (out: Tensor, lse: Tensor) {
+        let n = layout.localCount, qw = shape.queryWidth, hq = shape.queryHeads, p = comm.size
+        try checkLocalRows(q, width: qw, "q", layout: layout)
+        try checkLocalRows(k, width: shape.keyValueWidth, "k", layout: layout)
+        try checkLocalRows(v, width: shape.keyValueWidth, "v", layout: layout)
+        let mySegments = layout.segments(rank: comm.rank)
+        let partOut = Tensor(zeros: [n, qw]), partLSE = Tensor(zeros: [n, hq])
+        // A partial result is [out (n x qw); lse (n x hq)].
+        let resultSize = n * qw + n * hq
+        let out = Tensor(zeros: [n, qw]), lse = Tensor(zeros: [n, hq])
+        lse.fill(-.infinity)
+        var heldQ = q.copy(), incomingQ = Tensor(zeros: [n, qw])
+        let sendBuffers = [Tensor(zeros: [resultSize]), Tensor(zeros: [resultSize])]
+        var sends: [Request?] = [nil, nil]
+        let recvBuffers = [Tensor(zeros: [resultSize]), Tensor(zeros: [resultSize])]
+        var recvs: [Request?] = [nil, nil]
+        func postReceive(_ s: Int) throws {
+            guard s >= 1 && s < p && hasWork(queryOwner: comm.rank, keyOwner: rank(s)) else { return }
+            recvs[s % 2] = try comm.irecv(recvBuffers[s % 2], from: rank(s), tag: 6000 + s)
+        }
+        try postReceive(1)
+        try postReceive(2)
+        for s in 0..<p {
+            let owner = rank(-s)
+            var qRequests: [Request] = []
+            if s < p - 1 {
+                qRequests.append(try comm.irecv(incomingQ, from: prev, tag: 5000 + s))
+                qRequests.append(try comm.isend(heldQ, to: next, tag: 5000 + s))
+            }
+            if s == 0 {
+                blocks.forward(querySegments: mySegments, keySegments: mySegments, q: q.pointer, k: k.pointer, v: v.pointer,
+                               out: out.pointer, lse: lse.pointer, partOut: partOut, partLSE: partLSE, poll: qRequests)
+            } else if hasWork(queryOwner: owner, keyOwner: comm.rank) {
+                try sends[s % 2]?.wait()
+                let buffer = sendBuffers[s % 2]
+                buffer.fill(0)
+                (buffer.pointer + n * qw).update(repeating: -.infinity, count: n * hq)
+                blocks.forward(querySegments: layout.segments(rank: owner), keySegments: mySegments, q: heldQ.pointer,
+                               k: k.pointer, v: v.pointer, out: buffer.pointer, lse: buffer.pointer + n * qw,
+                               partOut: partOut, partLSE: partLSE, poll: qRequests + recvs.compactMap { $0 })
+                sends[s % 2] = try comm.isend(buffer, to: owner, tag: 6000 + s)
+            }
+            // Merge the partial computed for our queries at this step by rank + s.
+            if s >= 1, let r = recvs[s % 2] {
+                try r.wait()
+                recvs[s % 2] = nil
+                let buffer = recvBuffers[s % 2]
+                AttentionMerge.merge(out: out.pointer, lse: lse.pointer, otherOut: buffer.pointer, otherLSE: buffer.pointer + n * qw,
+                                     rows: n, heads: hq, headDim: shape.headDim)
+            }
+            // Buffer s % 2 is free now (used or not needed at this step): receive step s + 2 into it.
+            if s >= 1 { try postReceive(s + 2) }
+            try Request.waitAll(qRequests)
+            swap(&heldQ, &incomingQ)
+        }
+        for r in sends { try r?.wait() }
+        return (out, lse)
+    }
+
+    public func backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor) throws -> (dq: Tensor, dk: Tensor, dv: Tensor) {
+        let n = layout.localCount, qw = shape.queryWidth, hq = shape.queryHeads, kw = shape.keyValueWidth, p = comm.size
+        try checkLocalRows(dOut, width: qw, "dOut", layout: layout)
+        let mySegments = layout.segments(rank: comm.rank)
+        // The travelling query side: [Q; dO; lse; D].
+        let packSize = 2 * n * qw + 2 * n * hq
+        var held = Tensor(zeros: [packSize]), incoming = Tensor(zeros: [packSize])
+        held.pointer.update(from: q.pointer, count: n * qw)
+        (held.pointer + n * qw).update(from: dOut.pointer, count: n * qw)
+        (held.pointer + 2 * n * qw).update(from: lse.pointer, count: n * hq)
+        BlockAttention.rowDot(dOut: dOut.pointer, out: out.pointer, rows: n, shape: shape, result: held.pointer + 2 * n * qw + n * hq)
+        let dq = Tensor(zeros: [n, qw]), dk = Tensor(zeros: [n, kw]), dv = Tensor(zeros: [n, kw])
+        let sendBuffers = [Tensor(zeros: [n, qw]), Tensor(zeros: [n, qw])]
+        var sends: [Request?] = [nil, nil]
+        let recvBuffers = [Tensor(zeros: [n, qw]), Tensor(zeros: [n, qw])]
+        var recvs: [Request?] = [nil, nil]
+        func postReceive(_ s: Int) throws {
+            guard s >= 1 && s < p && hasWork(queryOwner: comm.rank, keyOwner: rank(s)) else { return }
+            recvs[s % 2] = try comm.irecv(recvBuffers[s % 2], from: rank(s), tag: 7000 + s)
+        }
+        try postReceive(1)
+        try postReceive(2)
+        for s in 0..<p {
+            let owner = rank(-s)
+            var packRequests: [Request] = []
+            if s < p - 1 {
+                packRequests.append(try comm.irecv(incoming, from: prev, tag: 8000 + s))
+                packRequests.append(try comm.isend(held, to: next, tag: 8000 + s))
+            }
+            let hp = held.pointer
+            if s == 0 {
+                blocks.backward(querySegments: mySegments, keySegments: mySegments, q: hp, k: k.pointer, v: v.pointer,
+                                dOut: hp + n * qw, lse: hp + 2 * n * qw, rowDot: hp + 2 * n * qw + n * hq,
+                                dq: dq.pointer, dk: dk.pointer, dv: dv.pointer, poll: packRequests)
+            } else if hasWork(queryOwner: owner, keyOwner: comm.rank) {
+                try sends[s % 2]?.wait()
+                let buffer = sendBuffers[s % 2]
+                buffer.fill(0)
+                blocks.backward(querySegments: layout.segments(rank: owner), keySegments: mySegments, q: hp, k: k.pointer, v: v.pointer,
+                                dOut: hp + n * qw, lse: hp + 2 * n * qw, rowDot: hp + 2 * n * qw + n * hq,
+                                dq: buffer.pointer, dk: dk.pointer, dv: dv.pointer, poll: packRequests + recvs.compactMap { $0 })
+                sends[s % 2] = try comm.isend(buffer, to: owner, tag: 7000 + s)
+            }
+            if s >= 1, let r = recvs[s % 2] {
+                try r.wait()
+                recvs[s % 2] = nil
+                VectorMath.add(recvBuffers[s % 2].pointer, into: dq.pointer, count: n * qw)
+            }
+            if s >= 1 { try postReceive(s + 2) }
+            try Request.waitAll(packRequests)
+            swap(&held, &incoming)
+        }
+        for r in sends { try r?.wait() }
+        return (dq, dk, dv)
+    }
+}
