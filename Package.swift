@@ -27,8 +27,8 @@ let package = Package(
         .target(name: "CTorusKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]),
         .target(name: "TorusTensor", dependencies: ["CBLAS", "CTorusKernels"]),
         .target(name: "TorusModel", dependencies: ["TorusTensor"]),
-        .target(name: "TorusParallel", dependencies: ["TorusComm", "TorusTensor"]),
-        .target(name: "TorusTrain", dependencies: ["TorusComm", "TorusModel", "TorusTensor"]),
+        .target(name: "TorusParallel", dependencies: ["TorusComm", "TorusModel", "TorusTensor"]),
+        .target(name: "TorusTrain", dependencies: ["TorusComm", "TorusModel", "TorusParallel", "TorusTensor"]),
         .executableTarget(name: "torus", dependencies: [
             "TorusComm", "TorusTensor", "TorusModel", "TorusTrain", "TorusParallel",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -42,11 +42,11 @@ extension LlamaModel {
             let cachedK = cache.keys[l], cachedV = cache.values[l]
             x = positions.withUnsafeBufferPointer { pos in
                 layerForward(w, x: x, rows: n, positions: pos.baseAddress!) { q, k, v, o, lse in
-                    (cachedK.pointer + start * kw).update(from: k, count: n * kw)
-                    (cachedV.pointer + start * kw).update(from: v, count: n * kw)
-                    BlockAttention.forward(q: q, k: cachedK.pointer, v: cachedV.pointer, queryCount: n, keyCount: start + n,
+                    (cachedK.pointer + start * kw).update(from: k.pointer, count: n * kw)
+                    (cachedV.pointer + start * kw).update(from: v.pointer, count: n * kw)
+                    BlockAttention.forward(q: q.pointer, k: cachedK.pointer, v: cachedV.pointer, queryCount: n, keyCount: start + n,
                                            shape: shape, mask: AttentionMask(causal: true, queryOffset: start, keyOffset: 0),
-                                           out: o, lse: lse)
+                                           out: o.pointer, lse: lse.pointer)
                 }.out
             }
         }

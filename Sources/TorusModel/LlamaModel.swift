@@ -54,22 +54,22 @@ public final class LlamaModel: @unchecked Sendable {
     @discardableResult
     public func loss(tokens: [Int32], targets: [Int32], batch: Int, seqLen: Int,
                      gradients: ParameterStore? = nil, lossScale: Float = 1,
-                     gradientsReady: ((Int) -> Void)? = nil) throws -> Float {
+                     gradientsReady: ((Int) -> Void)? = nil, attention: SequenceAttention? = nil) throws -> Float {
         guard targets.count == tokens.count else {
             throw ModelInputError.shapeMismatch("targets has \(targets.count) entries for \(tokens.count) tokens")
         }
         for t in targets where t != CrossEntropy.ignoreIndex && (t < 0 || Int(t) >= config.vocabSize) {
             throw ModelInputError.tokenOutOfRange(token: Int(t), vocab: config.vocabSize)
         }
-        let pass = try forward(tokens: tokens, batch: batch, seqLen: seqLen, keepActivations: gradients != nil)
+        let pass = try forward(tokens: tokens, batch: batch, seqLen: seqLen, keepActivations: gradients != nil, attention: attention)
         let rows = batch * seqLen
         let result = targets.withUnsafeBufferPointer { tp in
             CrossEntropy.forward(logits: pass.logits.pointer, targets: tp.baseAddress!, rows: rows, vocab: config.vocabSize,
                                  dLogits: gradients == nil ? nil : pass.logits.pointer, scale: lossScale)
         }
         if let gradients {
-            backward(pass: pass, dLogits: pass.logits, gradients: LlamaTensors(config: config, store: gradients),
-                     gradientsReady: gradientsReady)
+            try backward(pass: pass, dLogits: pass.logits, gradients: LlamaTensors(config: config, store: gradients),
+                         gradientsReady: gradientsReady, attention: attention)
         }
         withExtendedLifetime(pass.logits) {}
         return result.mean
@@ -96,28 +96,45 @@ public final class LlamaModel: @unchecked Sendable {
         }
     }
 
-    func forward(tokens: [Int32], batch: Int, seqLen: Int, keepActivations: Bool) throws -> ForwardPass {
+    /// `seqLen` rows of each of `batch` sequences; with `attention`, those rows are this rank's
+    /// share of longer sequences, at the positions the attention method reports.
+    func forward(tokens: [Int32], batch: Int, seqLen: Int, keepActivations: Bool,
+                 attention: SequenceAttention? = nil) throws -> ForwardPass {
         guard batch > 0, seqLen > 0, tokens.count == batch * seqLen else {
             throw ModelInputError.shapeMismatch("\(tokens.count) tokens for batch \(batch) x sequence \(seqLen)")
         }
         try checkTokens(tokens)
-        if seqLen > config.maxPositionEmbeddings {
-            throw ModelInputError.sequenceTooLong(length: seqLen, limit: config.maxPositionEmbeddings)
+        let local = attention?.localPositions ?? (0..<seqLen).map(Int32.init)
+        guard local.count == seqLen else {
+            throw ModelInputError.shapeMismatch("the attention method holds \(local.count) rows per sequence, the batch has \(seqLen)")
         }
-        rotary.ensure(capacity: seqLen)
+        let longest = Int(local.max() ?? 0) + 1
+        if longest > config.maxPositionEmbeddings {
+            throw ModelInputError.sequenceTooLong(length: longest, limit: config.maxPositionEmbeddings)
+        }
+        rotary.ensure(capacity: longest)
         let rows = batch * seqLen
-        let positions = (0..<rows).map { Int32($0 % seqLen) }
+        let positions = (0..<rows).map { local[$0 % seqLen] }
         var x = embed(tokens)
         var saved: [LayerActivations] = []
         let shape = self.shape
         for w in weights.layers {
-            let acts = positions.withUnsafeBufferPointer { pos in
-                layerForward(w, x: x, rows: rows, positions: pos.baseAddress!) { q, k, v, o, lse in
+            let acts = try positions.withUnsafeBufferPointer { pos in
+                try layerForward(w, x: x, rows: rows, positions: pos.baseAddress!) { q, k, v, o, lse in
                     for b in 0..<batch {
                         let qo = b * seqLen * shape.queryWidth, ko = b * seqLen * shape.keyValueWidth
-                        BlockAttention.forward(q: q + qo, k: k + ko, v: v + ko, queryCount: seqLen, keyCount: seqLen,
-                                               shape: shape, mask: AttentionMask(causal: true),
-                                               out: o + qo, lse: lse + b * seqLen * shape.queryHeads)
+                        let lo = b * seqLen * shape.queryHeads
+                        if let attention {
+                            let r = try attention.forward(q: q.view(offset: qo, shape: [seqLen, shape.queryWidth]),
+                                                          k: k.view(offset: ko, shape: [seqLen, shape.keyValueWidth]),
+                                                          v: v.view(offset: ko, shape: [seqLen, shape.keyValueWidth]))
+                            (o.pointer + qo).update(from: r.out.pointer, count: r.out.count)
+                            (lse.pointer + lo).update(from: r.lse.pointer, count: r.lse.count)
+                        } else {
+                            BlockAttention.forward(q: q.pointer + qo, k: k.pointer + ko, v: v.pointer + ko,
+                                                   queryCount: seqLen, keyCount: seqLen, shape: shape,
+                                                   mask: AttentionMask(causal: true), out: o.pointer + qo, lse: lse.pointer + lo)
+                        }
                     }
                 }
             }
@@ -152,8 +169,7 @@ public final class LlamaModel: @unchecked Sendable {
     /// One decoder layer. `attend(q, k, v, out, lse)` fills the attention output for the
     /// rotated projections of these rows (the caller decides which keys each row sees).
     func layerForward(_ w: LlamaLayerTensors, x: Tensor, rows: Int, positions: UnsafePointer<Int32>,
-                      attend: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>,
-                               UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) -> Void)
+                      attend: (_ q: Tensor, _ k: Tensor, _ v: Tensor, _ out: Tensor, _ lse: Tensor) throws -> Void) rethrows
         -> (out: Tensor, saved: LayerActivations) {
         let d = config.hiddenSize, f = config.intermediateSize, eps = Float(config.rmsNormEps)
         let qw = shape.queryWidth, kw = shape.keyValueWidth
@@ -166,7 +182,7 @@ public final class LlamaModel: @unchecked Sendable {
         rotary.apply(q.pointer, rows: rows, heads: shape.queryHeads, positions: positions)
         rotary.apply(k.pointer, rows: rows, heads: shape.keyValueHeads, positions: positions)
         let o = Tensor(zeros: [rows, qw]), lse = Tensor(zeros: [rows, shape.queryHeads])
-        attend(q.pointer, k.pointer, v.pointer, o.pointer, lse.pointer)
+        try attend(q, k, v, o, lse)
         let x2 = x.copy()
         Linear.forward(x: o.pointer, weight: w.o.pointer, y: x2.pointer, rows: rows, inFeatures: qw, outFeatures: d, accumulate: true)
         let rstd2 = Tensor(zeros: [rows]), h2 = Tensor(zeros: [rows, d])
@@ -187,7 +203,8 @@ public final class LlamaModel: @unchecked Sendable {
         return parameters.entry(name)?.offset ?? 0
     }
 
-    func backward(pass: ForwardPass, dLogits: Tensor, gradients g: LlamaTensors, gradientsReady: ((Int) -> Void)? = nil) {
+    func backward(pass: ForwardPass, dLogits: Tensor, gradients g: LlamaTensors, gradientsReady: ((Int) -> Void)? = nil,
+                  attention: SequenceAttention? = nil) throws {
         let d = config.hiddenSize, f = config.intermediateSize, v = config.vocabSize
         let qw = shape.queryWidth, kw = shape.keyValueWidth
         let rows = pass.batch * pass.seqLen, seqLen = pass.seqLen
@@ -202,7 +219,7 @@ public final class LlamaModel: @unchecked Sendable {
         let dAct = Tensor(zeros: [rows, f]), dGate = Tensor(zeros: [rows, f]), dUp = Tensor(zeros: [rows, f])
         let dH = Tensor(zeros: [rows, d]), dO = Tensor(zeros: [rows, qw]), rowDot = Tensor(zeros: [rows, shape.queryHeads])
         let dq = Tensor(zeros: [rows, qw]), dk = Tensor(zeros: [rows, kw]), dv = Tensor(zeros: [rows, kw])
-        pass.positions.withUnsafeBufferPointer { posBuffer in
+        try pass.positions.withUnsafeBufferPointer { posBuffer in
             let positions = posBuffer.baseAddress!
             for l in stride(from: config.numHiddenLayers - 1, through: 0, by: -1) {
                 let a = pass.layers[l], w = weights.layers[l], gw = g.layers[l]
@@ -220,10 +237,24 @@ public final class LlamaModel: @unchecked Sendable {
                 // x2 = x + o_proj(o)
                 Linear.backward(x: a.o.pointer, weight: w.o.pointer, dy: dx.pointer, dx: dO.pointer,
                                 dWeight: gw.o.pointer, rows: rows, inFeatures: qw, outFeatures: d)
-                BlockAttention.rowDot(dOut: dO.pointer, out: a.o.pointer, rows: rows, shape: shape, result: rowDot.pointer)
+                if attention == nil {
+                    BlockAttention.rowDot(dOut: dO.pointer, out: a.o.pointer, rows: rows, shape: shape, result: rowDot.pointer)
+                }
                 dq.fill(0); dk.fill(0); dv.fill(0)
                 for b in 0..<pass.batch {
                     let qo = b * seqLen * qw, ko = b * seqLen * kw, lo = b * seqLen * shape.queryHeads
+                    if let attention {
+                        let r = try attention.backward(q: a.q.view(offset: qo, shape: [seqLen, qw]),
+                                                       k: a.k.view(offset: ko, shape: [seqLen, kw]),
+                                                       v: a.v.view(offset: ko, shape: [seqLen, kw]),
+                                                       out: a.o.view(offset: qo, shape: [seqLen, qw]),
+                                                       lse: a.lse.view(offset: lo, shape: [seqLen, shape.queryHeads]),
+                                                       dOut: dO.view(offset: qo, shape: [seqLen, qw]))
+                        (dq.pointer + qo).update(from: r.dq.pointer, count: r.dq.count)
+                        (dk.pointer + ko).update(from: r.dk.pointer, count: r.dk.count)
+                        (dv.pointer + ko).update(from: r.dv.pointer, count: r.dv.count)
+                        continue
+                    }
                     BlockAttention.backward(q: a.q.pointer + qo, k: a.k.pointer + ko, v: a.v.pointer + ko,
                                             dOut: dO.pointer + qo, lse: a.lse.pointer + lo, rowDot: rowDot.pointer + lo,
                                             queryCount: seqLen, keyCount: seqLen, shape: shape, mask: AttentionMask(causal: true),
@@ -250,6 +281,17 @@ public final class LlamaModel: @unchecked Sendable {
         // Scratch tensors are used through raw pointers; keep them alive to the end.
         withExtendedLifetime((dNormed, dx, dAct, dGate, dUp, dH, dO, rowDot, dq, dk, dv)) {}
     }
+}
+
+/// Causal self-attention over the rows of one sequence that this rank holds, computed with
+/// other ranks when the sequence is split (sequence parallelism).
+public protocol SequenceAttention: AnyObject {
+    /// Global positions of the local rows of one sequence, in local order.
+    var localPositions: [Int32] { get }
+    /// Output [rows, Hq*d] and log-sum-exp [rows, Hq] of the local queries against the sequence.
+    func forward(q: Tensor, k: Tensor, v: Tensor) throws -> (out: Tensor, lse: Tensor)
+    /// Gradients of the local q, k, v given the final output, lse and output gradient.
+    func backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor) throws -> (dq: Tensor, dk: Tensor, dv: Tensor)
 }
 
 /// Bad input to a model call, naming what was expected.

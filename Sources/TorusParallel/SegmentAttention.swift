@@ -1,4 +1,5 @@
 import TorusComm
+import TorusModel
 import TorusTensor
 
 /// Attention between a rank's query segments and one block's key segments (each a contiguous
@@ -59,10 +60,13 @@ struct SegmentAttention {
 
 /// A sequence-parallel attention method: each rank passes its rows of Q, K, V (in the
 /// layout's local order) and gets its rows of the exact full-sequence result.
-public protocol SequenceParallelAttention {
+public protocol SequenceParallelAttention: SequenceAttention {
     var layout: SequenceLayout { get }
-    func forward(q: Tensor, k: Tensor, v: Tensor) throws -> (out: Tensor, lse: Tensor)
-    func backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor) throws -> (dq: Tensor, dk: Tensor, dv: Tensor)
+    var comm: Communicator { get }
+}
+
+extension SequenceParallelAttention {
+    public var localPositions: [Int32] { layout.positions(rank: comm.rank).map { Int32($0) } }
 }
 
 /// The methods by name, as in configs: `ring` or `tokenring`.

@@ -1,3 +1,15 @@
+/// Sequence parallelism inside each data-parallel replica: `size` consecutive ranks split
+/// every sequence (`layout`) and compute attention together (`method`: ring or tokenring).
+public struct SequenceParallelOptions: Codable, Equatable, Sendable {
+    public var size: Int
+    public var method: String
+    public var layout: String
+
+    public init(size: Int, method: String = "ring", layout: String = "zigzag") {
+        self.size = size; self.method = method; self.layout = layout
+    }
+}
+
 /// Everything that defines a training run besides the model and the data.
 public struct TrainOptions: Codable, Equatable, Sendable {
     /// Optimizer steps to reach.
@@ -18,6 +30,8 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     /// Compare weights across ranks every this many steps.
     public var checkWeightsEvery: Int = 50
     public var bucketBytes: Int = 32 << 20
+    /// Sequence parallelism (nil: every rank holds whole sequences).
+    public var sequenceParallel: SequenceParallelOptions?
 
     public init(steps: Int, globalSequences: Int, microBatches: Int = 1, seqLen: Int, schedule: LearningRateSchedule,
                 adamw: AdamWOptions = AdamWOptions(), clipNorm: Double = 1.0, seed: UInt64 = 0, logEvery: Int = 10,

@@ -1,6 +1,7 @@
 import Foundation
 import TorusComm
 import TorusModel
+import TorusParallel
 import TorusTensor
 
 /// One optimizer step's figures, as printed and written to the metrics file.
@@ -29,6 +30,10 @@ public final class Trainer {
     let gradients: ParameterStore
     let reducer: GradientReducer
     let shards: ShardedGradients
+    /// This rank's data-parallel replica and the number of replicas (world / SP size).
+    public let dataRank: Int, dataRanks: Int
+    /// Attention across the sequence-parallel group (nil without sequence parallelism).
+    let sequenceAttention: SequenceParallelAttention?
     /// Where checkpoints and metrics go (nil: nowhere).
     public let outDir: String?
     public private(set) var step = 0
@@ -44,8 +49,20 @@ public final class Trainer {
             throw TrainError.invalid("seq_len \(options.seqLen) must be in 1...\(model.config.maxPositionEmbeddings) (max_position_embeddings)")
         }
         guard options.microBatches >= 1 else { throw TrainError.invalid("micro_batches must be at least 1") }
-        guard options.globalSequences >= comm.size, options.globalSequences % comm.size == 0 else {
-            throw TrainError.invalid("global batch of \(options.globalSequences) sequences does not split evenly over \(comm.size) data-parallel ranks")
+        let sp = options.sequenceParallel?.size ?? 1
+        guard sp >= 1, comm.size % sp == 0 else {
+            throw TrainError.invalid("sequence_parallel.size \(sp) does not divide the \(comm.size) ranks (world = data x sequence parallel)")
+        }
+        var spLayout: SequenceLayout?
+        var spMethod: SequenceParallelMethod?
+        if let spo = options.sequenceParallel {
+            guard let kind = SequenceLayoutKind(rawValue: spo.layout) else { throw SequenceParallelError.unknownLayout(spo.layout) }
+            spMethod = try SequenceParallelMethod(name: spo.method)
+            spLayout = try SequenceLayout(kind: kind, ranks: sp, length: options.seqLen)
+        }
+        let dataRanks = comm.size / sp
+        guard options.globalSequences >= dataRanks, options.globalSequences % dataRanks == 0 else {
+            throw TrainError.invalid("global batch of \(options.globalSequences) sequences does not split evenly over \(dataRanks) data-parallel replicas")
         }
         guard tokens.count > options.seqLen + 1 else {
             throw TrainError.invalid("the training data has \(tokens.count) tokens; a window needs \(options.seqLen + 1)")
@@ -63,6 +80,15 @@ public final class Trainer {
         self.gradients = model.makeGradients()
         self.reducer = GradientReducer(comm: comm, gradients: gradients, bucketBytes: options.bucketBytes)
         self.shards = ShardedGradients(main: gradients)
+        self.dataRanks = dataRanks
+        self.dataRank = comm.rank / sp
+        if let spLayout, let spMethod {
+            // Megatron-style order: the ranks of one sequence-parallel group are consecutive.
+            let group = try comm.split(color: comm.rank / sp, key: comm.rank % sp)
+            sequenceAttention = try spMethod.make(comm: group, layout: spLayout, shape: model.config.attentionShape, causal: true)
+        } else {
+            sequenceAttention = nil
+        }
     }
 
     /// Monotonic clock (ns) when the last step's final all-reduce wait began and ended.
@@ -86,8 +112,9 @@ public final class Trainer {
         }
         guard state.options.globalSequences == options.globalSequences, state.options.seqLen == options.seqLen,
               state.options.microBatches == options.microBatches, state.options.seed == options.seed,
-              state.options.schedule == options.schedule, state.options.adamw == options.adamw else {
-            throw TrainError.resume("\(dir) used a different batch, sequence length, micro-batch count, seed, learning-rate schedule or AdamW settings")
+              state.options.schedule == options.schedule, state.options.adamw == options.adamw,
+              state.options.sequenceParallel == options.sequenceParallel else {
+            throw TrainError.resume("\(dir) used a different batch, sequence length, micro-batch count, seed, learning-rate schedule, AdamW or sequence-parallel settings")
         }
         guard state.dataTokens == tokens.count else {
             throw TrainError.resume("\(dir) was trained on \(state.dataTokens) tokens; this data has \(tokens.count)")
@@ -108,16 +135,26 @@ public final class Trainer {
         if faultNaNStep == step { model.weights.finalNorm[0] = .nan }
         gradients.flat.fill(0)
         reducer.begin()
-        let perRank = options.globalSequences / comm.size
+        let perRank = options.globalSequences / dataRanks
         // This rank's sequences are split over its threads; shard j takes sequences [start, end).
-        let threadCount = min(BLAS.threads, perRank)
+        // Sequence-parallel attention talks to other ranks, so it stays on one thread.
+        let threadCount = sequenceAttention == nil ? min(BLAS.threads, perRank) : 1
+        let localLen = sequenceAttention?.layout.localCount ?? options.seqLen
+        let localRows = sequenceAttention?.localPositions.map(Int.init)
         let bounds = (0...threadCount).map { $0 * perRank / threadCount }
         shards.begin(shards: threadCount)
         var lossSum: Float = 0
-        let seqLen = options.seqLen, scale = 1 / Float(options.microBatches)
+        let seqLen = localLen, scale = 1 / Float(options.microBatches)
+        let attention = sequenceAttention
         for micro in 0..<options.microBatches {
-            let batch = sampler.batch(step: step, micro: micro, microBatches: options.microBatches,
-                                      globalSequences: options.globalSequences, rank: comm.rank, ranks: comm.size, tokens: tokens)
+            var batch = sampler.batch(step: step, micro: micro, microBatches: options.microBatches,
+                                      globalSequences: options.globalSequences, rank: dataRank, ranks: dataRanks, tokens: tokens)
+            if let localRows {
+                // Keep this rank's positions of every sequence.
+                let full = batch
+                batch.inputs = (0..<perRank).flatMap { j in localRows.map { full.inputs[j * options.seqLen + $0] } }
+                batch.targets = (0..<perRank).flatMap { j in localRows.map { full.targets[j * options.seqLen + $0] } }
+            }
             let last = micro == options.microBatches - 1
             if last {
                 let reducer = self.reducer
@@ -134,7 +171,8 @@ public final class Trainer {
                             lossOut[j] = try model.loss(tokens: Array(batch.inputs[lo..<hi]), targets: Array(batch.targets[lo..<hi]),
                                                         batch: n, seqLen: seqLen, gradients: shards.store(j),
                                                         lossScale: scale * Float(n) / Float(perRank),
-                                                        gradientsReady: last ? { shards.report(shard: j, offset: $0) } : nil)
+                                                        gradientsReady: last ? { shards.report(shard: j, offset: $0) } : nil,
+                                                        attention: attention)
                                 * Float(n) / Float(perRank)
                         } catch { errorOut[j] = error }
                     }

@@ -49,8 +49,10 @@ struct RunConfig {
     var seed: UInt64
     var train = TrainSection()
     var data = DataSection()
+    var sequenceParallel: SequenceParallelOptions?
 
-    static let topLevelKeys = ["model", "seed", "train", "data"]
+    static let topLevelKeys = ["model", "seed", "train", "data", "sequence_parallel"]
+    static let sequenceParallelKeys = ["size", "method", "layout"]
 
     static func load(path: String) throws -> RunConfig {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
@@ -113,6 +115,24 @@ struct RunConfig {
             if d["train"] != nil { config.data.train = try r.string(d, "train", section: "data") }
             if d["heldout"] != nil { config.data.heldout = try r.string(d, "heldout", section: "data") }
             if d["synth_examples"] != nil { config.data.synthExamples = try r.int(d, "synth_examples", section: "data", min: 1) }
+        }
+        if let sp = map["sequence_parallel"] {
+            guard let sp = sp as? [String: Any] else { throw ConfigError(file: path, message: "'sequence_parallel' must be a mapping") }
+            try checkKeys(sp, known: sequenceParallelKeys, section: "sequence_parallel", file: path)
+            var o = SequenceParallelOptions(size: try r.int(sp, "size", section: "sequence_parallel", min: 1))
+            if sp["method"] != nil {
+                o.method = try r.string(sp, "method", section: "sequence_parallel")
+                guard ["ring", "tokenring"].contains(o.method) else {
+                    throw ConfigError(file: path, message: "'sequence_parallel.method' is '\(o.method)'; known: ring, tokenring")
+                }
+            }
+            if sp["layout"] != nil {
+                o.layout = try r.string(sp, "layout", section: "sequence_parallel")
+                guard ["zigzag", "contiguous"].contains(o.layout) else {
+                    throw ConfigError(file: path, message: "'sequence_parallel.layout' is '\(o.layout)'; known: zigzag, contiguous")
+                }
+            }
+            config.sequenceParallel = o
         }
         return config
     }

@@ -41,12 +41,13 @@ struct TrainCommand: ParsableCommand {
             model = try LlamaModel.initialized(config: cfg.model, seed: cfg.seed)
         }
         let tokens = try loadTokens(cfg.data.train, cfg: cfg, split: "train", vocab: model.config.vocabSize)
-        let options = TrainOptions(
+        var options = TrainOptions(
             steps: t.steps, globalSequences: t.batchSize, microBatches: t.microBatches, seqLen: t.seqLen,
             schedule: LearningRateSchedule(peak: t.lr, minimum: t.minLR, warmupSteps: t.warmupSteps, totalSteps: t.steps),
             adamw: AdamWOptions(beta1: Float(t.beta1), beta2: Float(t.beta2), eps: Float(t.eps), weightDecay: Float(t.weightDecay)),
             clipNorm: t.clipNorm, seed: cfg.seed, logEvery: t.logEvery, checkpointEvery: t.checkpointEvery,
             checkWeightsEvery: t.checkWeightsEvery, bucketBytes: Int(t.bucketMB * 1_048_576))
+        options.sequenceParallel = cfg.sequenceParallel
         let trainer = try Trainer(model: model, tokens: tokens, options: options, comm: world, outDir: t.out)
         if let spec = ProcessInfo.processInfo.environment["TORUS_FAULT_KILL"] {
             let parts = spec.split(separator: ":").compactMap { Int($0) }
@@ -58,7 +59,8 @@ struct TrainCommand: ParsableCommand {
         let rank0 = world.rank == 0
         if rank0 {
             try FileManager.default.createDirectory(atPath: t.out, withIntermediateDirectories: true)
-            print("train: \(world.size) data-parallel rank(s), \(model.config.parameterCount) parameters, \(tokens.count) training tokens, global batch \(t.batchSize) x \(t.microBatches) x \(t.seqLen) tokens, \(t.steps) steps" + (start > 0 ? ", resuming after step \(start)" : ""))
+            let sp = cfg.sequenceParallel.map { ", sequence parallel \($0.size) (\($0.method), \($0.layout))" } ?? ""
+            print("train: \(world.size) rank(s) = \(trainer.dataRanks) data-parallel replica(s)\(sp), \(model.config.parameterCount) parameters, \(tokens.count) training tokens, global batch \(t.batchSize) x \(t.microBatches) x \(t.seqLen) tokens, \(t.steps) steps" + (start > 0 ? ", resuming after step \(start)" : ""))
         }
         let metrics = rank0 ? try MetricsLog(path: t.out + "/metrics.jsonl", append: start > 0, keepThrough: start) : nil
         let last = min(t.steps, stopAfter ?? t.steps)

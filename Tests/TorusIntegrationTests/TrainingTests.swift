@@ -82,6 +82,39 @@ import TorusModel
         }
     }
 
+    /// Sequence parallelism (alone and with data parallelism) gives the same losses and
+    /// weights as one rank; same tolerance as above.
+    @Test func sequenceParallelMatchesOneRank() throws {
+        let dir = Self.workDir("sp")
+        let base = try Self.config(in: dir, steps: 4)
+        let single = dir + "/np1"
+        try #require(try train(ranks: 1, config: base, out: single).status == 0)
+        let baseLoss = try Self.losses(single)
+        let baseWeights = try HFCheckpoint.load(directory: single + "/model").parameters.flat.array
+        for (ranks, size, method, layout) in [(2, 2, "ring", "zigzag"), (2, 2, "tokenring", "contiguous"),
+                                              (4, 2, "tokenring", "zigzag"), (4, 4, "ring", "contiguous")] {
+            let yaml = try String(contentsOfFile: base, encoding: .utf8)
+                + "\nsequence_parallel:\n  size: \(size)\n  method: \(method)\n  layout: \(layout)\n"
+            let path = dir + "/sp-\(ranks)-\(size)-\(method)-\(layout).yaml"
+            try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+            let out = dir + "/o-\(ranks)-\(size)-\(method)-\(layout)"
+            let r = try train(ranks: ranks, config: path, out: out)
+            try #require(r.status == 0, "\(path):\n\(r.output)")
+            let loss = try Self.losses(out)
+            let weights = try HFCheckpoint.load(directory: out + "/model").parameters.flat.array
+            let lossErr = zip(loss, baseLoss).map { abs($0 - $1) }.max() ?? .infinity
+            let weightErr = zip(weights, baseWeights).map { abs($0 - $1) }.max() ?? .infinity
+            #expect(loss.count == baseLoss.count)
+            #expect(lossErr < 2e-4, "np=\(ranks) sp=\(size) \(method) \(layout): loss differs by \(lossErr)")
+            #expect(weightErr < 2e-3, "np=\(ranks) sp=\(size) \(method) \(layout): weights differ by \(weightErr)")
+        }
+        // A sequence the layout cannot split is refused before training starts.
+        let bad = try String(contentsOfFile: base, encoding: .utf8) + "\nsequence_parallel:\n  size: 3\n  method: ring\n"
+        try bad.write(toFile: dir + "/bad.yaml", atomically: true, encoding: .utf8)
+        let r = try train(ranks: 3, config: dir + "/bad.yaml", out: dir + "/bad")
+        #expect(r.status != 0 && r.stderr.contains("cannot be split into 6 equal zigzag chunks"), "\(r.output)")
+    }
+
     /// Stopping after a checkpoint and resuming gives bit-identical losses and weights.
     @Test func resumeIsBitIdentical() throws {
         let dir = Self.workDir("resume")
