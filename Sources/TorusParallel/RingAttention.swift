@@ -7,28 +7,7 @@ import TorusTensor
 /// the block it holds and merges the partials. In backward the key/value blocks travel again
 /// and their gradients follow one step behind, accumulated by every rank they pass, so each
 /// block's complete dK, dV arrive home after P hops.
-public final class RingAttention: SequenceParallelAttention {
-    public let comm: Communicator
-    public let layout: SequenceLayout
-    public let shape: AttentionShape
-    public let causal: Bool
-    let blocks: SegmentAttention
-
-    public init(comm: Communicator, layout: SequenceLayout, shape: AttentionShape, causal: Bool) throws {
-        try checkGroup(comm: comm, layout: layout)
-        self.comm = comm
-        self.layout = layout
-        self.shape = shape
-        self.causal = causal
-        self.blocks = SegmentAttention(shape: shape, causal: causal)
-    }
-
-    var next: Int { (comm.rank + 1) % comm.size }
-    var prev: Int { (comm.rank + comm.size - 1) % comm.size }
-
-    func checkRows(_ t: Tensor, width: Int, _ name: String) throws {
-        try checkLocalRows(t, width: width, name, layout: layout)
-    }
+public final class RingAttention: SequenceParallelGroup, SequenceParallelAttention {
 
     /// Attention output [n, Hq*d] and log-sum-exp [n, Hq] of this rank's queries against the
     /// whole sequence; `q` [n, Hq*d], `k` and `v` [n, Hkv*d] hold this rank's rows.

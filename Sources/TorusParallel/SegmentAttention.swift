@@ -86,14 +86,34 @@ public enum SequenceParallelMethod: String, Sendable, CaseIterable {
     }
 }
 
-func checkGroup(comm: Communicator, layout: SequenceLayout) throws {
-    guard layout.ranks == comm.size else {
-        throw SequenceParallelError.shapeMismatch("layout is for \(layout.ranks) ranks, the communicator has \(comm.size)")
-    }
-}
+/// The ranks of one sequence-parallel group arranged in a ring, with the layout of the
+/// sequence over them; the common part of Ring Attention and TokenRing.
+public class SequenceParallelGroup {
+    public let comm: Communicator
+    public let layout: SequenceLayout
+    public let shape: AttentionShape
+    public let causal: Bool
+    let blocks: SegmentAttention
 
-func checkLocalRows(_ t: Tensor, width: Int, _ name: String, layout: SequenceLayout) throws {
-    guard t.count == layout.localCount * width else {
-        throw SequenceParallelError.shapeMismatch("\(name) has \(t.count) values, expected \(layout.localCount) rows of \(width)")
+    public init(comm: Communicator, layout: SequenceLayout, shape: AttentionShape, causal: Bool) throws {
+        guard layout.ranks == comm.size else {
+            throw SequenceParallelError.shapeMismatch("layout is for \(layout.ranks) ranks, the communicator has \(comm.size)")
+        }
+        self.comm = comm
+        self.layout = layout
+        self.shape = shape
+        self.causal = causal
+        self.blocks = SegmentAttention(shape: shape, causal: causal)
+    }
+
+    var next: Int { (comm.rank + 1) % comm.size }
+    var prev: Int { (comm.rank + comm.size - 1) % comm.size }
+    /// The rank `offset` places after this one around the ring.
+    func rank(_ offset: Int) -> Int { ((comm.rank + offset) % comm.size + comm.size) % comm.size }
+
+    func checkRows(_ t: Tensor, width: Int, _ name: String) throws {
+        guard t.count == layout.localCount * width else {
+            throw SequenceParallelError.shapeMismatch("\(name) has \(t.count) values, expected \(layout.localCount) rows of \(width)")
+        }
     }
 }

@@ -13,25 +13,7 @@ import TorusTensor
 /// which never move, and sends the dQ partial straight back to the owner, which sums them in
 /// step order. Both passes are exact: every (query block, key block) pair is computed once
 /// with the final lse and D.
-public final class TokenRingAttention: SequenceParallelAttention {
-    public let comm: Communicator
-    public let layout: SequenceLayout
-    public let shape: AttentionShape
-    public let causal: Bool
-    let blocks: SegmentAttention
-
-    public init(comm: Communicator, layout: SequenceLayout, shape: AttentionShape, causal: Bool) throws {
-        try checkGroup(comm: comm, layout: layout)
-        self.comm = comm
-        self.layout = layout
-        self.shape = shape
-        self.causal = causal
-        self.blocks = SegmentAttention(shape: shape, causal: causal)
-    }
-
-    var next: Int { (comm.rank + 1) % comm.size }
-    var prev: Int { (comm.rank + comm.size - 1) % comm.size }
-    func rank(_ offset: Int) -> Int { ((comm.rank + offset) % comm.size + comm.size) % comm.size }
+public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAttention {
 
     /// Whether the queries of `queryOwner` see any key of `keyOwner` (known on both sides, so
     /// fully masked pairs send nothing).
@@ -41,9 +23,9 @@ public final class TokenRingAttention: SequenceParallelAttention {
 
     public func forward(q: Tensor, k: Tensor, v: Tensor) throws -> (out: Tensor, lse: Tensor) {
         let n = layout.localCount, qw = shape.queryWidth, hq = shape.queryHeads, p = comm.size
-        try checkLocalRows(q, width: qw, "q", layout: layout)
-        try checkLocalRows(k, width: shape.keyValueWidth, "k", layout: layout)
-        try checkLocalRows(v, width: shape.keyValueWidth, "v", layout: layout)
+        try checkRows(q, width: qw, "q")
+        try checkRows(k, width: shape.keyValueWidth, "k")
+        try checkRows(v, width: shape.keyValueWidth, "v")
         let mySegments = layout.segments(rank: comm.rank)
         let partOut = Tensor(zeros: [n, qw]), partLSE = Tensor(zeros: [n, hq])
         // A partial result is [out (n x qw); lse (n x hq)].
@@ -100,7 +82,7 @@ public final class TokenRingAttention: SequenceParallelAttention {
 
     public func backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor) throws -> (dq: Tensor, dk: Tensor, dv: Tensor) {
         let n = layout.localCount, qw = shape.queryWidth, hq = shape.queryHeads, kw = shape.keyValueWidth, p = comm.size
-        try checkLocalRows(dOut, width: qw, "dOut", layout: layout)
+        try checkRows(dOut, width: qw, "dOut")
         let mySegments = layout.segments(rank: comm.rank)
         // The travelling query side: [Q; dO; lse; D].
         let packSize = 2 * n * qw + 2 * n * hq
