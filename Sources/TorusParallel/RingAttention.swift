@@ -27,12 +27,12 @@ public final class RingAttention: SequenceParallelGroup, SequenceParallelAttenti
             var requests: [Request] = []
             if step < comm.size - 1 {
                 requests.append(try comm.irecv(incoming, from: prev, tag: 1000 + step))
-                requests.append(try comm.isend(current, to: next, tag: 1000 + step))
+                requests.append(try isend(current, to: next, tag: 1000 + step))
             }
             blocks.forward(querySegments: mySegments, keySegments: layout.segments(rank: owner), q: q.pointer,
                            k: current.pointer, v: current.pointer + n * kw, out: out.pointer, lse: lse.pointer,
                            partOut: partOut, partLSE: partLSE, poll: requests)
-            try Request.waitAll(requests)
+            try waitAll(requests)
             swap(&current, &incoming)
         }
         return (out, lse)
@@ -59,7 +59,7 @@ public final class RingAttention: SequenceParallelGroup, SequenceParallelAttenti
             var kvRequests: [Request] = []
             if step < comm.size - 1 {
                 kvRequests.append(try comm.irecv(kvIncoming, from: prev, tag: 3000 + step))
-                kvRequests.append(try comm.isend(kv, to: next, tag: 3000 + step))
+                kvRequests.append(try isend(kv, to: next, tag: 3000 + step))
             }
             // The accumulated gradient of this block (from ranks owner..rank-1) arrives while we compute.
             var gradRecv: Request?
@@ -69,23 +69,23 @@ public final class RingAttention: SequenceParallelGroup, SequenceParallelAttenti
                             k: kv.pointer, v: kv.pointer + n * kw, dOut: dOut.pointer, lse: lse.pointer, rowDot: rowDot.pointer,
                             dq: dq.pointer, dk: local.pointer, dv: local.pointer + n * kw,
                             poll: kvRequests + [gradRecv, gradSend].compactMap { $0 })
-            try gradSend?.wait()
+            try waitAll([gradSend])
             if let gradRecv {
-                try gradRecv.wait()
+                try waitAll([gradRecv])
                 swap(&accumulated, &accumulatedIncoming)
             } else {
                 accumulated.fill(0)
             }
             VectorMath.add(local.pointer, into: accumulated.pointer, count: local.count)
             // Pass the running gradient on; after the last step it reaches the block's owner.
-            gradSend = try comm.isend(accumulated, to: next, tag: 4000 + (step + 1) % comm.size)
-            try Request.waitAll(kvRequests)
+            gradSend = try isend(accumulated, to: next, tag: 4000 + (step + 1) % comm.size)
+            try waitAll(kvRequests)
             swap(&kv, &kvIncoming)
         }
         // Our own block's complete gradient comes back from the previous rank.
         let home = Tensor(zeros: [2 * n * kw])
-        try comm.recv(home, from: prev, tag: 4000)
-        try gradSend?.wait()
+        try waitAll([try comm.irecv(home, from: prev, tag: 4000)])
+        try waitAll([gradSend])
         let dk = Tensor(zeros: [n, kw]), dv = Tensor(zeros: [n, kw])
         dk.pointer.update(from: home.pointer, count: n * kw)
         dv.pointer.update(from: home.pointer + n * kw, count: n * kw)

@@ -1,3 +1,4 @@
+import Dispatch
 import TorusComm
 import TorusModel
 import TorusTensor
@@ -110,6 +111,25 @@ public class SequenceParallelGroup {
     var prev: Int { (comm.rank + comm.size - 1) % comm.size }
     /// The rank `offset` places after this one around the ring.
     func rank(_ offset: Int) -> Int { ((comm.rank + offset) % comm.size + comm.size) % comm.size }
+
+    /// Bytes this rank sent and seconds it spent blocked waiting for transfers (communication
+    /// not hidden behind compute, plus waiting for slower ranks), since the last reset.
+    public private(set) var bytesSent = 0
+    public private(set) var waitSeconds = 0.0
+
+    public func resetStatistics() { bytesSent = 0; waitSeconds = 0 }
+
+    func isend(_ t: Tensor, count: Int? = nil, to dest: Int, tag: Int) throws -> Request {
+        let n = count ?? t.count
+        bytesSent += n * 4
+        return try comm.isend(t.pointer, count: n, to: dest, tag: tag, keepAlive: t)
+    }
+
+    func waitAll(_ requests: [Request?]) throws {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        for r in requests { try r?.wait() }
+        waitSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+    }
 
     func checkRows(_ t: Tensor, width: Int, _ name: String) throws {
         guard t.count == layout.localCount * width else {

@@ -41,6 +41,14 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
             guard s >= 1 && s < p && hasWork(queryOwner: comm.rank, keyOwner: rank(s)) else { return }
             recvs[s % 2] = try comm.irecv(recvBuffers[s % 2], from: rank(s), tag: 6000 + s)
         }
+        func mergeReceived(_ s: Int) throws {
+            guard let r = recvs[s % 2] else { return }
+            try waitAll([r])
+            recvs[s % 2] = nil
+            let buffer = recvBuffers[s % 2]
+            AttentionMerge.merge(out: out.pointer, lse: lse.pointer, otherOut: buffer.pointer, otherLSE: buffer.pointer + n * qw,
+                                 rows: n, heads: hq, headDim: shape.headDim)
+        }
         try postReceive(1)
         try postReceive(2)
         for s in 0..<p {
@@ -48,35 +56,32 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
             var qRequests: [Request] = []
             if s < p - 1 {
                 qRequests.append(try comm.irecv(incomingQ, from: prev, tag: 5000 + s))
-                qRequests.append(try comm.isend(heldQ, to: next, tag: 5000 + s))
+                qRequests.append(try isend(heldQ, to: next, tag: 5000 + s))
             }
             if s == 0 {
                 blocks.forward(querySegments: mySegments, keySegments: mySegments, q: q.pointer, k: k.pointer, v: v.pointer,
                                out: out.pointer, lse: lse.pointer, partOut: partOut, partLSE: partLSE, poll: qRequests)
             } else if hasWork(queryOwner: owner, keyOwner: comm.rank) {
-                try sends[s % 2]?.wait()
+                try waitAll([sends[s % 2]])
                 let buffer = sendBuffers[s % 2]
                 buffer.fill(0)
                 (buffer.pointer + n * qw).update(repeating: -.infinity, count: n * hq)
                 blocks.forward(querySegments: layout.segments(rank: owner), keySegments: mySegments, q: heldQ.pointer,
                                k: k.pointer, v: v.pointer, out: buffer.pointer, lse: buffer.pointer + n * qw,
                                partOut: partOut, partLSE: partLSE, poll: qRequests + recvs.compactMap { $0 })
-                sends[s % 2] = try comm.isend(buffer, to: owner, tag: 6000 + s)
+                sends[s % 2] = try isend(buffer, to: owner, tag: 6000 + s)
             }
-            // Merge the partial computed for our queries at this step by rank + s.
-            if s >= 1, let r = recvs[s % 2] {
-                try r.wait()
-                recvs[s % 2] = nil
-                let buffer = recvBuffers[s % 2]
-                AttentionMerge.merge(out: out.pointer, lse: lse.pointer, otherOut: buffer.pointer, otherLSE: buffer.pointer + n * qw,
-                                     rows: n, heads: hq, headDim: shape.headDim)
+            // The partial of the previous step had this step's compute to arrive: merge it (in
+            // step order), then reuse its buffer for step s + 1.
+            if s >= 2 {
+                try mergeReceived(s - 1)
+                try postReceive(s + 1)
             }
-            // Buffer s % 2 is free now (used or not needed at this step): receive step s + 2 into it.
-            if s >= 1 { try postReceive(s + 2) }
-            try Request.waitAll(qRequests)
+            try waitAll(qRequests)
             swap(&heldQ, &incomingQ)
         }
-        for r in sends { try r?.wait() }
+        if p >= 2 { try mergeReceived(p - 1) }
+        for r in sends { try waitAll([r]) }
         return (out, lse)
     }
 
@@ -100,6 +105,12 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
             guard s >= 1 && s < p && hasWork(queryOwner: comm.rank, keyOwner: rank(s)) else { return }
             recvs[s % 2] = try comm.irecv(recvBuffers[s % 2], from: rank(s), tag: 7000 + s)
         }
+        func addReceived(_ s: Int) throws {
+            guard let r = recvs[s % 2] else { return }
+            try waitAll([r])
+            recvs[s % 2] = nil
+            VectorMath.add(recvBuffers[s % 2].pointer, into: dq.pointer, count: n * qw)
+        }
         try postReceive(1)
         try postReceive(2)
         for s in 0..<p {
@@ -107,7 +118,7 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
             var packRequests: [Request] = []
             if s < p - 1 {
                 packRequests.append(try comm.irecv(incoming, from: prev, tag: 8000 + s))
-                packRequests.append(try comm.isend(held, to: next, tag: 8000 + s))
+                packRequests.append(try isend(held, to: next, tag: 8000 + s))
             }
             let hp = held.pointer
             if s == 0 {
@@ -115,24 +126,23 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
                                 dOut: hp + n * qw, lse: hp + 2 * n * qw, rowDot: hp + 2 * n * qw + n * hq,
                                 dq: dq.pointer, dk: dk.pointer, dv: dv.pointer, poll: packRequests)
             } else if hasWork(queryOwner: owner, keyOwner: comm.rank) {
-                try sends[s % 2]?.wait()
+                try waitAll([sends[s % 2]])
                 let buffer = sendBuffers[s % 2]
                 buffer.fill(0)
                 blocks.backward(querySegments: layout.segments(rank: owner), keySegments: mySegments, q: hp, k: k.pointer, v: v.pointer,
                                 dOut: hp + n * qw, lse: hp + 2 * n * qw, rowDot: hp + 2 * n * qw + n * hq,
                                 dq: buffer.pointer, dk: dk.pointer, dv: dv.pointer, poll: packRequests + recvs.compactMap { $0 })
-                sends[s % 2] = try comm.isend(buffer, to: owner, tag: 7000 + s)
+                sends[s % 2] = try isend(buffer, to: owner, tag: 7000 + s)
             }
-            if s >= 1, let r = recvs[s % 2] {
-                try r.wait()
-                recvs[s % 2] = nil
-                VectorMath.add(recvBuffers[s % 2].pointer, into: dq.pointer, count: n * qw)
+            if s >= 2 {
+                try addReceived(s - 1)
+                try postReceive(s + 1)
             }
-            if s >= 1 { try postReceive(s + 2) }
-            try Request.waitAll(packRequests)
+            try waitAll(packRequests)
             swap(&held, &incoming)
         }
-        for r in sends { try r?.wait() }
+        if p >= 2 { try addReceived(p - 1) }
+        for r in sends { try waitAll([r]) }
         return (dq, dk, dv)
     }
 }

@@ -1,0 +1,59 @@
+import ArgumentParser
+import Foundation
+import TorusComm
+import TorusParallel
+import TorusTensor
+
+/// Sequence-parallel attention timing on the ranks of this job.
+struct BenchAttention: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "attention",
+        abstract: "Time Ring Attention and TokenRing (forward, forward+backward), bytes sent and time blocked on transfers per rank.")
+
+    @Option(help: "Comma-separated methods.") var methods: String = "ring,tokenring"
+    @Option(help: "zigzag or contiguous.") var layout: String = "zigzag"
+    @Option(help: "Sequence length (tokens, whole sequence).") var seq: Int = 8192
+    @Option(help: "Query heads.") var heads: Int = 8
+    @Option(help: "Key/value heads.") var kvHeads: Int = 8
+    @Option(help: "Dimensions per head.") var headDim: Int = 64
+    @Option(help: "Timed repetitions after one warm-up.") var steps: Int = 2
+    @Flag(help: "Non-causal attention.") var full = false
+
+    func run() throws {
+        let world = try MPIRuntime.world()
+        guard let kind = SequenceLayoutKind(rawValue: layout) else { throw SequenceParallelError.unknownLayout(layout) }
+        let chosen = try methods.split(separator: ",").map { try SequenceParallelMethod(name: String($0)) }
+        let sl = try SequenceLayout(kind: kind, ranks: world.size, length: seq)
+        let shape = AttentionShape(queryHeads: heads, keyValueHeads: kvHeads, headDim: headDim)
+        let n = sl.localCount
+        var g = SeededGenerator(seed: UInt64(world.rank + 1))
+        func random(_ w: Int) -> Tensor { let t = Tensor(zeros: [n, w]); t.fillNormal(std: 1, generator: &g); return t }
+        let q = random(shape.queryWidth), k = random(shape.keyValueWidth), v = random(shape.keyValueWidth)
+        let dOut = random(shape.queryWidth)
+        if world.rank == 0 {
+            print("ranks \(world.size), sequence \(seq) (\(n) per rank, \(layout)), heads \(heads)/\(kvHeads) x \(headDim), \(full ? "full" : "causal"), BLAS threads \(BLAS.threads)")
+        }
+        for method in chosen {
+            let attention = try method.make(comm: world, layout: sl, shape: shape, causal: !full)
+            guard let group = attention as? SequenceParallelGroup else { continue }
+            var fwd: [Double] = [], both: [Double] = [], waits: [Double] = [], bytes: [Double] = []
+            for i in 0...steps {
+                try world.barrier()
+                group.resetStatistics()
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                let (out, lse) = try attention.forward(q: q, k: k, v: v)
+                let t1 = DispatchTime.now().uptimeNanoseconds
+                _ = try attention.backward(q: q, k: k, v: v, out: out, lse: lse, dOut: dOut)
+                let t2 = DispatchTime.now().uptimeNanoseconds
+                // The slowest rank decides the step.
+                let worst = try world.allReduce([Double(t1 - t0) / 1e9, Double(t2 - t0) / 1e9, group.waitSeconds, Double(group.bytesSent)], op: .max)
+                if i > 0 { fwd.append(worst[0]); both.append(worst[1]); waits.append(worst[2]); bytes.append(worst[3]) }
+            }
+            if world.rank == 0 {
+                func median(_ x: [Double]) -> Double { x.sorted()[x.count / 2] }
+                let b = median(both), w = median(waits)
+                print(String(format: "%-9@ forward %8.1f ms  forward+backward %8.1f ms  sent %7.1f MB/rank  blocked on transfers %7.1f ms (%4.1f%% of the step)",
+                             method.rawValue, median(fwd) * 1e3, b * 1e3, median(bytes) / 1e6, w * 1e3, 100 * w / b))
+            }
+        }
+    }
+}
