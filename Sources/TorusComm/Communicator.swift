@@ -1,6 +1,7 @@
 import CMPI
 import Foundation
 import TorusTensor
+import TorusTrace
 
 /// Reduction operator of a collective.
 public enum ReduceOp: Sendable {
@@ -72,7 +73,7 @@ public final class Communicator: @unchecked Sendable {
         var req: MPI_Request? = torus_mpi_request_null()
         let call = "MPI_Isend(\(count) floats to rank \(dest), tag \(tag))"
         try check(MPI_Isend(buffer, Int32(count), torus_mpi_float(), Int32(dest), Int32(tag), handle, &req), call, rank: rank)
-        return Request(handle: req, call: call, rank: rank, keepAlive: keepAlive)
+        return Request(handle: req, call: call, rank: rank, keepAlive: keepAlive, kind: .send, bytes: count * 4)
     }
 
     /// Starts receiving; `keepAlive` (the buffer's owner) is retained until completion.
@@ -80,7 +81,7 @@ public final class Communicator: @unchecked Sendable {
         var req: MPI_Request? = torus_mpi_request_null()
         let call = "MPI_Irecv(\(count) floats from rank \(source), tag \(tag))"
         try check(MPI_Irecv(buffer, Int32(count), torus_mpi_float(), Int32(source), Int32(tag), handle, &req), call, rank: rank)
-        return Request(handle: req, call: call, rank: rank, keepAlive: keepAlive)
+        return Request(handle: req, call: call, rank: rank, keepAlive: keepAlive, kind: .recv, bytes: count * 4)
     }
 
     public func send(_ tensor: Tensor, to dest: Int, tag: Int = 0) throws {
@@ -103,8 +104,10 @@ public final class Communicator: @unchecked Sendable {
 
     /// Reduces `count` floats in place across all ranks; every rank gets the result.
     public func allReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp = .sum) throws {
-        try check(MPI_Allreduce(torus_mpi_in_place(), buffer, Int32(count), torus_mpi_float(), op.handle, handle),
+        try Timeline.measure("MPI_Allreduce(\(count) floats)", kind: .collective, bytes: count * 4) {
+            try check(MPI_Allreduce(torus_mpi_in_place(), buffer, Int32(count), torus_mpi_float(), op.handle, handle),
                   "MPI_Allreduce(\(count) floats)", rank: rank)
+        }
     }
 
     public func allReduce(_ tensor: Tensor, op: ReduceOp = .sum) throws {
@@ -116,7 +119,7 @@ public final class Communicator: @unchecked Sendable {
         var req: MPI_Request? = torus_mpi_request_null()
         let call = "MPI_Iallreduce(\(count) floats)"
         try check(MPI_Iallreduce(torus_mpi_in_place(), buffer, Int32(count), torus_mpi_float(), op.handle, handle, &req), call, rank: rank)
-        return Request(handle: req, call: call, rank: rank, keepAlive: keepAlive)
+        return Request(handle: req, call: call, rank: rank, keepAlive: keepAlive, kind: .collective, bytes: count * 4)
     }
 
     public func iallReduce(_ tensor: Tensor, op: ReduceOp = .sum) throws -> Request {

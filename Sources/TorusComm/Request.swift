@@ -1,4 +1,5 @@
 import CMPI
+import TorusTrace
 
 /// A nonblocking MPI operation in flight. Keeps its buffer's owner alive until completion.
 public final class Request: @unchecked Sendable {
@@ -8,12 +9,18 @@ public final class Request: @unchecked Sendable {
     private var keepAlive: AnyObject?
     /// True once the operation has completed (by `test` or `wait`).
     public private(set) var isComplete = false
+    let kind: SpanKind
+    let bytes: Int
+    let posted: UInt64
 
-    init(handle: MPI_Request?, call: String, rank: Int, keepAlive: AnyObject?) {
+    init(handle: MPI_Request?, call: String, rank: Int, keepAlive: AnyObject?, kind: SpanKind = .send, bytes: Int = 0) {
         self.handle = handle
         self.call = call
         self.rank = rank
         self.keepAlive = keepAlive
+        self.kind = kind
+        self.bytes = bytes
+        self.posted = Timeline.current == nil ? 0 : Timeline.now()
     }
 
     /// Whether the operation has completed; drives MPI progress.
@@ -28,13 +35,17 @@ public final class Request: @unchecked Sendable {
     /// Blocks until the operation completes.
     public func wait() throws {
         if isComplete { return }
+        let t0 = Timeline.current == nil ? 0 : Timeline.now()
         try check(MPI_Wait(&handle, torus_mpi_status_ignore()), "MPI_Wait(\(call))", rank: rank)
+        Timeline.current?.record("wait " + call, kind: .wait, start: t0, end: Timeline.now())
         finish()
     }
 
     private func finish() {
         isComplete = true
         keepAlive = nil
+        // The transfer was in flight from posting until completion was observed.
+        Timeline.current?.record(call, kind: kind, start: posted, end: Timeline.now(), bytes: bytes)
     }
 
     /// Waits for all requests.

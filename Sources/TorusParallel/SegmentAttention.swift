@@ -2,6 +2,7 @@ import Dispatch
 import TorusComm
 import TorusModel
 import TorusTensor
+import TorusTrace
 
 /// Attention between a rank's query segments and one block's key segments (each a contiguous
 /// run of global positions), through `BlockAttention` and `AttentionMerge`; polls the given
@@ -27,13 +28,15 @@ struct SegmentAttention {
         let qw = shape.queryWidth, kw = shape.keyValueWidth, hq = shape.queryHeads
         for qs in querySegments {
             for ks in keySegments where visible(qs, ks) {
-                BlockAttention.forward(q: q + qs.localRow * qw, k: k + ks.localRow * kw, v: v + ks.localRow * kw,
-                                       queryCount: qs.count, keyCount: ks.count, shape: shape,
-                                       mask: AttentionMask(causal: causal, queryOffset: qs.start, keyOffset: ks.start),
-                                       out: partOut.pointer, lse: partLSE.pointer)
-                AttentionMerge.merge(out: out + qs.localRow * qw, lse: lse + qs.localRow * hq,
-                                     otherOut: partOut.pointer, otherLSE: partLSE.pointer,
-                                     rows: qs.count, heads: hq, headDim: shape.headDim)
+                Timeline.measure("attention forward \(qs.start)x\(ks.start)") {
+                    BlockAttention.forward(q: q + qs.localRow * qw, k: k + ks.localRow * kw, v: v + ks.localRow * kw,
+                                           queryCount: qs.count, keyCount: ks.count, shape: shape,
+                                           mask: AttentionMask(causal: causal, queryOffset: qs.start, keyOffset: ks.start),
+                                           out: partOut.pointer, lse: partLSE.pointer)
+                    AttentionMerge.merge(out: out + qs.localRow * qw, lse: lse + qs.localRow * hq,
+                                         otherOut: partOut.pointer, otherLSE: partLSE.pointer,
+                                         rows: qs.count, heads: hq, headDim: shape.headDim)
+                }
                 for r in poll where !r.isComplete { _ = try? r.test() }
             }
         }
@@ -48,11 +51,13 @@ struct SegmentAttention {
         let qw = shape.queryWidth, kw = shape.keyValueWidth, hq = shape.queryHeads
         for qs in querySegments {
             for ks in keySegments where visible(qs, ks) {
-                BlockAttention.backward(q: q + qs.localRow * qw, k: k + ks.localRow * kw, v: v + ks.localRow * kw,
-                                        dOut: dOut + qs.localRow * qw, lse: lse + qs.localRow * hq,
-                                        rowDot: rowDot + qs.localRow * hq, queryCount: qs.count, keyCount: ks.count,
-                                        shape: shape, mask: AttentionMask(causal: causal, queryOffset: qs.start, keyOffset: ks.start),
-                                        dq: dq + qs.localRow * qw, dk: dk + ks.localRow * kw, dv: dv + ks.localRow * kw)
+                Timeline.measure("attention backward \(qs.start)x\(ks.start)") {
+                    BlockAttention.backward(q: q + qs.localRow * qw, k: k + ks.localRow * kw, v: v + ks.localRow * kw,
+                                            dOut: dOut + qs.localRow * qw, lse: lse + qs.localRow * hq,
+                                            rowDot: rowDot + qs.localRow * hq, queryCount: qs.count, keyCount: ks.count,
+                                            shape: shape, mask: AttentionMask(causal: causal, queryOffset: qs.start, keyOffset: ks.start),
+                                            dq: dq + qs.localRow * qw, dk: dk + ks.localRow * kw, dv: dv + ks.localRow * kw)
+                }
                 for r in poll where !r.isComplete { _ = try? r.test() }
             }
         }

@@ -3,6 +3,7 @@ import TorusComm
 import TorusModel
 import TorusParallel
 import TorusTensor
+import TorusTrace
 
 /// One optimizer step's figures, as printed and written to the metrics file.
 public struct StepReport: Codable, Sendable {
@@ -128,6 +129,7 @@ public final class Trainer {
     public func trainStep() throws -> StepReport {
         let began = DispatchTime.now().uptimeNanoseconds
         step += 1
+        Timeline.current?.step = step
         if let fault = faultInjection, fault.rank == comm.rank, fault.step == step {
             FileHandle.standardError.write(Data("rank \(comm.rank): fault injection: killing myself at step \(step)\n".utf8))
             kill(getpid(), SIGKILL)
@@ -168,11 +170,11 @@ public final class Trainer {
                     Parallel.forEach(threadCount) { j in
                         let lo = bounds[j] * seqLen, hi = bounds[j + 1] * seqLen, n = bounds[j + 1] - bounds[j]
                         do {
-                            lossOut[j] = try model.loss(tokens: Array(batch.inputs[lo..<hi]), targets: Array(batch.targets[lo..<hi]),
+                            lossOut[j] = try Timeline.measure("forward+backward micro \(micro) shard \(j)") { try model.loss(tokens: Array(batch.inputs[lo..<hi]), targets: Array(batch.targets[lo..<hi]),
                                                         batch: n, seqLen: seqLen, gradients: shards.store(j),
                                                         lossScale: scale * Float(n) / Float(perRank),
                                                         gradientsReady: last ? { shards.report(shard: j, offset: $0) } : nil,
-                                                        attention: attention)
+                                                        attention: attention) }
                                 * Float(n) / Float(perRank)
                         } catch { errorOut[j] = error }
                     }
@@ -189,7 +191,7 @@ public final class Trainer {
             VectorMath.scale(gradients.flat.pointer, count: gradients.count, by: Float(options.clipNorm / norm))
         }
         let lr = options.schedule.rate(at: step)
-        optimizer.update(parameters: model.parameters, gradients: gradients, lr: Float(lr))
+        Timeline.measure("AdamW") { optimizer.update(parameters: model.parameters, gradients: gradients, lr: Float(lr)) }
         if options.checkWeightsEvery > 0 && step % options.checkWeightsEvery == 0 { try checkWeightsAgree() }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9
         let tokensPerStep = options.globalSequences * options.microBatches * options.seqLen

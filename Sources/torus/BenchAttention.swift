@@ -3,6 +3,7 @@ import Foundation
 import TorusComm
 import TorusParallel
 import TorusTensor
+import TorusTrace
 
 /// Sequence-parallel attention timing on the ranks of this job.
 struct BenchAttention: ParsableCommand {
@@ -32,12 +33,16 @@ struct BenchAttention: ParsableCommand {
         if world.rank == 0 {
             print("ranks \(world.size), sequence \(seq) (\(n) per rank, \(layout)), heads \(heads)/\(kvHeads) x \(headDim), \(full ? "full" : "causal"), BLAS threads \(BLAS.threads)")
         }
-        for method in chosen {
+        // The overlap figures come from the timeline; record one if TORUS_TRACE did not.
+        if Timeline.current == nil { Timeline.current = Timeline(rank: world.rank) }
+        guard let timeline = Timeline.current else { return }
+        for (index, method) in chosen.enumerated() {
             let attention = try method.make(comm: world, layout: sl, shape: shape, causal: !full)
             guard let group = attention as? SequenceParallelGroup else { continue }
             var fwd: [Double] = [], both: [Double] = [], waits: [Double] = [], bytes: [Double] = []
             for i in 0...steps {
                 try world.barrier()
+                timeline.step = (index + 1) * 1000 + i
                 group.resetStatistics()
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 let (out, lse) = try attention.forward(q: q, k: k, v: v)
@@ -48,11 +53,23 @@ struct BenchAttention: ParsableCommand {
                 let worst = try world.allReduce([Double(t1 - t0) / 1e9, Double(t2 - t0) / 1e9, group.waitSeconds, Double(group.bytesSent)], op: .max)
                 if i > 0 { fwd.append(worst[0]); both.append(worst[1]); waits.append(worst[2]); bytes.append(worst[3]) }
             }
+            // This rank's timed steps: communication, exposed part and overlap from its spans.
+            let mine = OverlapReport(spans: timeline.recorded.filter { $0.step > (index + 1) * 1000 && $0.step < (index + 2) * 1000 }).entries
+            let comm = mine.map(\.communication).reduce(0, +) / Double(max(mine.count, 1))
+            let exposed = mine.map(\.exposed).reduce(0, +) / Double(max(mine.count, 1))
+            let local = Tensor(shape: [3], values: [Float(comm), Float(exposed), Float(comm > 0 ? 1 - exposed / comm : 1)])
+            let all = Tensor(zeros: [3 * world.size])
+            try world.allGather(local, into: all)
             if world.rank == 0 {
                 func median(_ x: [Double]) -> Double { x.sorted()[x.count / 2] }
                 let b = median(both), w = median(waits)
-                print(String(format: "%-9@ forward %8.1f ms  forward+backward %8.1f ms  sent %7.1f MB/rank  blocked on transfers %7.1f ms (%4.1f%% of the step)",
+                let overlaps = (0..<world.size).map { Double(all[3 * $0 + 2]) }.sorted()
+                let comms = (0..<world.size).map { Double(all[3 * $0]) }, exps = (0..<world.size).map { Double(all[3 * $0 + 1]) }
+                print(String(format: "%-9@ forward %8.1f ms  forward+backward %8.1f ms  sent %7.1f MB/rank  blocked %7.1f ms (%4.1f%%)",
                              method.rawValue, median(fwd) * 1e3, b * 1e3, median(bytes) / 1e6, w * 1e3, 100 * w / b))
+                print(String(format: "          timeline: communication %.1f ms/rank (max), exposed %.1f ms (max), overlap min %.1f%% median %.1f%% max %.1f%%",
+                             (comms.max() ?? 0) * 1e3, (exps.max() ?? 0) * 1e3, 100 * overlaps[0], 100 * overlaps[overlaps.count / 2],
+                             100 * overlaps[overlaps.count - 1]))
             }
         }
     }

@@ -1,0 +1,102 @@
+import Foundation
+
+/// Communication hidden behind compute, from recorded spans (DESIGN.md): per rank and step,
+/// T_comm is the union of communication spans, T_comp the union of compute spans, T_exposed
+/// the part of T_comm not covered by T_comp, and overlap = 1 - T_exposed / T_comm.
+public struct OverlapReport: Sendable {
+    public struct Entry: Sendable {
+        public var rank: Int
+        public var step: Int
+        public var communication: Double
+        public var compute: Double
+        public var exposed: Double
+        public var bytes: Int
+        public var overlap: Double { communication > 0 ? 1 - exposed / communication : 1 }
+    }
+
+    public let entries: [Entry]
+
+    public init(spans: [Span]) {
+        var groups: [[Int]: [Span]] = [:]
+        for s in spans { groups[[s.rank, s.step], default: []].append(s) }
+        entries = groups.keys.sorted { ($0[1], $0[0]) < ($1[1], $1[0]) }.map { key in
+            let list = groups[key] ?? []
+            let comm = Self.union(list.filter { $0.kind.isCommunication })
+            let comp = Self.union(list.filter { $0.kind == .compute })
+            return Entry(rank: key[0], step: key[1], communication: Self.length(comm), compute: Self.length(comp),
+                         exposed: Self.length(Self.subtract(comm, comp)),
+                         bytes: list.filter { $0.kind == .send || $0.kind == .collective }.reduce(0) { $0 + $1.bytes })
+        }
+    }
+
+    typealias Interval = (start: UInt64, end: UInt64)
+
+    static func union(_ spans: [Span]) -> [Interval] {
+        let sorted = spans.map { (start: $0.start, end: max($0.start, $0.end)) }.sorted { $0.start < $1.start }
+        var out: [Interval] = []
+        for s in sorted {
+            if let last = out.last, s.start <= last.end { out[out.count - 1].end = max(last.end, s.end) } else { out.append(s) }
+        }
+        return out
+    }
+
+    /// Parts of `a` not covered by `b` (both unions: sorted, disjoint).
+    static func subtract(_ a: [Interval], _ b: [Interval]) -> [Interval] {
+        var out: [Interval] = []
+        var j = 0
+        for var iv in a {
+            while j < b.count && b[j].end <= iv.start { j += 1 }
+            var k = j
+            while k < b.count && b[k].start < iv.end {
+                if b[k].start > iv.start { out.append((iv.start, b[k].start)) }
+                iv.start = max(iv.start, b[k].end)
+                if iv.start >= iv.end { break }
+                k += 1
+            }
+            if iv.start < iv.end { out.append(iv) }
+        }
+        return out
+    }
+
+    static func length(_ ivs: [Interval]) -> Double { ivs.reduce(0) { $0 + Double($1.end - $1.start) } / 1e9 }
+
+    /// Report lines: per rank and step, then min / median / max of the overlap across ranks.
+    public func lines() -> [String] {
+        var out = ["rank step   comm ms  exposed ms  compute ms  overlap   sent MB"]
+        for e in entries {
+            out.append(String(format: "%4d %4d %9.2f %11.2f %11.2f %7.1f%% %9.2f", e.rank, e.step, e.communication * 1e3,
+                              e.exposed * 1e3, e.compute * 1e3, 100 * e.overlap, Double(e.bytes) / 1e6))
+        }
+        let steps = Set(entries.map(\.step)).sorted()
+        for step in steps {
+            let o = entries.filter { $0.step == step && $0.communication > 0 }.map(\.overlap).sorted()
+            guard !o.isEmpty else { continue }
+            let exposed = entries.filter { $0.step == step }.map(\.exposed)
+            out.append(String(format: "step %d: overlap min %.1f%% median %.1f%% max %.1f%% across %d ranks; exposed max %.2f ms",
+                              step, 100 * o[0], 100 * o[o.count / 2], 100 * o[o.count - 1], o.count, (exposed.max() ?? 0) * 1e3))
+        }
+        return out
+    }
+}
+
+/// Chrome trace event format (chrome://tracing, Perfetto): one process per rank, lanes for
+/// compute, communication and waits.
+public enum ChromeTrace {
+    public static func json(spans: [Span]) throws -> Data {
+        let origin = spans.map(\.start).min() ?? 0
+        var events: [[String: Any]] = []
+        for rank in Set(spans.map(\.rank)).sorted() {
+            events.append(["name": "process_name", "ph": "M", "pid": rank, "args": ["name": "rank \(rank)"]])
+            for (tid, lane) in ["compute", "communication", "wait"].enumerated() {
+                events.append(["name": "thread_name", "ph": "M", "pid": rank, "tid": tid, "args": ["name": lane]])
+            }
+        }
+        for s in spans {
+            let tid = s.kind == .compute ? 0 : (s.kind == .wait ? 2 : 1)
+            events.append(["name": s.name, "cat": s.kind.rawValue, "ph": "X", "pid": s.rank, "tid": tid,
+                           "ts": Double(s.start - origin) / 1e3, "dur": Double(max(s.end, s.start) - s.start) / 1e3,
+                           "args": ["bytes": s.bytes, "step": s.step]])
+        }
+        return try JSONSerialization.data(withJSONObject: ["traceEvents": events, "displayTimeUnit": "ms"])
+    }
+}

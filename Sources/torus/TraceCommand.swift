@@ -1,0 +1,34 @@
+import ArgumentParser
+import Foundation
+import TorusTrace
+
+/// Merges the per-rank timelines written with `TORUS_TRACE=DIR` into one Chrome trace and
+/// prints how much communication compute hid.
+struct TraceCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "trace",
+        abstract: "Merge per-rank timelines (TORUS_TRACE=DIR) into Chrome trace JSON and print the overlap report.")
+
+    @Option(help: "Directory with rank-N.jsonl files.") var dir: String
+    @Option(help: "Chrome trace output (default: DIR/trace.json); open in Perfetto or chrome://tracing.") var out: String?
+    @Option(help: "Only report steps at or after this one (skips warm-up).") var fromStep: Int = 0
+
+    func run() throws {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: dir))?.filter { $0.hasPrefix("rank-") && $0.hasSuffix(".jsonl") } ?? []
+        guard !files.isEmpty else { throw ValidationErrorMessage("no rank-N.jsonl timelines in \(dir); run with TORUS_TRACE=\(dir)") }
+        var spans: [Span] = []
+        let decoder = JSONDecoder()
+        for f in files.sorted() {
+            let path = (dir as NSString).appendingPathComponent(f)
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ValidationErrorMessage("cannot read \(path)") }
+            for (i, line) in text.split(separator: "\n").enumerated() {
+                do { spans.append(try decoder.decode(Span.self, from: Data(line.utf8))) } catch {
+                    throw ValidationErrorMessage("\(path), line \(i + 1): not a timeline span")
+                }
+            }
+        }
+        let target = out ?? (dir as NSString).appendingPathComponent("trace.json")
+        try ChromeTrace.json(spans: spans).write(to: URL(fileURLWithPath: target))
+        print("trace: \(spans.count) spans from \(files.count) rank(s) -> \(target)")
+        for line in OverlapReport(spans: spans.filter { $0.step >= fromStep }).lines() { print(line) }
+    }
+}

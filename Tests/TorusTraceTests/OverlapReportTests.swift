@@ -1,0 +1,39 @@
+import Foundation
+import Testing
+import TorusTrace
+
+@Suite struct OverlapReportTests {
+    func span(_ kind: SpanKind, _ start: UInt64, _ end: UInt64, rank: Int = 0, step: Int = 1, bytes: Int = 0) -> Span {
+        Span(name: kind.rawValue, kind: kind, start: start * 1_000_000, end: end * 1_000_000, bytes: bytes, step: step, rank: rank)
+    }
+
+    @Test func exposedIsCommunicationNotCoveredByCompute() {
+        // Communication 0-10 ms and 9-14 ms (union 0-14); compute 2-5 and 8-12: exposed 0-2, 5-8, 12-14 = 7 ms.
+        let r = OverlapReport(spans: [span(.send, 0, 10, bytes: 100), span(.recv, 9, 14), span(.compute, 2, 5), span(.compute, 8, 12),
+                                      span(.wait, 12, 14)])
+        let e = try! #require(r.entries.first)
+        #expect(abs(e.communication - 0.014) < 1e-9)
+        #expect(abs(e.compute - 0.007) < 1e-9)
+        #expect(abs(e.exposed - 0.007) < 1e-9)
+        #expect(abs(e.overlap - 0.5) < 1e-9)
+        #expect(e.bytes == 100)
+    }
+
+    @Test func ranksAndStepsAreReportedSeparately() {
+        let r = OverlapReport(spans: [span(.send, 0, 4, rank: 0), span(.compute, 0, 4, rank: 0),
+                                      span(.send, 0, 4, rank: 1), span(.compute, 2, 3, rank: 1),
+                                      span(.collective, 10, 12, rank: 0, step: 2)])
+        #expect(r.entries.count == 3)
+        #expect(r.entries[0].overlap == 1)
+        #expect(abs(r.entries[1].overlap - 0.25) < 1e-9)
+        #expect(r.lines().contains { $0.hasPrefix("step 1: overlap min 25.0% median 100.0% max 100.0% across 2 ranks") })
+    }
+
+    @Test func chromeTraceHasOneProcessPerRank() throws {
+        let data = try ChromeTrace.json(spans: [span(.compute, 1, 2, rank: 0), span(.send, 1, 3, rank: 1, bytes: 8)])
+        let obj = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let events = try #require(obj["traceEvents"] as? [[String: Any]])
+        #expect(events.filter { ($0["ph"] as? String) == "X" }.count == 2)
+        #expect(events.contains { ($0["name"] as? String) == "process_name" && ($0["pid"] as? Int) == 1 })
+    }
+}
