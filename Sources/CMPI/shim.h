@@ -18,6 +18,7 @@ static inline MPI_Errhandler torus_mpi_errors_return(void) { return MPI_ERRORS_R
 static inline MPI_Status *torus_mpi_status_ignore(void) { return MPI_STATUS_IGNORE; }
 static inline MPI_Status *torus_mpi_statuses_ignore(void) { return MPI_STATUSES_IGNORE; }
 static inline int torus_mpi_any_source(void) { return MPI_ANY_SOURCE; }
+static inline int torus_mpi_any_tag(void) { return MPI_ANY_TAG; }
 static inline int torus_mpi_undefined(void) { return MPI_UNDEFINED; }
 static inline int torus_mpi_max_error_string(void) { return MPI_MAX_ERROR_STRING; }
 static inline void *torus_mpi_in_place(void) { return MPI_IN_PLACE; }

@@ -18,6 +18,7 @@ struct BenchAttention: ParsableCommand {
     @Option(help: "Dimensions per head.") var headDim: Int = 64
     @Option(help: "Timed repetitions after one warm-up.") var steps: Int = 2
     @Flag(help: "Non-causal attention.") var full = false
+    @Option(help: "Drive MPI progress from a background thread polling every N microseconds (0: off, transfers move only at the polls between blocks).") var progressUs: Int = 0
 
     func run() throws {
         let world = try MPIRuntime.world()
@@ -31,11 +32,15 @@ struct BenchAttention: ParsableCommand {
         let q = random(shape.queryWidth), k = random(shape.keyValueWidth), v = random(shape.keyValueWidth)
         let dOut = random(shape.queryWidth)
         if world.rank == 0 {
+            print("progress thread: \(progressUs > 0 ? "every \(progressUs) us" : "off")")
             print("ranks \(world.size), sequence \(seq) (\(n) per rank, \(layout)), heads \(heads)/\(kvHeads) x \(headDim), \(full ? "full" : "causal"), BLAS threads \(BLAS.threads)")
         }
         // The overlap figures come from the timeline; record one if TORUS_TRACE did not.
         if Timeline.current == nil { Timeline.current = Timeline(rank: world.rank) }
         guard let timeline = Timeline.current else { return }
+        let progress = progressUs > 0 ? ProgressThread(comm: world, intervalMicroseconds: progressUs) : nil
+        progress?.start()
+        defer { progress?.stop() }
         for (index, method) in chosen.enumerated() {
             let attention = try method.make(comm: world, layout: sl, shape: shape, causal: !full)
             guard let group = attention as? SequenceParallelGroup else { continue }

@@ -39,3 +39,37 @@ import Testing
         #expect(events.contains { ($0["cat"] as? String) == "compute" })
     }
 }
+
+/// Prefill split over ranks, decoding with the distributed KV cache: same tokens as one rank.
+@Suite(.serialized) struct ShardedGenerationTests {
+    @Test func distributedPrefillAndDecodeMatchOneRank() throws {
+        let dir = NSTemporaryDirectory() + "torus-sgen-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try """
+        model:
+          hidden_size: 32
+          intermediate_size: 48
+          num_hidden_layers: 2
+          num_attention_heads: 4
+          num_key_value_heads: 2
+          vocab_size: 64
+          max_position_embeddings: 64
+        seed: 3
+        """.write(toFile: dir + "/m.yaml", atomically: true, encoding: .utf8)
+        #expect(try TorusBinary.torus(["init", "--config", dir + "/m.yaml", "--out", dir + "/model"]).status == 0)
+        let prompt = (0..<24).map { String(($0 * 37 + 5) % 64) }.joined(separator: ",")
+        let base = ["generate", "--model", dir + "/model", "--prompt-ids", prompt, "--max-tokens", "12", "--ids"]
+        let single = try TorusBinary.torus(base)
+        try #require(single.status == 0, "\(single.output)")
+        let expected = single.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(expected.split(separator: ",").count == 12)
+        for (ranks, method, layout) in [(2, "ring", "zigzag"), (3, "tokenring", "contiguous"), (4, "tokenring", "zigzag")] {
+            let r = try TorusBinary.mpirun(ranks: ranks, base + ["--sequence-parallel", method, "--layout", layout], timeout: 120)
+            #expect(r.status == 0 && !r.timedOut, "\(r.output)")
+            #expect(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == expected, "np=\(ranks) \(method) \(layout): \(r.stdout)")
+        }
+        // 24 tokens cannot be split into 2 x 5 zigzag chunks.
+        let bad = try TorusBinary.mpirun(ranks: 5, base + ["--sequence-parallel", "ring", "--layout", "zigzag"], timeout: 60)
+        #expect(bad.status != 0 && bad.stderr.contains("cannot be split into 10 equal zigzag chunks"), "\(bad.output)")
+    }
+}

@@ -1,0 +1,161 @@
+import Foundation
+import TorusTensor
+
+/// Collective operations that sharded decoding needs from the ranks holding one sequence.
+public protocol ShardGroup: AnyObject {
+    var rank: Int { get }
+    var size: Int { get }
+    /// Every rank's `values` (all the same length), in rank order.
+    func allGather(_ values: [Float]) throws -> [[Float]]
+}
+
+/// The part of one sequence's KV cache this rank holds: runs of global positions (segments)
+/// with their rotated keys and values for every layer.
+public final class ShardedKVCache: @unchecked Sendable {
+    public struct Segment: Sendable, Equatable {
+        public var start: Int
+        public var count: Int
+        public var localRow: Int
+    }
+    public let capacity: Int
+    public private(set) var segments: [Segment] = []
+    public private(set) var rows = 0
+    let keys: [Tensor]
+    let values: [Tensor]
+    let width: Int
+
+    public init(config: LlamaConfig, capacity: Int) {
+        self.capacity = capacity
+        width = config.numKeyValueHeads * config.resolvedHeadDim
+        keys = (0..<config.numHiddenLayers).map { _ in Tensor(zeros: [capacity, config.numKeyValueHeads * config.resolvedHeadDim]) }
+        values = (0..<config.numHiddenLayers).map { _ in Tensor(zeros: [capacity, config.numKeyValueHeads * config.resolvedHeadDim]) }
+    }
+
+    /// Reserves rows for positions [start, start + count) and returns their first local row.
+    func append(start: Int, count: Int) throws -> Int {
+        guard rows + count <= capacity else { throw ModelInputError.sequenceTooLong(length: rows + count, limit: capacity) }
+        if var last = segments.last, last.start + last.count == start {
+            last.count += count
+            segments[segments.count - 1] = last
+        } else {
+            segments.append(Segment(start: start, count: count, localRow: rows))
+        }
+        defer { rows += count }
+        return rows
+    }
+}
+
+extension LlamaModel {
+    /// Prefill of this rank's part of a prompt split over the ranks of a sequence-parallel
+    /// group: runs the model on the local rows with `attention` (which computes exact causal
+    /// attention with the other ranks), leaves the local keys and values in `cache`, and
+    /// returns the logits of the prompt's last position (identical on every rank).
+    public func prefillSharded(localTokens: [Int32], attention: SequenceAttention, cache: ShardedKVCache,
+                               group: ShardGroup) throws -> [Float] {
+        let positions = attention.localPositions
+        guard positions.count == localTokens.count else {
+            throw ModelInputError.shapeMismatch("\(localTokens.count) local tokens for \(positions.count) local positions")
+        }
+        // Keep each layer's rotated K, V (in local row order, segment by segment) as the forward runs.
+        let recorder = CachingAttention(inner: attention, cache: cache)
+        let firstRow = try positions.indices.reduce(into: [Int]()) { rowsOut, i in
+            if i == 0 || positions[i] != positions[i - 1] + 1 { rowsOut.append(i) }
+        }
+        var runs: [(start: Int, count: Int)] = []
+        for (j, r) in firstRow.enumerated() {
+            let end = j + 1 < firstRow.count ? firstRow[j + 1] : positions.count
+            runs.append((Int(positions[r]), end - r))
+        }
+        for run in runs { _ = try cache.append(start: run.start, count: run.count) }
+        let pass = try forward(tokens: localTokens, batch: 1, seqLen: localTokens.count, keepActivations: false, attention: recorder)
+        // The rank holding the last position shares its logits row.
+        let last = Int32(positions.max() ?? 0)
+        let lastGlobal = try group.allGather([Float(last)]).map { Int($0[0]) }.max() ?? 0
+        var mine = [Float](repeating: 0, count: config.vocabSize + 1)
+        if let row = positions.firstIndex(of: Int32(lastGlobal)) {
+            mine[0] = 1
+            for j in 0..<config.vocabSize { mine[j + 1] = pass.logits[row * config.vocabSize + j] }
+        }
+        guard let owner = try group.allGather(mine).first(where: { $0[0] == 1 }) else {
+            throw ModelInputError.shapeMismatch("no rank holds the last prompt position")
+        }
+        return Array(owner.dropFirst())
+    }
+
+    /// One decoding step at global `position`: every rank runs the model for the new token;
+    /// attention merges the partials of every rank's cache part in rank order; the rank with
+    /// `appendHere` stores the new key and value. Returns the logits (identical on every rank).
+    public func decodeSharded(token: Int32, position: Int, cache: ShardedKVCache, group: ShardGroup,
+                              appendHere: Bool) throws -> [Float] {
+        try checkTokens([token])
+        guard position < config.maxPositionEmbeddings else {
+            throw ModelInputError.sequenceTooLong(length: position + 1, limit: config.maxPositionEmbeddings)
+        }
+        rotary.ensure(capacity: position + 1)
+        let shape = self.shape, kw = shape.keyValueWidth, qw = shape.queryWidth, hq = shape.queryHeads
+        let newRow = appendHere ? try cache.append(start: position, count: 1) : -1
+        var x = embed([token])
+        let part = Tensor(zeros: [1, qw]), partLSE = Tensor(zeros: [1, hq])
+        for (l, w) in weights.layers.enumerated() {
+            x = try [Int32(position)].withUnsafeBufferPointer { pos in
+                try layerForward(w, x: x, rows: 1, positions: pos.baseAddress!) { q, k, v, o, lse in
+                    if newRow >= 0 {
+                        (cache.keys[l].pointer + newRow * kw).update(from: k.pointer, count: kw)
+                        (cache.values[l].pointer + newRow * kw).update(from: v.pointer, count: kw)
+                    }
+                    lse.fill(-.infinity)
+                    o.fill(0)
+                    for s in cache.segments {
+                        BlockAttention.forward(q: q.pointer, k: cache.keys[l].pointer + s.localRow * kw,
+                                               v: cache.values[l].pointer + s.localRow * kw, queryCount: 1, keyCount: s.count,
+                                               shape: shape, mask: AttentionMask(causal: true, queryOffset: position, keyOffset: s.start),
+                                               out: part.pointer, lse: partLSE.pointer)
+                        AttentionMerge.merge(out: o.pointer, lse: lse.pointer, otherOut: part.pointer, otherLSE: partLSE.pointer,
+                                             rows: 1, heads: hq, headDim: shape.headDim)
+                    }
+                    // Every rank merges every rank's partial in rank order: identical results everywhere.
+                    let all = try group.allGather(o.array + lse.array)
+                    o.fill(0)
+                    lse.fill(-.infinity)
+                    for p in all {
+                        let t = Tensor(shape: [qw + hq], values: p)
+                        AttentionMerge.merge(out: o.pointer, lse: lse.pointer, otherOut: t.pointer, otherLSE: t.pointer + qw,
+                                             rows: 1, heads: hq, headDim: shape.headDim)
+                    }
+                }.out
+            }
+        }
+        let (normed, _) = finalNorm(x, rows: 1)
+        let logits = Tensor(zeros: [1, config.vocabSize])
+        Linear.forward(x: normed.pointer, weight: weights.lmHead.pointer, y: logits.pointer,
+                       rows: 1, inFeatures: config.hiddenSize, outFeatures: config.vocabSize)
+        withExtendedLifetime(normed) {}
+        return logits.array
+    }
+}
+
+/// Passes attention through to the sequence-parallel method and copies each layer's local
+/// keys and values into the cache (rows in local order, which `prefillSharded` registered).
+final class CachingAttention: SequenceAttention {
+    let inner: SequenceAttention
+    let cache: ShardedKVCache
+    var layer = 0
+
+    init(inner: SequenceAttention, cache: ShardedKVCache) {
+        self.inner = inner
+        self.cache = cache
+    }
+
+    var localPositions: [Int32] { inner.localPositions }
+
+    func forward(q: Tensor, k: Tensor, v: Tensor) throws -> (out: Tensor, lse: Tensor) {
+        cache.keys[layer].pointer.update(from: k.pointer, count: k.count)
+        cache.values[layer].pointer.update(from: v.pointer, count: v.count)
+        layer += 1
+        return try inner.forward(q: q, k: k, v: v)
+    }
+
+    func backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor) throws -> (dq: Tensor, dk: Tensor, dv: Tensor) {
+        throw ModelInputError.shapeMismatch("prefill has no backward pass")
+    }
+}
