@@ -8,12 +8,45 @@ import Foundation
 /// and final log-sum-exp, which makes each key block's gradient exact on its own. The single
 /// rank model and the sequence-parallel methods all call these two functions.
 public enum BlockAttention {
-    /// Query rows per tile; bounds the score buffer to `tileRows x keyCount` floats.
+    /// Query rows per tile; bounds the score buffer to `tileRows x keyBlock` floats.
     public static let tileRows = 128
+    /// Longer key ranges are processed in blocks of this many keys whose partials are merged
+    /// (keeps each tile's scores in cache; the backward pass splits the same way).
+    public static let keyBlock = 2048
 
     /// Computes `out` [queryCount, Hq*d] and `lse` [queryCount, Hq] (natural log). Rows that
     /// see no key get `out = 0` and `lse = -inf`.
     public static func forward(
+        q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+        queryCount: Int, keyCount: Int, shape: AttentionShape, mask: AttentionMask,
+        out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>
+    ) {
+        if keyCount > keyBlock {
+            let partOut = UnsafeMutablePointer<Float>.allocate(capacity: queryCount * shape.queryWidth)
+            let partLSE = UnsafeMutablePointer<Float>.allocate(capacity: queryCount * shape.queryHeads)
+            defer { partOut.deallocate(); partLSE.deallocate() }
+            var j0 = 0
+            while j0 < keyCount {
+                let n = min(keyBlock, keyCount - j0)
+                let sub = AttentionMask(causal: mask.causal, queryOffset: mask.queryOffset, keyOffset: mask.keyOffset + j0)
+                let kOff = j0 * shape.keyValueWidth
+                if j0 == 0 {
+                    forwardBlock(q: q, k: k, v: v, queryCount: queryCount, keyCount: n, shape: shape, mask: sub, out: out, lse: lse)
+                } else {
+                    if sub.visibleKeys(row: queryCount - 1, keyCount: n) == 0 { break }
+                    forwardBlock(q: q, k: k + kOff, v: v + kOff, queryCount: queryCount, keyCount: n, shape: shape, mask: sub,
+                                 out: partOut, lse: partLSE)
+                    AttentionMerge.merge(out: out, lse: lse, otherOut: partOut, otherLSE: partLSE,
+                                         rows: queryCount, heads: shape.queryHeads, headDim: shape.headDim)
+                }
+                j0 += n
+            }
+            return
+        }
+        forwardBlock(q: q, k: k, v: v, queryCount: queryCount, keyCount: keyCount, shape: shape, mask: mask, out: out, lse: lse)
+    }
+
+    static func forwardBlock(
         q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
         queryCount: Int, keyCount: Int, shape: AttentionShape, mask: AttentionMask,
         out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>
@@ -75,6 +108,24 @@ public enum BlockAttention {
     /// Adds this block's contribution to `dq` [queryCount, Hq*d], `dk` and `dv`
     /// [keyCount, Hkv*d], given the final output's `lse` and `D` (`rowDot`).
     public static func backward(
+        q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+        dOut: UnsafePointer<Float>, lse: UnsafePointer<Float>, rowDot: UnsafePointer<Float>,
+        queryCount: Int, keyCount: Int, shape: AttentionShape, mask: AttentionMask,
+        dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>
+    ) {
+        var j0 = 0
+        repeat {
+            let n = min(keyBlock, keyCount - j0)
+            let sub = AttentionMask(causal: mask.causal, queryOffset: mask.queryOffset, keyOffset: mask.keyOffset + j0)
+            if j0 > 0 && sub.visibleKeys(row: queryCount - 1, keyCount: n) == 0 { break }
+            let kOff = j0 * shape.keyValueWidth
+            backwardBlock(q: q, k: k + kOff, v: v + kOff, dOut: dOut, lse: lse, rowDot: rowDot, queryCount: queryCount,
+                          keyCount: n, shape: shape, mask: sub, dq: dq, dk: dk + kOff, dv: dv + kOff)
+            j0 += n
+        } while j0 < keyCount
+    }
+
+    static func backwardBlock(
         q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
         dOut: UnsafePointer<Float>, lse: UnsafePointer<Float>, rowDot: UnsafePointer<Float>,
         queryCount: Int, keyCount: Int, shape: AttentionShape, mask: AttentionMask,

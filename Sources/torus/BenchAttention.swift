@@ -38,6 +38,18 @@ struct BenchAttention: ParsableCommand {
         // The overlap figures come from the timeline; record one if TORUS_TRACE did not.
         if Timeline.current == nil { Timeline.current = Timeline(rank: world.rank) }
         guard let timeline = Timeline.current else { return }
+        defer {
+            // Peak resident memory of each rank (Linux reports ru_maxrss in KiB).
+            var usage = rusage()
+            getrusage(RUSAGE_SELF.rawValue, &usage)
+            let all = Tensor(zeros: [world.size])
+            if let gathered = try? { () throws -> [Float] in
+                try world.allGather(Tensor(shape: [1], values: [Float(usage.ru_maxrss) / 1024]), into: all)
+                return all.array
+            }(), world.rank == 0 {
+                print("peak resident memory per rank (MiB): " + gathered.map { String(format: "%.0f", $0) }.joined(separator: ", "))
+            }
+        }
         let progress = progressUs > 0 ? ProgressThread(comm: world, intervalMicroseconds: progressUs) : nil
         progress?.start()
         defer { progress?.stop() }

@@ -123,3 +123,56 @@ struct AttentionCase: CustomTestStringConvertible, Sendable {
         #expect(Ref.relativeError(out.array, ref.out) < 1e-5)
     }
 }
+
+/// Key ranges longer than `BlockAttention.keyBlock` are split and merged internally; check
+/// forward and backward against an analytic Double reference.
+@Suite struct LongKeyRangeTests {
+    @Test(arguments: [false, true])
+    func splitKeyRangeMatchesReference(causal: Bool) {
+        let nq = 3, nk = BlockAttention.keyBlock * 2 + 77, hq = 2, hkv = 1, d = 4
+        let qOff = nk - nq - 1000  // causal: queries see only part of the last key block
+        let shape = AttentionShape(queryHeads: hq, keyValueHeads: hkv, headDim: d)
+        let q = Ref.random(nq * hq * d, seed: 51), k = Ref.random(nk * hkv * d, seed: 52), v = Ref.random(nk * hkv * d, seed: 53)
+        let dO = Ref.random(nq * hq * d, seed: 54)
+        let qt = Ref.tensor(q, [nq, hq * d]), kt = Ref.tensor(k, [nk, hkv * d]), vt = Ref.tensor(v, [nk, hkv * d])
+        let dOt = Ref.tensor(dO, [nq, hq * d])
+        let out = Tensor(zeros: [nq, hq * d]), lse = Tensor(zeros: [nq, hq]), rowDot = Tensor(zeros: [nq, hq])
+        let mask = AttentionMask(causal: causal, queryOffset: qOff)
+        BlockAttention.forward(q: qt.pointer, k: kt.pointer, v: vt.pointer, queryCount: nq, keyCount: nk, shape: shape, mask: mask,
+                               out: out.pointer, lse: lse.pointer)
+        let ref = Ref.attention(q: q, k: k, v: v, nq: nq, nk: nk, hq: hq, hkv: hkv, d: d, causal: causal, qOff: qOff)
+        #expect(Ref.relativeError(out.array, ref.out) < 1e-5)
+        #expect(Ref.relativeError(lse.array, ref.lse) < 1e-5)
+        BlockAttention.rowDot(dOut: dOt.pointer, out: out.pointer, rows: nq, shape: shape, result: rowDot.pointer)
+        let dq = Tensor(zeros: [nq, hq * d]), dk = Tensor(zeros: [nk, hkv * d]), dv = Tensor(zeros: [nk, hkv * d])
+        BlockAttention.backward(q: qt.pointer, k: kt.pointer, v: vt.pointer, dOut: dOt.pointer, lse: lse.pointer, rowDot: rowDot.pointer,
+                                queryCount: nq, keyCount: nk, shape: shape, mask: mask, dq: dq.pointer, dk: dk.pointer, dv: dv.pointer)
+        // Analytic Double backward: dV = P^T dO, dS = P (dO V^T - D), dQ = s dS K, dK = s dS^T Q.
+        var rdq = [Double](repeating: 0, count: q.count), rdk = [Double](repeating: 0, count: k.count), rdv = rdk
+        let scale = 1 / Double(d).squareRoot()
+        for h in 0..<hq {
+            let g = h / (hq / hkv)
+            for i in 0..<nq {
+                let l = ref.lse[i * hq + h]
+                var dd = 0.0
+                for c in 0..<d { dd += dO[(i * hq + h) * d + c] * ref.out[(i * hq + h) * d + c] }
+                for j in 0..<nk where !causal || j <= qOff + i {
+                    var s = 0.0, dp = 0.0
+                    for c in 0..<d {
+                        s += q[(i * hq + h) * d + c] * k[(j * hkv + g) * d + c]
+                        dp += dO[(i * hq + h) * d + c] * v[(j * hkv + g) * d + c]
+                    }
+                    let p = exp(s * scale - l), ds = p * (dp - dd)
+                    for c in 0..<d {
+                        rdv[(j * hkv + g) * d + c] += p * dO[(i * hq + h) * d + c]
+                        rdq[(i * hq + h) * d + c] += scale * ds * k[(j * hkv + g) * d + c]
+                        rdk[(j * hkv + g) * d + c] += scale * ds * q[(i * hq + h) * d + c]
+                    }
+                }
+            }
+        }
+        #expect(Ref.relativeError(dq.array, rdq) < 1e-4)
+        #expect(Ref.relativeError(dk.array, rdk) < 1e-4)
+        #expect(Ref.relativeError(dv.array, rdv) < 1e-4)
+    }
+}
