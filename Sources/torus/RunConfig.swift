@@ -50,8 +50,9 @@ struct RunConfig {
     var train = TrainSection()
     var data = DataSection()
     var sequenceParallel: SequenceParallelOptions?
+    var pipelineParallel = 1
 
-    static let topLevelKeys = ["model", "seed", "train", "data", "sequence_parallel"]
+    static let topLevelKeys = ["model", "seed", "train", "data", "sequence_parallel", "pipeline_parallel"]
     static let sequenceParallelKeys = ["size", "method", "layout"]
 
     static func load(path: String) throws -> RunConfig {
@@ -133,6 +134,11 @@ struct RunConfig {
                 }
             }
             config.sequenceParallel = o
+        }
+        if let pp = map["pipeline_parallel"] {
+            guard let pp = pp as? [String: Any] else { throw ConfigError(file: path, message: "'pipeline_parallel' must be a mapping") }
+            try checkKeys(pp, known: ["size"], section: "pipeline_parallel", file: path)
+            config.pipelineParallel = try r.int(pp, "size", section: "pipeline_parallel", min: 1)
         }
         return config
     }

@@ -28,6 +28,9 @@ struct TrainCommand: ParsableCommand {
 
     func train(world: Communicator) throws {
         var cfg = try RunConfig.load(path: config)
+        if cfg.pipelineParallel > 1 {
+            throw ConfigError(file: config, message: "pipeline_parallel.size \(cfg.pipelineParallel): pipeline parallelism is planned by 'torus plan' but not implemented in training yet")
+        }
         if let steps { cfg.train.steps = steps }
         if let out { cfg.train.out = out }
         let t = cfg.train

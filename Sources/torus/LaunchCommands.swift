@@ -1,0 +1,96 @@
+import ArgumentParser
+import Foundation
+import TorusTensor
+import TorusTrain
+
+/// Reads the config and hostfile and makes the plan.
+struct PlanInputs {
+    let config: RunConfig
+    let plan: ParallelPlan
+    let hosts: [HostSlots]?
+
+    init(configPath: String, np: Int?, hostfile: String?) throws {
+        config = try RunConfig.load(path: configPath)
+        var hostList: [HostSlots]?
+        if let hostfile {
+            guard let text = try? String(contentsOfFile: hostfile, encoding: .utf8) else {
+                throw ValidationErrorMessage("hostfile \(hostfile) does not exist or cannot be read")
+            }
+            hostList = try HostSlots.parse(hostfile: text, path: hostfile)
+        }
+        hosts = hostList
+        guard let world = np ?? hostList.map({ $0.reduce(0) { $0 + $1.slots } }) else {
+            throw ValidationErrorMessage("give --np N (or a hostfile, whose slots then set the number of ranks)")
+        }
+        let sp = config.sequenceParallel
+        plan = try ParallelPlan.make(model: config.model, world: world, sequenceParallel: sp?.size ?? 1,
+                                     pipelineParallel: config.pipelineParallel, layout: sp?.layout ?? "zigzag",
+                                     seqLen: config.train.seqLen, globalSequences: config.train.batchSize,
+                                     microBatches: config.train.microBatches, hosts: hostList)
+    }
+}
+
+struct PlanCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "plan",
+        abstract: "Print how a training config is laid out over N ranks and the hosts of a hostfile, or why it cannot run.")
+    @Option(help: "YAML config.") var config: String
+    @Option(help: "Number of ranks (default: the hostfile's slots).") var np: Int?
+    @Option(help: "Open MPI hostfile (lines 'host slots=N').") var hostfile: String?
+
+    func run() throws {
+        let inputs = try PlanInputs(configPath: config, np: np, hostfile: hostfile)
+        for line in inputs.plan.lines() { print(line) }
+    }
+}
+
+struct LaunchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "launch",
+        abstract: "Plan a training job, print the plan and the exact mpirun command, and run it.")
+    @Option(help: "YAML config.") var config: String
+    @Option(help: "Number of ranks (default: the hostfile's slots).") var np: Int?
+    @Option(help: "Open MPI hostfile (lines 'host slots=N').") var hostfile: String?
+    @Flag(help: "Print the plan and the mpirun command without running it.") var dryRun = false
+    @Argument(parsing: .postTerminator, help: "Extra mpirun arguments after --.") var extra: [String] = []
+
+    func run() throws {
+        let inputs = try PlanInputs(configPath: config, np: np, hostfile: hostfile)
+        for line in inputs.plan.lines() { print(line) }
+        let command = mpirunCommand(plan: inputs.plan)
+        print("mpirun command: " + command.map(shellQuote).joined(separator: " "))
+        if dryRun { return }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = command
+        try p.run()
+        p.waitUntilExit()
+        if p.terminationStatus != 0 {
+            warn("torus launch: mpirun exited with status \(p.terminationStatus) (Open MPI's message above names the rank that failed)")
+            throw ExitCode(p.terminationStatus)
+        }
+    }
+
+    func mpirunCommand(plan: ParallelPlan) -> [String] {
+        let cores = BLASEnvironment.availableCores
+        let perHost = plan.hosts.map { h in plan.rankHosts.filter { $0 == h }.count }.max() ?? plan.world
+        var args = ["mpirun", "-np", String(plan.world)]
+        if let hostfile { args += ["--hostfile", hostfile] }
+        if getuid() == 0 { args.append("--allow-run-as-root") }
+        args += ["--map-by", "slot"]
+        if hostfile == nil && plan.world > cores { args.append("--oversubscribe") }
+        // Bind each rank to a core when they fit; otherwise let the OS schedule.
+        args += ["--bind-to", perHost <= cores ? "core" : "none"]
+        if let core = BLASEnvironment.preferredCoreType() { args += ["-x", "OPENBLAS_CORETYPE=\(core)"] }
+        args += ["-x", "OPENBLAS_NUM_THREADS=\(max(1, cores / max(1, perHost)))"]
+        args += extra
+        args += [executablePath(), "train", "--config", config]
+        return args
+    }
+
+    func executablePath() -> String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+}
+
+func shellQuote(_ s: String) -> String {
+    s.allSatisfy { $0.isLetter || $0.isNumber || "-_./=:,@+".contains($0) } ? s : "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
+}

@@ -1,0 +1,84 @@
+import Foundation
+import Testing
+
+/// `torus plan` and `torus launch`: refusals with reasons, the printed mpirun command, and a
+/// real launch through mpirun.
+@Suite(.serialized) struct LaunchTests {
+    func setUp() throws -> (dir: String, config: String) {
+        let dir = NSTemporaryDirectory() + "torus-launch-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let config = dir + "/job.yaml"
+        try """
+        model:
+          hidden_size: 32
+          intermediate_size: 64
+          num_hidden_layers: 4
+          num_attention_heads: 4
+          num_key_value_heads: 2
+          vocab_size: 256
+          max_position_embeddings: 64
+        seed: 2
+        train:
+          steps: 3
+          batch_size: 4
+          seq_len: 32
+          log_every: 1
+          out: \(dir)/out
+        data:
+          synth_examples: 200
+          heldout: synth
+        sequence_parallel:
+          size: 2
+          method: tokenring
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        try "# test hosts\nhostA slots=2\nhostB slots=2\n".write(toFile: dir + "/hosts", atomically: true, encoding: .utf8)
+        return (dir, config)
+    }
+
+    @Test func planPrintsStagesChunksHostsAndBubble() throws {
+        let (dir, config) = try setUp()
+        try (String(contentsOfFile: config, encoding: .utf8) + "\npipeline_parallel:\n  size: 2\n").write(toFile: dir + "/pp.yaml", atomically: true, encoding: .utf8)
+        let r = try TorusBinary.torus(["plan", "--config", dir + "/pp.yaml", "--hostfile", dir + "/hosts"])
+        #expect(r.status == 0, "\(r.output)")
+        #expect(r.stdout.contains("plan: 4 ranks = DP 1 x PP 2 x SP 2"))
+        #expect(r.stdout.contains("stage 0: layers 0-1 + embedding"))
+        #expect(r.stdout.contains("stage 1: layers 2-3 + norm + lm_head"))
+        #expect(r.stdout.contains("sp0: tokens 0-7 and 24-31"))
+        #expect(r.stdout.contains("host hostB: ranks 2,3"))
+        #expect(r.stdout.contains("every sequence-parallel group stays inside one host"))
+        #expect(r.stdout.contains("(p-1)/(m+p-1) = 1/2 = 50.0%"))
+    }
+
+    @Test func impossiblePlansAreRefusedWithTheReason() throws {
+        let (dir, config) = try setUp()
+        let r1 = try TorusBinary.torus(["plan", "--config", config, "--np", "3"])
+        #expect(r1.status != 0 && r1.stderr.contains("world size 3 is not a multiple of pipeline_parallel (1) x sequence_parallel (2)"), "\(r1.output)")
+        let r2 = try TorusBinary.torus(["plan", "--config", config, "--np", "8", "--hostfile", dir + "/hosts"])
+        #expect(r2.status != 0 && r2.stderr.contains("the hostfile has 4 slots for 8 ranks"), "\(r2.output)")
+        try (String(contentsOfFile: config, encoding: .utf8) + "\npipeline_parallel:\n  size: 5\n").write(toFile: dir + "/pp.yaml", atomically: true, encoding: .utf8)
+        let r3 = try TorusBinary.torus(["plan", "--config", dir + "/pp.yaml", "--np", "10"])
+        #expect(r3.status != 0 && r3.stderr.contains("5 pipeline stages for 4 layers"), "\(r3.output)")
+        let text = try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(of: "seq_len: 32", with: "seq_len: 30")
+        try text.write(toFile: dir + "/odd.yaml", atomically: true, encoding: .utf8)
+        let r4 = try TorusBinary.torus(["plan", "--config", dir + "/odd.yaml", "--np", "2"])
+        #expect(r4.status != 0 && r4.stderr.contains("a sequence of 30 tokens cannot be split into 4 equal zigzag chunks"), "\(r4.output)")
+        try "hostA slots=two\n".write(toFile: dir + "/badhosts", atomically: true, encoding: .utf8)
+        let r5 = try TorusBinary.torus(["plan", "--config", config, "--hostfile", dir + "/badhosts"])
+        #expect(r5.status != 0 && r5.stderr.contains("line 1: 'slots=two' is not slots=<positive integer>"), "\(r5.output)")
+    }
+
+    @Test func launchPrintsTheMpirunCommandAndRunsIt() throws {
+        let (dir, config) = try setUp()
+        let dry = try TorusBinary.torus(["launch", "--config", config, "--np", "2", "--dry-run", "--", "--tag-output"])
+        #expect(dry.status == 0, "\(dry.output)")
+        let line = dry.stdout.split(separator: "\n").first { $0.hasPrefix("mpirun command: ") }.map(String.init) ?? ""
+        #expect(line.contains("mpirun -np 2"))
+        #expect(line.contains("--tag-output"))
+        #expect(line.contains("train --config \(config)"))
+        if getuid() == 0 { #expect(line.contains("--allow-run-as-root")) }
+        let real = try TorusBinary.torus(["launch", "--config", config, "--np", "2"], timeout: 180)
+        #expect(real.status == 0 && !real.timedOut, "\(real.output)")
+        #expect(real.stdout.contains("sequence parallel 2 (tokenring, zigzag)"), "\(real.stdout)")
+        #expect(FileManager.default.fileExists(atPath: dir + "/out/model/model.safetensors"))
+    }
+}
