@@ -58,6 +58,7 @@ struct LaunchCommand: ParsableCommand {
         let command = mpirunCommand(plan: inputs.plan)
         print("mpirun command: " + command.map(shellQuote).joined(separator: " "))
         if dryRun { return }
+        fflush(stdout)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = command

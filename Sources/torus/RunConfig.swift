@@ -40,7 +40,7 @@ struct DataSection {
     var train = "synth"
     var heldout: String? = "synth"
     var synthExamples = 20000
-    static let keys = ["train", "heldout", "synth_examples"]
+    static let keys = ["train", "heldout", "synth_examples"]  // heldout: file, synth or none
 }
 
 /// The contents of a `configs/*.yaml` file.
@@ -114,7 +114,11 @@ struct RunConfig {
             guard let d = d as? [String: Any] else { throw ConfigError(file: path, message: "'data' must be a mapping") }
             try checkKeys(d, known: DataSection.keys, section: "data", file: path)
             if d["train"] != nil { config.data.train = try r.string(d, "train", section: "data") }
-            if d["heldout"] != nil { config.data.heldout = try r.string(d, "heldout", section: "data") }
+            if let h = d["heldout"] {
+                // `heldout: none` (or null) turns the end-of-training evaluation off.
+                if h is NSNull || (h as? String) == "none" { config.data.heldout = nil }
+                else { config.data.heldout = try r.string(d, "heldout", section: "data") }
+            }
             if d["synth_examples"] != nil { config.data.synthExamples = try r.int(d, "synth_examples", section: "data", min: 1) }
         }
         if let sp = map["sequence_parallel"] {

@@ -1,0 +1,74 @@
+import Foundation
+import Testing
+
+/// The simulated cluster (launch/cluster): hosts as network namespaces over TCP, launched with
+/// `torus launch` and a hostfile. Needs root and `ip netns`; skipped with a message otherwise.
+enum ClusterSupport {
+    static let available: Bool = {
+        guard getuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") else { return false }
+        let probe = "torus-probe-\(getpid())"
+        guard let add = try? TorusBinary.run("/usr/sbin/ip", ["netns", "add", probe], timeout: 10), add.status == 0 else { return false }
+        _ = try? TorusBinary.run("/usr/sbin/ip", ["netns", "del", probe], timeout: 10)
+        return true
+    }()
+    static var script: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("launch/cluster").path
+    }
+}
+
+@Suite(.serialized, .enabled(if: ClusterSupport.available, "simulated cluster skipped: needs root and ip netns"))
+struct ClusterTests {
+    struct Line: Decodable { let loss: Float }
+
+    func losses(_ out: String) throws -> [Float] {
+        try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            .map { try JSONDecoder().decode(Line.self, from: Data($0.utf8)).loss }
+    }
+
+    func config(_ dir: String, out: String, sp: Bool) throws -> String {
+        let path = dir + "/\(UUID().uuidString).yaml"
+        try """
+        model:
+          hidden_size: 32
+          intermediate_size: 64
+          num_hidden_layers: 2
+          num_attention_heads: 4
+          num_key_value_heads: 2
+          vocab_size: 256
+          max_position_embeddings: 64
+        seed: 2
+        train:
+          steps: 3
+          batch_size: 4
+          seq_len: 32
+          log_every: 1
+          out: \(out)
+        data:
+          synth_examples: 200
+          heldout: none
+        \(sp ? "sequence_parallel:\n  size: 2\n  method: ring\n" : "")
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// 2 and 4 namespace hosts (DP, and DP x SP with each SP group spanning hosts) match the
+    /// single-host run within 1e-4 on every loss.
+    @Test(arguments: [(2, false), (4, true)])
+    func clusterTrainingMatchesOneHost(hosts: Int, sp: Bool) throws {
+        let dir = NSTemporaryDirectory() + "torus-cluster-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let local = try TorusBinary.torus(["launch", "--config", try config(dir, out: dir + "/local", sp: sp), "--np", String(hosts)], timeout: 180)
+        try #require(local.status == 0, "\(local.output)")
+        let r = try TorusBinary.run("/bin/bash", [ClusterSupport.script, "--hosts", String(hosts), "--slots", "1", "--rate", "1gbit", "--",
+                                                  "--config", try config(dir, out: dir + "/cluster", sp: sp)],
+                                    timeout: 240, environment: ["TORUS_BIN": TorusBinary.path])
+        #expect(!r.timedOut && r.status == 0, "\(r.output)")
+        #expect(r.output.contains("btl_tcp_if_include 10.77.0.0/24"))
+        let a = try losses(dir + "/local"), b = try losses(dir + "/cluster")
+        #expect(a.count == 3 && b.count == 3)
+        #expect(zip(a, b).allSatisfy { abs($0 - $1) < 1e-4 }, "\(a) vs \(b)")
+        let left = try TorusBinary.run("/usr/sbin/ip", ["netns", "list"], timeout: 10)
+        #expect(!left.stdout.contains("torus-h"), "namespaces left behind: \(left.stdout)")
+    }
+}
