@@ -76,6 +76,51 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     /// Saved tensors of one decoder layer's forward pass.
+    /// One pipeline stage's forward pass over a micro-batch, kept for its backward.
+    public struct StagePass {
+        let pass: ForwardPass
+        /// The hidden state this stage hands to the next one.
+        public var output: Tensor { pass.output }
+    }
+
+    /// Forward of the decoder layers `layers` for one micro-batch: from the embedding of
+    /// `tokens` when `input` is nil (first stage), else from the previous stage's output.
+    /// The last stage (whose range ends at the last layer) also runs the norm and the head.
+    public func stageForward(tokens: [Int32], input: Tensor?, batch: Int, seqLen: Int, layers: Range<Int>,
+                             attention: SequenceAttention? = nil) throws -> StagePass {
+        guard layers.lowerBound >= 0, layers.upperBound <= config.numHiddenLayers, !layers.isEmpty else {
+            throw ModelInputError.shapeMismatch("stage layers \(layers) outside 0..<\(config.numHiddenLayers)")
+        }
+        let pass = try forward(tokens: tokens, batch: batch, seqLen: seqLen, keepActivations: true, attention: attention,
+                               input: input, layers: layers, head: layers.upperBound == config.numHiddenLayers)
+        return StagePass(pass: pass)
+    }
+
+    /// Backward of a stage. The last stage passes `targets` (its loss is computed here, scaled
+    /// by `lossScale`, and returned); other stages pass `dOutput` from the next stage. Returns
+    /// the loss (0 when not the last stage) and the gradient for the previous stage (nil on the
+    /// first stage).
+    public func stageBackward(_ stage: StagePass, targets: [Int32]?, dOutput: Tensor?, gradients: ParameterStore,
+                              lossScale: Float = 1, attention: SequenceAttention? = nil) throws -> (loss: Float, dInput: Tensor?) {
+        let pass = stage.pass
+        let grads = LlamaTensors(config: config, store: gradients)
+        if let targets, let logits = pass.logitsIfComputed {
+            let rows = pass.batch * pass.seqLen
+            guard targets.count == rows else { throw ModelInputError.shapeMismatch("targets has \(targets.count) entries for \(rows) rows") }
+            for t in targets where t != CrossEntropy.ignoreIndex && (t < 0 || Int(t) >= config.vocabSize) {
+                throw ModelInputError.tokenOutOfRange(token: Int(t), vocab: config.vocabSize)
+            }
+            let result = targets.withUnsafeBufferPointer { tp in
+                CrossEntropy.forward(logits: logits.pointer, targets: tp.baseAddress!, rows: rows, vocab: config.vocabSize,
+                                     dLogits: logits.pointer, scale: lossScale)
+            }
+            let dInput = try backward(pass: pass, dLogits: logits, gradients: grads, attention: attention)
+            return (result.mean, dInput)
+        }
+        let dInput = try backward(pass: pass, dLogits: nil, dOutput: dOutput, gradients: grads, attention: attention)
+        return (0, dInput)
+    }
+
     struct LayerActivations {
         let x: Tensor, rstd1: Tensor, h1: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
         let x2: Tensor, rstd2: Tensor, h2: Tensor, gate: Tensor, up: Tensor, act: Tensor
@@ -86,8 +131,17 @@ public final class LlamaModel: @unchecked Sendable {
         let positions: [Int32]
         let batch: Int, seqLen: Int
         var layers: [LayerActivations]
-        let finalInput: Tensor, finalRstd: Tensor, finalNormed: Tensor
-        let logits: Tensor
+        /// The decoder layers this pass ran (a pipeline stage runs a sub-range).
+        let layerRange: Range<Int>
+        /// Whether the pass started from the embedding (else from a previous stage's output).
+        let embedded: Bool
+        /// Hidden state after the last layer of the range.
+        let output: Tensor
+        /// Final norm and head, when the pass included them.
+        let finalRstd: Tensor?, finalNormed: Tensor?
+        let logitsIfComputed: Tensor?
+        var logits: Tensor { logitsIfComputed! }
+        var finalInput: Tensor { output }
     }
 
     func checkTokens(_ tokens: [Int32]) throws {
@@ -99,7 +153,9 @@ public final class LlamaModel: @unchecked Sendable {
     /// `seqLen` rows of each of `batch` sequences; with `attention`, those rows are this rank's
     /// share of longer sequences, at the positions the attention method reports.
     func forward(tokens: [Int32], batch: Int, seqLen: Int, keepActivations: Bool,
-                 attention: SequenceAttention? = nil) throws -> ForwardPass {
+                 attention: SequenceAttention? = nil, input: Tensor? = nil, layers range: Range<Int>? = nil,
+                 head: Bool = true) throws -> ForwardPass {
+        let range = range ?? 0..<config.numHiddenLayers
         guard batch > 0, seqLen > 0, tokens.count == batch * seqLen else {
             throw ModelInputError.shapeMismatch("\(tokens.count) tokens for batch \(batch) x sequence \(seqLen)")
         }
@@ -115,10 +171,13 @@ public final class LlamaModel: @unchecked Sendable {
         rotary.ensure(capacity: longest)
         let rows = batch * seqLen
         let positions = (0..<rows).map { local[$0 % seqLen] }
-        var x = embed(tokens)
+        if let input, input.count != rows * config.hiddenSize {
+            throw ModelInputError.shapeMismatch("stage input has \(input.count) values, expected \(rows) rows of \(config.hiddenSize)")
+        }
+        var x = input ?? embed(tokens)
         var saved: [LayerActivations] = []
         let shape = self.shape
-        for w in weights.layers {
+        for w in weights.layers[range] {
             let acts = try positions.withUnsafeBufferPointer { pos in
                 try layerForward(w, x: x, rows: rows, positions: pos.baseAddress!) { q, k, v, o, lse in
                     for b in 0..<batch {
@@ -141,12 +200,16 @@ public final class LlamaModel: @unchecked Sendable {
             if keepActivations { saved.append(acts.saved) }
             x = acts.out
         }
+        guard head else {
+            return ForwardPass(tokens: tokens, positions: positions, batch: batch, seqLen: seqLen, layers: saved, layerRange: range,
+                               embedded: input == nil, output: x, finalRstd: nil, finalNormed: nil, logitsIfComputed: nil)
+        }
         let (normed, rstd) = finalNorm(x, rows: rows)
         let logits = Tensor(zeros: [rows, config.vocabSize])
         Linear.forward(x: normed.pointer, weight: weights.lmHead.pointer, y: logits.pointer,
                        rows: rows, inFeatures: config.hiddenSize, outFeatures: config.vocabSize)
-        return ForwardPass(tokens: tokens, positions: positions, batch: batch, seqLen: seqLen, layers: saved,
-                           finalInput: x, finalRstd: rstd, finalNormed: normed, logits: logits)
+        return ForwardPass(tokens: tokens, positions: positions, batch: batch, seqLen: seqLen, layers: saved, layerRange: range,
+                           embedded: input == nil, output: x, finalRstd: rstd, finalNormed: normed, logitsIfComputed: logits)
     }
 
     func embed(_ tokens: [Int32]) -> Tensor {
@@ -203,26 +266,37 @@ public final class LlamaModel: @unchecked Sendable {
         return parameters.entry(name)?.offset ?? 0
     }
 
-    func backward(pass: ForwardPass, dLogits: Tensor, gradients g: LlamaTensors, gradientsReady: ((Int) -> Void)? = nil,
-                  attention: SequenceAttention? = nil) throws {
+    /// Backward of `pass`: from `dLogits` when the pass included the head, else from
+    /// `dOutput` (the gradient of the pass's output, from the next pipeline stage). Returns the
+    /// gradient of the pass's input when it did not start from the embedding.
+    @discardableResult
+    func backward(pass: ForwardPass, dLogits: Tensor?, dOutput: Tensor? = nil, gradients g: LlamaTensors,
+                  gradientsReady: ((Int) -> Void)? = nil, attention: SequenceAttention? = nil) throws -> Tensor? {
         let d = config.hiddenSize, f = config.intermediateSize, v = config.vocabSize
         let qw = shape.queryWidth, kw = shape.keyValueWidth
         let rows = pass.batch * pass.seqLen, seqLen = pass.seqLen
         let dNormed = Tensor(zeros: [rows, d])
-        Linear.backward(x: pass.finalNormed.pointer, weight: weights.lmHead.pointer, dy: dLogits.pointer,
-                        dx: dNormed.pointer, dWeight: g.lmHead.pointer, rows: rows, inFeatures: d, outFeatures: v)
-        let dx = Tensor(zeros: [rows, d])
-        RMSNorm.backward(x: pass.finalInput.pointer, weight: weights.finalNorm.pointer, rstd: pass.finalRstd.pointer,
-                         dy: dNormed.pointer, dx: dx.pointer, dWeight: g.finalNorm.pointer, rows: rows, dim: d)
-        // With tied embeddings the head's gradient lives in the embedding, which finishes last.
-        gradientsReady?(layerOffset(config.numHiddenLayers))
+        let dx: Tensor
+        if let dLogits, let normed = pass.finalNormed, let rstd = pass.finalRstd {
+            Linear.backward(x: normed.pointer, weight: weights.lmHead.pointer, dy: dLogits.pointer,
+                            dx: dNormed.pointer, dWeight: g.lmHead.pointer, rows: rows, inFeatures: d, outFeatures: v)
+            dx = Tensor(zeros: [rows, d])
+            RMSNorm.backward(x: pass.output.pointer, weight: weights.finalNorm.pointer, rstd: rstd.pointer,
+                             dy: dNormed.pointer, dx: dx.pointer, dWeight: g.finalNorm.pointer, rows: rows, dim: d)
+            // With tied embeddings the head's gradient lives in the embedding, which finishes last.
+            gradientsReady?(layerOffset(config.numHiddenLayers))
+        } else if let dOutput, dOutput.count == rows * d {
+            dx = dOutput.copy()
+        } else {
+            throw ModelInputError.shapeMismatch("backward needs the logits' gradient or a \(rows) x \(d) output gradient")
+        }
         let dAct = Tensor(zeros: [rows, f]), dGate = Tensor(zeros: [rows, f]), dUp = Tensor(zeros: [rows, f])
         let dH = Tensor(zeros: [rows, d]), dO = Tensor(zeros: [rows, qw]), rowDot = Tensor(zeros: [rows, shape.queryHeads])
         let dq = Tensor(zeros: [rows, qw]), dk = Tensor(zeros: [rows, kw]), dv = Tensor(zeros: [rows, kw])
         try pass.positions.withUnsafeBufferPointer { posBuffer in
             let positions = posBuffer.baseAddress!
-            for l in stride(from: config.numHiddenLayers - 1, through: 0, by: -1) {
-                let a = pass.layers[l], w = weights.layers[l], gw = g.layers[l]
+            for l in pass.layerRange.reversed() {
+                let a = pass.layers[l - pass.layerRange.lowerBound], w = weights.layers[l], gw = g.layers[l]
                 // x3 = x2 + down(act): dx is dx3 and flows into dx2 unchanged.
                 Linear.backward(x: a.act.pointer, weight: w.down.pointer, dy: dx.pointer, dx: dAct.pointer,
                                 dWeight: gw.down.pointer, rows: rows, inFeatures: f, outFeatures: d)
@@ -273,13 +347,15 @@ public final class LlamaModel: @unchecked Sendable {
                 gradientsReady?(layerOffset(l))
             }
         }
+        // Scratch tensors are used through raw pointers; keep them alive to the end.
+        defer { withExtendedLifetime((dNormed, dx, dAct, dGate, dUp, dH, dO, rowDot, dq, dk, dv)) {} }
+        guard pass.embedded else { return dx }
         for (r, t) in pass.tokens.enumerated() {
             let dst = g.embed.pointer + Int(t) * d, src = dx.pointer + r * d
             for i in 0..<d { dst[i] += src[i] }
         }
         gradientsReady?(0)
-        // Scratch tensors are used through raw pointers; keep them alive to the end.
-        withExtendedLifetime((dNormed, dx, dAct, dGate, dUp, dH, dO, rowDot, dq, dk, dv)) {}
+        return nil
     }
 }
 

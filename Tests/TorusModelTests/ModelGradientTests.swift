@@ -116,3 +116,26 @@ struct TinyCase: CustomTestStringConvertible, Sendable {
         #expect(s1 == s2)
     }
 }
+
+@Suite struct StageTests {
+    /// Running the layers as pipeline stages (forward stage by stage, backward in reverse,
+    /// hidden states and their gradients handed over) gives the full model's loss and gradients.
+    @Test(arguments: [false, true])
+    func stagesComposeToTheWholeModel(tied: Bool) throws {
+        let config = LlamaConfig(hiddenSize: 16, intermediateSize: 24, numHiddenLayers: 3, numAttentionHeads: 4,
+                                 numKeyValueHeads: 2, vocabSize: 32, tieWordEmbeddings: tied, maxPositionEmbeddings: 32)
+        let model = try LlamaModel.initialized(config: config, seed: 8)
+        let tokens: [Int32] = [1, 5, 7, 2, 9, 3, 3, 8, 30, 4], targets: [Int32] = [5, 7, 2, 9, 3, 3, 8, 30, 4, 1]
+        let full = model.makeGradients()
+        let loss = try model.loss(tokens: tokens, targets: targets, batch: 2, seqLen: 5, gradients: full)
+        let staged = model.makeGradients()
+        let s0 = try model.stageForward(tokens: tokens, input: nil, batch: 2, seqLen: 5, layers: 0..<1)
+        let s1 = try model.stageForward(tokens: tokens, input: s0.output, batch: 2, seqLen: 5, layers: 1..<3)
+        let (l1, d1) = try model.stageBackward(s1, targets: targets, dOutput: nil, gradients: staged)
+        let (_, d0) = try model.stageBackward(s0, targets: nil, dOutput: d1, gradients: staged)
+        #expect(d0 == nil)
+        #expect(abs(l1 - loss) < 1e-6)
+        let err = zip(full.flat.array, staged.flat.array).map { abs($0 - $1) }.max() ?? .infinity
+        #expect(err < 1e-6, "gradients differ by \(err)")
+    }
+}
