@@ -32,6 +32,8 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     public var bucketBytes: Int = 32 << 20
     /// Sequence parallelism (nil: every rank holds whole sequences).
     public var sequenceParallel: SequenceParallelOptions?
+    /// Pipeline stages (nil or 1: none). Stages run the GPipe schedule over `microBatches`.
+    public var pipelineStages: Int?
 
     public init(steps: Int, globalSequences: Int, microBatches: Int = 1, seqLen: Int, schedule: LearningRateSchedule,
                 adamw: AdamWOptions = AdamWOptions(), clipNorm: Double = 1.0, seed: UInt64 = 0, logEvery: Int = 10,

@@ -35,6 +35,11 @@ public final class Trainer {
     public let dataRank: Int, dataRanks: Int
     /// Attention across the sequence-parallel group (nil without sequence parallelism).
     let sequenceAttention: SequenceParallelAttention?
+    /// Pipeline stages, this rank's stage and its decoder layers.
+    public let stages: Int, stage: Int
+    public let stageLayers: Range<Int>
+    /// Ranks between consecutive stages of the same replica and SP position.
+    let stageStride: Int
     /// Where checkpoints and metrics go (nil: nowhere).
     public let outDir: String?
     public private(set) var step = 0
@@ -61,7 +66,14 @@ public final class Trainer {
             spMethod = try SequenceParallelMethod(name: spo.method)
             spLayout = try SequenceLayout(kind: kind, ranks: sp, length: options.seqLen)
         }
-        let dataRanks = comm.size / sp
+        let pp = options.pipelineStages ?? 1
+        let plan: ParallelPlan
+        do {
+            plan = try ParallelPlan.make(model: model.config, world: comm.size, sequenceParallel: sp, pipelineParallel: pp,
+                                         layout: options.sequenceParallel?.layout ?? "zigzag", seqLen: options.seqLen,
+                                         globalSequences: options.globalSequences, microBatches: options.microBatches, hosts: nil)
+        } catch { throw TrainError.invalid("\(error)") }
+        let dataRanks = comm.size / (sp * pp)
         guard options.globalSequences >= dataRanks, options.globalSequences % dataRanks == 0 else {
             throw TrainError.invalid("global batch of \(options.globalSequences) sequences does not split evenly over \(dataRanks) data-parallel replicas")
         }
@@ -79,10 +91,15 @@ public final class Trainer {
         self.optimizer = AdamW(parameters: model.parameters, options: options.adamw)
         self.sampler = BatchSampler(tokenCount: tokens.count, seqLen: options.seqLen, seed: options.seed)
         self.gradients = model.makeGradients()
-        self.reducer = GradientReducer(comm: comm, gradients: gradients, bucketBytes: options.bucketBytes)
+        self.reducer = GradientReducer(comm: comm, gradients: gradients, bucketBytes: options.bucketBytes,
+                                       averageOver: comm.size / pp)
+        self.stages = pp
+        self.stageStride = dataRanks * sp
+        self.stage = comm.rank / (dataRanks * sp)
+        self.stageLayers = plan.stages[comm.rank / (dataRanks * sp)].layers
         self.shards = ShardedGradients(main: gradients)
         self.dataRanks = dataRanks
-        self.dataRank = comm.rank / sp
+        self.dataRank = (comm.rank / sp) % dataRanks
         if let spLayout, let spMethod {
             // Megatron-style order: the ranks of one sequence-parallel group are consecutive.
             let group = try comm.split(color: comm.rank / sp, key: comm.rank % sp)
@@ -140,7 +157,7 @@ public final class Trainer {
         let perRank = options.globalSequences / dataRanks
         // This rank's sequences are split over its threads; shard j takes sequences [start, end).
         // Sequence-parallel attention talks to other ranks, so it stays on one thread.
-        let threadCount = sequenceAttention == nil ? min(BLAS.threads, perRank) : 1
+        let threadCount = sequenceAttention == nil && stages == 1 ? min(BLAS.threads, perRank) : 1
         let localLen = sequenceAttention?.layout.localCount ?? options.seqLen
         let localRows = sequenceAttention?.localPositions.map(Int.init)
         let bounds = (0...threadCount).map { $0 * perRank / threadCount }
@@ -148,6 +165,8 @@ public final class Trainer {
         var lossSum: Float = 0
         let seqLen = localLen, scale = 1 / Float(options.microBatches)
         let attention = sequenceAttention
+        var pipelinePasses: [(pass: LlamaModel.StagePass, targets: [Int32])] = []
+        var pipelineSends: [Request] = []
         for micro in 0..<options.microBatches {
             var batch = sampler.batch(step: step, micro: micro, microBatches: options.microBatches,
                                       globalSequences: options.globalSequences, rank: dataRank, ranks: dataRanks, tokens: tokens)
@@ -156,6 +175,23 @@ public final class Trainer {
                 let full = batch
                 batch.inputs = (0..<perRank).flatMap { j in localRows.map { full.inputs[j * options.seqLen + $0] } }
                 batch.targets = (0..<perRank).flatMap { j in localRows.map { full.targets[j * options.seqLen + $0] } }
+            }
+            if stages > 1 {
+                // GPipe, forward phase: take the previous stage's activations, hand ours on.
+                let rows = perRank * seqLen
+                var input: Tensor?
+                if stage > 0 {
+                    let t = Tensor(zeros: [rows, model.config.hiddenSize])
+                    try comm.recv(t, from: comm.rank - stageStride, tag: 20_000 + micro)
+                    input = t
+                }
+                let pass = try Timeline.measure("stage \(stage) forward micro \(micro)") {
+                    try self.model.stageForward(tokens: batch.inputs, input: input, batch: perRank, seqLen: seqLen,
+                                           layers: stageLayers, attention: attention)
+                }
+                if stage < stages - 1 { pipelineSends.append(try comm.isend(pass.output, to: comm.rank + stageStride, tag: 20_000 + micro)) }
+                pipelinePasses.append((pass, batch.targets))
+                continue
             }
             let last = micro == options.microBatches - 1
             if last {
@@ -183,8 +219,32 @@ public final class Trainer {
             if let error = errors.compactMap({ $0 }).first { throw error }
             lossSum += losses.reduce(0, +)
         }
+        if stages > 1 {
+            // GPipe, backward phase: micro-batches in reverse, gradients handed back a stage.
+            try Request.waitAll(pipelineSends)
+            pipelineSends.removeAll()
+            for micro in stride(from: options.microBatches - 1, through: 0, by: -1) {
+                let (pass, targets) = pipelinePasses[micro]
+                var dOutput: Tensor?
+                if stage < stages - 1 {
+                    let t = Tensor(zeros: pass.output.shape)
+                    try comm.recv(t, from: comm.rank + stageStride, tag: 30_000 + micro)
+                    dOutput = t
+                }
+                let r = try Timeline.measure("stage \(stage) backward micro \(micro)") {
+                    try self.model.stageBackward(pass, targets: stage == stages - 1 ? targets : nil, dOutput: dOutput,
+                                            gradients: gradients, lossScale: scale, attention: attention)
+                }
+                lossSum += r.loss
+                if stage > 0, let dInput = r.dInput {
+                    pipelineSends.append(try comm.isend(dInput, to: comm.rank - stageStride, tag: 30_000 + micro))
+                }
+            }
+            try Request.waitAll(pipelineSends)
+        }
         try reducer.finish()
-        let loss = Float(try comm.allReduce([Double(lossSum / Float(options.microBatches))])[0] / Double(comm.size))
+        // Only the last stage computes the loss; average it over the replicas and SP ranks.
+        let loss = Float(try comm.allReduce([Double(lossSum / Float(options.microBatches))])[0] / Double(comm.size / stages))
         guard loss.isFinite else { throw TrainError.nonFiniteLoss(step: step, loss: loss, lastCheckpoint: lastCheckpoint) }
         let norm = globalNorm(gradients)
         if options.clipNorm > 0 && norm > options.clipNorm {

@@ -28,9 +28,7 @@ struct TrainCommand: ParsableCommand {
 
     func train(world: Communicator) throws {
         var cfg = try RunConfig.load(path: config)
-        if cfg.pipelineParallel > 1 {
-            throw ConfigError(file: config, message: "pipeline_parallel.size \(cfg.pipelineParallel): pipeline parallelism is planned by 'torus plan' but not implemented in training yet")
-        }
+
         if let steps { cfg.train.steps = steps }
         if let out { cfg.train.out = out }
         let t = cfg.train
@@ -51,6 +49,7 @@ struct TrainCommand: ParsableCommand {
             clipNorm: t.clipNorm, seed: cfg.seed, logEvery: t.logEvery, checkpointEvery: t.checkpointEvery,
             checkWeightsEvery: t.checkWeightsEvery, bucketBytes: Int(t.bucketMB * 1_048_576))
         options.sequenceParallel = cfg.sequenceParallel
+        options.pipelineStages = cfg.pipelineParallel > 1 ? cfg.pipelineParallel : nil
         let trainer = try Trainer(model: model, tokens: tokens, options: options, comm: world, outDir: t.out)
         if let spec = ProcessInfo.processInfo.environment["TORUS_FAULT_KILL"] {
             let parts = spec.split(separator: ":").compactMap { Int($0) }
@@ -62,7 +61,8 @@ struct TrainCommand: ParsableCommand {
         let rank0 = world.rank == 0
         if rank0 {
             try FileManager.default.createDirectory(atPath: t.out, withIntermediateDirectories: true)
-            let sp = cfg.sequenceParallel.map { ", sequence parallel \($0.size) (\($0.method), \($0.layout))" } ?? ""
+            let sp = (cfg.sequenceParallel.map { ", sequence parallel \($0.size) (\($0.method), \($0.layout))" } ?? "")
+                + (trainer.stages > 1 ? ", \(trainer.stages) pipeline stages (GPipe, \(t.microBatches) micro-batches)" : "")
             print("train: \(world.size) rank(s) = \(trainer.dataRanks) data-parallel replica(s)\(sp), \(model.config.parameterCount) parameters, \(tokens.count) training tokens, global batch \(t.batchSize) x \(t.microBatches) x \(t.seqLen) tokens, \(t.steps) steps" + (start > 0 ? ", resuming after step \(start)" : ""))
         }
         let metrics = rank0 ? try MetricsLog(path: t.out + "/metrics.jsonl", append: start > 0, keepThrough: start) : nil

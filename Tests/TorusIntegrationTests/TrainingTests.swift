@@ -115,6 +115,37 @@ import TorusModel
         #expect(r.status != 0 && r.stderr.contains("cannot be split into 6 equal zigzag chunks"), "\(r.output)")
     }
 
+    /// Pipeline stages (GPipe), alone and in the full DP x PP x SP grid on 8 ranks, and with
+    /// tied embeddings split across the first and last stage, match one rank.
+    @Test(arguments: [false, true])
+    func pipelineParallelMatchesOneRank(tied: Bool) throws {
+        let dir = Self.workDir("pp")
+        let base = try String(contentsOfFile: try Self.config(in: dir, steps: 3), encoding: .utf8)
+            .replacingOccurrences(of: "num_hidden_layers: 2", with: "num_hidden_layers: 4")
+            .replacingOccurrences(of: "vocab_size: 256", with: "vocab_size: 256\n  tie_word_embeddings: \(tied)")
+        try base.write(toFile: dir + "/base.yaml", atomically: true, encoding: .utf8)
+        try #require(try train(ranks: 1, config: dir + "/base.yaml", out: dir + "/np1").status == 0)
+        let baseLoss = try Self.losses(dir + "/np1")
+        let baseWeights = try HFCheckpoint.load(directory: dir + "/np1/model").parameters.flat.array
+        let grids: [(Int, String)] = tied ? [(2, "pipeline_parallel:\n  size: 2\n")]
+            : [(2, "pipeline_parallel:\n  size: 2\n"), (4, "pipeline_parallel:\n  size: 4\n"),
+               (8, "pipeline_parallel:\n  size: 2\nsequence_parallel:\n  size: 2\n  method: tokenring\n")]
+        for (ranks, extra) in grids {
+            let path = dir + "/grid\(ranks).yaml"
+            try (base + "\n" + extra).write(toFile: path, atomically: true, encoding: .utf8)
+            let r = try train(ranks: ranks, config: path, out: dir + "/o\(ranks)")
+            try #require(r.status == 0, "\(extra):\n\(r.output)")
+            #expect(r.stdout.contains("pipeline stages (GPipe"), "\(r.stdout)")
+            let loss = try Self.losses(dir + "/o\(ranks)")
+            let weights = try HFCheckpoint.load(directory: dir + "/o\(ranks)/model").parameters.flat.array
+            let lossErr = zip(loss, baseLoss).map { abs($0 - $1) }.max() ?? .infinity
+            let weightErr = zip(weights, baseWeights).map { abs($0 - $1) }.max() ?? .infinity
+            #expect(loss.count == baseLoss.count)
+            #expect(lossErr < 2e-4, "np=\(ranks) \(extra): loss differs by \(lossErr)")
+            #expect(weightErr < 2e-3, "np=\(ranks) \(extra): weights differ by \(weightErr)")
+        }
+    }
+
     /// Stopping after a checkpoint and resuming gives bit-identical losses and weights.
     @Test func resumeIsBitIdentical() throws {
         let dir = Self.workDir("resume")
