@@ -119,7 +119,7 @@ public class SequenceParallelGroup {
 
     /// Bytes this rank sent and seconds it spent blocked waiting for transfers (communication
     /// not hidden behind compute, plus waiting for slower ranks), since the last reset.
-    public private(set) var bytesSent = 0
+    public internal(set) var bytesSent = 0
     public private(set) var waitSeconds = 0.0
 
     public func resetStatistics() { bytesSent = 0; waitSeconds = 0 }

@@ -2,11 +2,12 @@ import Foundation
 import TorusComm
 import TorusTensor
 
-/// TokenRing: keys and values stay home; queries travel forward around the ring while the
-/// partial results of the previous step travel straight back to the queries' owner, so both
-/// directions of the links carry data at once. At step s rank r holds the queries of rank
-/// r - s, attends them to its own keys, and returns (out, lse) to their owner, which merges the
-/// partials in step order.
+/// TokenRing: keys and values stay home; queries travel around the ring (to the previous rank)
+/// while the partial results of earlier steps travel straight back to the queries' owner, so
+/// both directions of the links carry data at once. At step s rank r holds the queries of rank
+/// r + s, attends them to its own keys, and returns (out, lse) to their owner, which merges the
+/// partials in step order. With causal zigzag chunks a rank's early chunk sees no key of the
+/// ranks after it, so once the queries wrap past rank 0 only their late half travels on.
 ///
 /// Backward (not in the public TokenRing code) mirrors it: the query-side tensors (Q, dO, lse
 /// and D = rowsum(dO * O)) travel forward; each rank adds their contribution to its own dK, dV,
@@ -19,6 +20,26 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
     /// fully masked pairs send nothing).
     func hasWork(queryOwner: Int, keyOwner: Int) -> Bool {
         blocks.anyVisible(layout.segments(rank: queryOwner), layout.segments(rank: keyOwner))
+    }
+
+    /// Whether `holder` needs the early (first) half of `owner`'s queries: not when the layout is
+    /// causal zigzag and every key chunk of `holder` lies after the owner's early chunk.
+    func needsEarlyHalf(owner: Int, holder: Int) -> Bool {
+        guard causal && layout.kind == .zigzag else { return true }
+        let early = layout.segments(rank: owner)[0]
+        return layout.segments(rank: holder).contains { blocks.visible(early, $0) }
+    }
+
+    /// Sends `ranges` (offset, count) of `t` to `dest` as separate messages `tag`, `tag+1`, ...
+    func sendRanges(_ t: Tensor, _ ranges: [(Int, Int)], to dest: Int, tag: Int) throws -> [Request] {
+        try ranges.enumerated().map { i, r in
+            bytesSent += r.1 * 4
+            return try comm.isend(t.pointer + r.0, count: r.1, to: dest, tag: tag + i, keepAlive: t)
+        }
+    }
+
+    func receiveRanges(_ t: Tensor, _ ranges: [(Int, Int)], from source: Int, tag: Int) throws -> [Request] {
+        try ranges.enumerated().map { i, r in try comm.irecv(t.pointer + r.0, count: r.1, from: source, tag: tag + i, keepAlive: t) }
     }
 
     public func forward(q: Tensor, k: Tensor, v: Tensor) throws -> (out: Tensor, lse: Tensor) {
@@ -38,8 +59,8 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
         let recvBuffers = [Tensor(zeros: [resultSize]), Tensor(zeros: [resultSize])]
         var recvs: [Request?] = [nil, nil]
         func postReceive(_ s: Int) throws {
-            guard s >= 1 && s < p && hasWork(queryOwner: comm.rank, keyOwner: rank(s)) else { return }
-            recvs[s % 2] = try comm.irecv(recvBuffers[s % 2], from: rank(s), tag: 6000 + s)
+            guard s >= 1 && s < p && hasWork(queryOwner: comm.rank, keyOwner: rank(-s)) else { return }
+            recvs[s % 2] = try comm.irecv(recvBuffers[s % 2], from: rank(-s), tag: 6000 + s)
         }
         func mergeReceived(_ s: Int) throws {
             guard let r = recvs[s % 2] else { return }
@@ -51,12 +72,16 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
         }
         try postReceive(1)
         try postReceive(2)
+        let half = n / 2 * qw
         for s in 0..<p {
-            let owner = rank(-s)
+            let owner = rank(s)
             var qRequests: [Request] = []
             if s < p - 1 {
-                qRequests.append(try comm.irecv(incomingQ, from: prev, tag: 5000 + s))
-                qRequests.append(try isend(heldQ, to: next, tag: 5000 + s))
+                // The queries of `owner` go to the previous rank; it gets the next rank's (rank(s + 1)).
+                let sendFull = needsEarlyHalf(owner: owner, holder: prev)
+                let recvFull = needsEarlyHalf(owner: rank(s + 1), holder: comm.rank)
+                qRequests += try receiveRanges(incomingQ, recvFull ? [(0, n * qw)] : [(half, n * qw - half)], from: next, tag: 5000 + 10 * s)
+                qRequests += try sendRanges(heldQ, sendFull ? [(0, n * qw)] : [(half, n * qw - half)], to: prev, tag: 5000 + 10 * s)
             }
             if s == 0 {
                 blocks.forward(querySegments: mySegments, keySegments: mySegments, q: q.pointer, k: k.pointer, v: v.pointer,
@@ -102,9 +127,13 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
         let recvBuffers = [Tensor(zeros: [n, qw]), Tensor(zeros: [n, qw])]
         var recvs: [Request?] = [nil, nil]
         func postReceive(_ s: Int) throws {
-            guard s >= 1 && s < p && hasWork(queryOwner: comm.rank, keyOwner: rank(s)) else { return }
-            recvs[s % 2] = try comm.irecv(recvBuffers[s % 2], from: rank(s), tag: 7000 + s)
+            guard s >= 1 && s < p && hasWork(queryOwner: comm.rank, keyOwner: rank(-s)) else { return }
+            recvs[s % 2] = try comm.irecv(recvBuffers[s % 2], from: rank(-s), tag: 7000 + s)
         }
+        // The late halves of Q, dO, lse and D inside the pack.
+        let c = n / 2
+        let lateRanges = [(c * qw, (n - c) * qw), (n * qw + c * qw, (n - c) * qw),
+                          (2 * n * qw + c * hq, (n - c) * hq), (2 * n * qw + n * hq + c * hq, (n - c) * hq)]
         func addReceived(_ s: Int) throws {
             guard let r = recvs[s % 2] else { return }
             try waitAll([r])
@@ -114,11 +143,13 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
         try postReceive(1)
         try postReceive(2)
         for s in 0..<p {
-            let owner = rank(-s)
+            let owner = rank(s)
             var packRequests: [Request] = []
             if s < p - 1 {
-                packRequests.append(try comm.irecv(incoming, from: prev, tag: 8000 + s))
-                packRequests.append(try isend(held, to: next, tag: 8000 + s))
+                let sendFull = needsEarlyHalf(owner: owner, holder: prev)
+                let recvFull = needsEarlyHalf(owner: rank(s + 1), holder: comm.rank)
+                packRequests += try receiveRanges(incoming, recvFull ? [(0, packSize)] : lateRanges, from: next, tag: 8000 + 10 * s)
+                packRequests += try sendRanges(held, sendFull ? [(0, packSize)] : lateRanges, to: prev, tag: 8000 + 10 * s)
             }
             let hp = held.pointer
             if s == 0 {

@@ -56,7 +56,7 @@ struct BenchAttention: ParsableCommand {
         for (index, method) in chosen.enumerated() {
             let attention = try method.make(comm: world, layout: sl, shape: shape, causal: !full)
             guard let group = attention as? SequenceParallelGroup else { continue }
-            var fwd: [Double] = [], both: [Double] = [], waits: [Double] = [], bytes: [Double] = []
+            var fwd: [Double] = [], both: [Double] = [], waits: [Double] = [], bytes: [Double] = [], meanBytes: [Double] = []
             for i in 0...steps {
                 try world.barrier()
                 timeline.step = (index + 1) * 1000 + i
@@ -68,7 +68,8 @@ struct BenchAttention: ParsableCommand {
                 let t2 = DispatchTime.now().uptimeNanoseconds
                 // The slowest rank decides the step.
                 let worst = try world.allReduce([Double(t1 - t0) / 1e9, Double(t2 - t0) / 1e9, group.waitSeconds, Double(group.bytesSent)], op: .max)
-                if i > 0 { fwd.append(worst[0]); both.append(worst[1]); waits.append(worst[2]); bytes.append(worst[3]) }
+                let total = try world.allReduce([Double(group.bytesSent)], op: .sum)[0]
+                if i > 0 { fwd.append(worst[0]); both.append(worst[1]); waits.append(worst[2]); bytes.append(worst[3]); meanBytes.append(total / Double(world.size)) }
             }
             // This rank's timed steps: communication, exposed part and overlap from its spans.
             let mine = OverlapReport(spans: timeline.recorded.filter { $0.step > (index + 1) * 1000 && $0.step < (index + 2) * 1000 }).entries
@@ -82,8 +83,8 @@ struct BenchAttention: ParsableCommand {
                 let b = median(both), w = median(waits)
                 let overlaps = (0..<world.size).map { Double(all[3 * $0 + 2]) }.sorted()
                 let comms = (0..<world.size).map { Double(all[3 * $0]) }, exps = (0..<world.size).map { Double(all[3 * $0 + 1]) }
-                print(String(format: "%-9@ forward %8.1f ms  forward+backward %8.1f ms  sent %7.1f MB/rank  blocked %7.1f ms (%4.1f%%)",
-                             method.rawValue, median(fwd) * 1e3, b * 1e3, median(bytes) / 1e6, w * 1e3, 100 * w / b))
+                print(String(format: "%-9@ forward %8.1f ms  forward+backward %8.1f ms  sent %6.1f MB/rank max, %6.1f mean  blocked %7.1f ms (%4.1f%%)",
+                             method.rawValue, median(fwd) * 1e3, b * 1e3, median(bytes) / 1e6, median(meanBytes) / 1e6, w * 1e3, 100 * w / b))
                 print(String(format: "          timeline: communication %.1f ms/rank (max), exposed %.1f ms (max), overlap min %.1f%% median %.1f%% max %.1f%%",
                              (comms.max() ?? 0) * 1e3, (exps.max() ?? 0) * 1e3, 100 * overlaps[0], 100 * overlaps[overlaps.count / 2],
                              100 * overlaps[overlaps.count - 1]))
