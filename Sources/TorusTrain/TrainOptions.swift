@@ -34,6 +34,8 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     public var sequenceParallel: SequenceParallelOptions?
     /// Pipeline stages (nil or 1: none). Stages run the GPipe schedule over `microBatches`.
     public var pipelineStages: Int?
+    /// "gpipe" (default) or "1f1b".
+    public var pipelineSchedule: String?
 
     public init(steps: Int, globalSequences: Int, microBatches: Int = 1, seqLen: Int, schedule: LearningRateSchedule,
                 adamw: AdamWOptions = AdamWOptions(), clipNorm: Double = 1.0, seed: UInt64 = 0, logEvery: Int = 10,

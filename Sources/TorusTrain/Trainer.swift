@@ -165,8 +165,7 @@ public final class Trainer {
         var lossSum: Float = 0
         let seqLen = localLen, scale = 1 / Float(options.microBatches)
         let attention = sequenceAttention
-        var pipelinePasses: [(pass: LlamaModel.StagePass, targets: [Int32])] = []
-        var pipelineSends: [Request] = []
+        var pipelineBatches: [(inputs: [Int32], targets: [Int32])] = []
         for micro in 0..<options.microBatches {
             var batch = sampler.batch(step: step, micro: micro, microBatches: options.microBatches,
                                       globalSequences: options.globalSequences, rank: dataRank, ranks: dataRanks, tokens: tokens)
@@ -177,20 +176,7 @@ public final class Trainer {
                 batch.targets = (0..<perRank).flatMap { j in localRows.map { full.targets[j * options.seqLen + $0] } }
             }
             if stages > 1 {
-                // GPipe, forward phase: take the previous stage's activations, hand ours on.
-                let rows = perRank * seqLen
-                var input: Tensor?
-                if stage > 0 {
-                    let t = Tensor(zeros: [rows, model.config.hiddenSize])
-                    try comm.recv(t, from: comm.rank - stageStride, tag: 20_000 + micro)
-                    input = t
-                }
-                let pass = try Timeline.measure("stage \(stage) forward micro \(micro)") {
-                    try self.model.stageForward(tokens: batch.inputs, input: input, batch: perRank, seqLen: seqLen,
-                                           layers: stageLayers, attention: attention)
-                }
-                if stage < stages - 1 { pipelineSends.append(try comm.isend(pass.output, to: comm.rank + stageStride, tag: 20_000 + micro)) }
-                pipelinePasses.append((pass, batch.targets))
+                pipelineBatches.append(batch)
                 continue
             }
             let last = micro == options.microBatches - 1
@@ -220,27 +206,7 @@ public final class Trainer {
             lossSum += losses.reduce(0, +)
         }
         if stages > 1 {
-            // GPipe, backward phase: micro-batches in reverse, gradients handed back a stage.
-            try Request.waitAll(pipelineSends)
-            pipelineSends.removeAll()
-            for micro in stride(from: options.microBatches - 1, through: 0, by: -1) {
-                let (pass, targets) = pipelinePasses[micro]
-                var dOutput: Tensor?
-                if stage < stages - 1 {
-                    let t = Tensor(zeros: pass.output.shape)
-                    try comm.recv(t, from: comm.rank + stageStride, tag: 30_000 + micro)
-                    dOutput = t
-                }
-                let r = try Timeline.measure("stage \(stage) backward micro \(micro)") {
-                    try self.model.stageBackward(pass, targets: stage == stages - 1 ? targets : nil, dOutput: dOutput,
-                                            gradients: gradients, lossScale: scale, attention: attention)
-                }
-                lossSum += r.loss
-                if stage > 0, let dInput = r.dInput {
-                    pipelineSends.append(try comm.isend(dInput, to: comm.rank - stageStride, tag: 30_000 + micro))
-                }
-            }
-            try Request.waitAll(pipelineSends)
+            lossSum += try runPipeline(batches: pipelineBatches, perRank: perRank, seqLen: seqLen, lossScale: scale, attention: attention)
         }
         try reducer.finish()
         // Only the last stage computes the loss; average it over the replicas and SP ranks.
@@ -259,6 +225,70 @@ public final class Trainer {
         return StepReport(step: step, loss: loss, lr: lr, gradNorm: norm, tokensPerSecond: Double(tokensPerStep) / seconds,
                           gflops: flops / seconds / 1e9, stepSeconds: seconds, allReduceWaitSeconds: reducer.lastWaitSeconds,
                           etaSeconds: seconds * Double(options.steps - step))
+    }
+
+    /// The order in which a stage runs forward (true) and backward (false) passes of its
+    /// micro-batches: GPipe runs every forward first; 1F1B runs `stages - stage - 1` warm-up
+    /// forwards, then alternates one forward and one backward, then the remaining backwards.
+    public static func pipelineOrder(schedule: String, stages: Int, stage: Int, microBatches m: Int) -> [(forward: Bool, micro: Int)] {
+        if schedule != "1f1b" { return (0..<m).map { (true, $0) } + (0..<m).reversed().map { (false, $0) } }
+        let warmup = min(stages - stage - 1, m)
+        var order = (0..<warmup).map { (forward: true, micro: $0) }
+        for i in 0..<(m - warmup) {
+            order.append((true, warmup + i))
+            order.append((false, i))
+        }
+        for i in (m - warmup)..<m { order.append((false, i)) }
+        return order
+    }
+
+    /// One step's forwards and backwards on this pipeline stage; returns the summed loss of the
+    /// micro-batches (non-zero on the last stage only).
+    func runPipeline(batches: [(inputs: [Int32], targets: [Int32])], perRank: Int, seqLen: Int, lossScale: Float,
+                     attention: SequenceAttention?) throws -> Float {
+        var passes: [Int: LlamaModel.StagePass] = [:]
+        var sends: [Request] = []
+        var lossSum: Float = 0
+        let order = Self.pipelineOrder(schedule: options.pipelineSchedule ?? "gpipe", stages: stages, stage: stage,
+                                       microBatches: batches.count)
+        for (forward, micro) in order {
+            if forward {
+                // Take the previous stage's activations, hand ours on.
+                var input: Tensor?
+                if stage > 0 {
+                    let t = Tensor(zeros: [perRank * seqLen, model.config.hiddenSize])
+                    try comm.recv(t, from: comm.rank - stageStride, tag: 20_000 + micro)
+                    input = t
+                }
+                let pass = try Timeline.measure("stage \(stage) forward micro \(micro)") {
+                    try model.stageForward(tokens: batches[micro].inputs, input: input, batch: perRank, seqLen: seqLen,
+                                           layers: stageLayers, attention: attention)
+                }
+                if stage < stages - 1 { sends.append(try comm.isend(pass.output, to: comm.rank + stageStride, tag: 20_000 + micro)) }
+                passes[micro] = pass
+            } else {
+                guard let pass = passes.removeValue(forKey: micro) else {
+                    throw TrainError.invalid("pipeline schedule ran backward of micro-batch \(micro) before its forward")
+                }
+                var dOutput: Tensor?
+                if stage < stages - 1 {
+                    let t = Tensor(zeros: pass.output.shape)
+                    try comm.recv(t, from: comm.rank + stageStride, tag: 30_000 + micro)
+                    dOutput = t
+                }
+                let r = try Timeline.measure("stage \(stage) backward micro \(micro)") {
+                    try model.stageBackward(pass, targets: stage == stages - 1 ? batches[micro].targets : nil, dOutput: dOutput,
+                                            gradients: gradients, lossScale: lossScale, attention: attention)
+                }
+                lossSum += r.loss
+                if stage > 0, let dInput = r.dInput {
+                    sends.append(try comm.isend(dInput, to: comm.rank - stageStride, tag: 30_000 + micro))
+                }
+            }
+            sends = try sends.filter { try !$0.test() }
+        }
+        try Request.waitAll(sends)
+        return lossSum
     }
 
     /// Fails loudly when the weights are not bit-identical on every rank.

@@ -51,6 +51,7 @@ struct RunConfig {
     var data = DataSection()
     var sequenceParallel: SequenceParallelOptions?
     var pipelineParallel = 1
+    var pipelineSchedule = "gpipe"
 
     static let topLevelKeys = ["model", "seed", "train", "data", "sequence_parallel", "pipeline_parallel"]
     static let sequenceParallelKeys = ["size", "method", "layout"]
@@ -141,8 +142,14 @@ struct RunConfig {
         }
         if let pp = map["pipeline_parallel"] {
             guard let pp = pp as? [String: Any] else { throw ConfigError(file: path, message: "'pipeline_parallel' must be a mapping") }
-            try checkKeys(pp, known: ["size"], section: "pipeline_parallel", file: path)
+            try checkKeys(pp, known: ["size", "schedule"], section: "pipeline_parallel", file: path)
             config.pipelineParallel = try r.int(pp, "size", section: "pipeline_parallel", min: 1)
+            if pp["schedule"] != nil {
+                config.pipelineSchedule = try r.string(pp, "schedule", section: "pipeline_parallel")
+                guard ["gpipe", "1f1b"].contains(config.pipelineSchedule) else {
+                    throw ConfigError(file: path, message: "'pipeline_parallel.schedule' is '\(config.pipelineSchedule)'; known: gpipe, 1f1b")
+                }
+            }
         }
         return config
     }

@@ -50,6 +50,7 @@ struct TrainCommand: ParsableCommand {
             checkWeightsEvery: t.checkWeightsEvery, bucketBytes: Int(t.bucketMB * 1_048_576))
         options.sequenceParallel = cfg.sequenceParallel
         options.pipelineStages = cfg.pipelineParallel > 1 ? cfg.pipelineParallel : nil
+        options.pipelineSchedule = cfg.pipelineParallel > 1 ? cfg.pipelineSchedule : nil
         let trainer = try Trainer(model: model, tokens: tokens, options: options, comm: world, outDir: t.out)
         if let spec = ProcessInfo.processInfo.environment["TORUS_FAULT_KILL"] {
             let parts = spec.split(separator: ":").compactMap { Int($0) }
@@ -62,7 +63,7 @@ struct TrainCommand: ParsableCommand {
         if rank0 {
             try FileManager.default.createDirectory(atPath: t.out, withIntermediateDirectories: true)
             let sp = (cfg.sequenceParallel.map { ", sequence parallel \($0.size) (\($0.method), \($0.layout))" } ?? "")
-                + (trainer.stages > 1 ? ", \(trainer.stages) pipeline stages (GPipe, \(t.microBatches) micro-batches)" : "")
+                + (trainer.stages > 1 ? ", \(trainer.stages) pipeline stages (\(cfg.pipelineSchedule == "1f1b" ? "1F1B" : "GPipe"), \(t.microBatches) micro-batches)" : "")
             print("train: \(world.size) rank(s) = \(trainer.dataRanks) data-parallel replica(s)\(sp), \(model.config.parameterCount) parameters, \(tokens.count) training tokens, global batch \(t.batchSize) x \(t.microBatches) x \(t.seqLen) tokens, \(t.steps) steps" + (start > 0 ? ", resuming after step \(start)" : ""))
         }
         let metrics = rank0 ? try MetricsLog(path: t.out + "/metrics.jsonl", append: start > 0, keepThrough: start) : nil

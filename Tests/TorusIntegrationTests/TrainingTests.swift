@@ -129,15 +129,17 @@ import TorusModel
         let baseWeights = try HFCheckpoint.load(directory: dir + "/np1/model").parameters.flat.array
         let grids: [(Int, String)] = tied ? [(2, "pipeline_parallel:\n  size: 2\n")]
             : [(2, "pipeline_parallel:\n  size: 2\n"), (4, "pipeline_parallel:\n  size: 4\n"),
+               (2, "pipeline_parallel:\n  size: 2\n  schedule: 1f1b\n"), (4, "pipeline_parallel:\n  size: 4\n  schedule: 1f1b\n"),
                (8, "pipeline_parallel:\n  size: 2\nsequence_parallel:\n  size: 2\n  method: tokenring\n")]
         for (ranks, extra) in grids {
-            let path = dir + "/grid\(ranks).yaml"
+            let name = "\(ranks)-\(extra.contains("1f1b") ? "1f1b" : "gpipe")"
+            let path = dir + "/grid\(name).yaml"
             try (base + "\n" + extra).write(toFile: path, atomically: true, encoding: .utf8)
-            let r = try train(ranks: ranks, config: path, out: dir + "/o\(ranks)")
+            let r = try train(ranks: ranks, config: path, out: dir + "/o\(name)")
             try #require(r.status == 0, "\(extra):\n\(r.output)")
-            #expect(r.stdout.contains("pipeline stages (GPipe"), "\(r.stdout)")
-            let loss = try Self.losses(dir + "/o\(ranks)")
-            let weights = try HFCheckpoint.load(directory: dir + "/o\(ranks)/model").parameters.flat.array
+            #expect(r.stdout.contains(extra.contains("1f1b") ? "pipeline stages (1F1B" : "pipeline stages (GPipe"), "\(r.stdout)")
+            let loss = try Self.losses(dir + "/o\(name)")
+            let weights = try HFCheckpoint.load(directory: dir + "/o\(name)/model").parameters.flat.array
             let lossErr = zip(loss, baseLoss).map { abs($0 - $1) }.max() ?? .infinity
             let weightErr = zip(weights, baseWeights).map { abs($0 - $1) }.max() ?? .infinity
             #expect(loss.count == baseLoss.count)

@@ -67,3 +67,29 @@ import TorusTrain
         #expect(corpus.example(5, split: "train") == SyntheticCorpus(seed: 1).example(5, split: "train"))
     }
 }
+
+@Suite struct PipelineScheduleTests {
+    @Test func gpipeRunsAllForwardsFirst() {
+        let o = Trainer.pipelineOrder(schedule: "gpipe", stages: 2, stage: 0, microBatches: 3)
+        #expect(o.map(\.forward) == [true, true, true, false, false, false])
+        #expect(o.map(\.micro) == [0, 1, 2, 2, 1, 0])
+    }
+
+    @Test func oneFOneBWarmsUpThenAlternates() {
+        // Stage 0 of 3 with 4 micro-batches: 2 warm-up forwards, then F2 B0 F3 B1, then B2 B3.
+        let o = Trainer.pipelineOrder(schedule: "1f1b", stages: 3, stage: 0, microBatches: 4)
+        #expect(o.map { "\($0.forward ? "F" : "B")\($0.micro)" } == ["F0", "F1", "F2", "B0", "F3", "B1", "B2", "B3"])
+        // The last stage alternates from the start.
+        let last = Trainer.pipelineOrder(schedule: "1f1b", stages: 3, stage: 2, microBatches: 2)
+        #expect(last.map { "\($0.forward ? "F" : "B")\($0.micro)" } == ["F0", "B0", "F1", "B1"])
+        // Every micro-batch runs forward once and backward once, forward first.
+        for stage in 0..<4 {
+            let x = Trainer.pipelineOrder(schedule: "1f1b", stages: 4, stage: stage, microBatches: 6)
+            for m in 0..<6 {
+                let f = x.firstIndex { $0.forward && $0.micro == m }, b = x.firstIndex { !$0.forward && $0.micro == m }
+                #expect(f != nil && b != nil && f! < b!)
+            }
+            #expect(x.count == 12)
+        }
+    }
+}
