@@ -82,3 +82,19 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: dir + "/out/model/model.safetensors"))
     }
 }
+
+extension LaunchTests {
+    /// A rank killed mid-run through `torus launch` ends the whole job with an error naming it.
+    @Test func killedRankThroughLaunchEndsTheJob() throws {
+        let (dir, config) = try setUp()
+        let text = try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(of: "steps: 3", with: "steps: 40")
+        try text.write(toFile: dir + "/long.yaml", atomically: true, encoding: .utf8)
+        let began = Date()
+        let r = try TorusBinary.torus(["launch", "--config", dir + "/long.yaml", "--np", "2", "--", "-x", "TORUS_FAULT_KILL=1:2"], timeout: 120)
+        #expect(!r.timedOut, "the job hung:\n\(r.output)")
+        #expect(r.status != 0)
+        #expect(r.output.contains("rank 1"), "\(r.output)")
+        #expect(r.stderr.contains("mpirun exited with status"), "\(r.stderr)")
+        #expect(Date().timeIntervalSince(began) < 100)
+    }
+}
