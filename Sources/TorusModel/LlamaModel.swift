@@ -43,7 +43,8 @@ public final class LlamaModel: @unchecked Sendable {
     /// Logits [batch * seqLen, vocab] for every position of `batch` sequences of `seqLen` tokens.
     public func logits(tokens: [Int32], batch: Int, seqLen: Int) throws -> Tensor {
         let pass = try forward(tokens: tokens, batch: batch, seqLen: seqLen, keepActivations: false)
-        return pass.logits
+        guard let logits = pass.logitsIfComputed else { throw ModelInputError.shapeMismatch("the pass ran no head") }
+        return logits
     }
 
     /// Mean cross-entropy of predicting `targets` (same layout as `tokens`;
@@ -62,16 +63,17 @@ public final class LlamaModel: @unchecked Sendable {
             throw ModelInputError.tokenOutOfRange(token: Int(t), vocab: config.vocabSize)
         }
         let pass = try forward(tokens: tokens, batch: batch, seqLen: seqLen, keepActivations: gradients != nil, attention: attention)
+        guard let logits = pass.logitsIfComputed else { throw ModelInputError.shapeMismatch("the pass ran no head") }
         let rows = batch * seqLen
         let result = targets.withUnsafeBufferPointer { tp in
-            CrossEntropy.forward(logits: pass.logits.pointer, targets: tp.baseAddress!, rows: rows, vocab: config.vocabSize,
-                                 dLogits: gradients == nil ? nil : pass.logits.pointer, scale: lossScale)
+            CrossEntropy.forward(logits: logits.pointer, targets: tp.baseAddress!, rows: rows, vocab: config.vocabSize,
+                                 dLogits: gradients == nil ? nil : logits.pointer, scale: lossScale)
         }
         if let gradients {
-            try backward(pass: pass, dLogits: pass.logits, gradients: LlamaTensors(config: config, store: gradients),
+            try backward(pass: pass, dLogits: logits, gradients: LlamaTensors(config: config, store: gradients),
                          gradientsReady: gradientsReady, attention: attention)
         }
-        withExtendedLifetime(pass.logits) {}
+        withExtendedLifetime(logits) {}
         return result.mean
     }
 
@@ -140,8 +142,6 @@ public final class LlamaModel: @unchecked Sendable {
         /// Final norm and head, when the pass included them.
         let finalRstd: Tensor?, finalNormed: Tensor?
         let logitsIfComputed: Tensor?
-        var logits: Tensor { logitsIfComputed! }
-        var finalInput: Tensor { output }
     }
 
     func checkTokens(_ tokens: [Int32]) throws {

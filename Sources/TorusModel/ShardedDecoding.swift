@@ -72,9 +72,9 @@ extension LlamaModel {
         let last = Int32(positions.max() ?? 0)
         let lastGlobal = try group.allGather([Float(last)]).map { Int($0[0]) }.max() ?? 0
         var mine = [Float](repeating: 0, count: config.vocabSize + 1)
-        if let row = positions.firstIndex(of: Int32(lastGlobal)) {
+        if let row = positions.firstIndex(of: Int32(lastGlobal)), let logits = pass.logitsIfComputed {
             mine[0] = 1
-            for j in 0..<config.vocabSize { mine[j + 1] = pass.logits[row * config.vocabSize + j] }
+            for j in 0..<config.vocabSize { mine[j + 1] = logits[row * config.vocabSize + j] }
         }
         guard let owner = try group.allGather(mine).first(where: { $0[0] == 1 }) else {
             throw ModelInputError.shapeMismatch("no rank holds the last prompt position")

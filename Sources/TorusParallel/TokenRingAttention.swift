@@ -54,24 +54,13 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
         let out = Tensor(zeros: [n, qw]), lse = Tensor(zeros: [n, hq])
         lse.fill(-.infinity)
         var heldQ = q.copy(), incomingQ = Tensor(zeros: [n, qw])
-        let sendBuffers = [Tensor(zeros: [resultSize]), Tensor(zeros: [resultSize])]
-        var sends: [Request?] = [nil, nil]
-        let recvBuffers = [Tensor(zeros: [resultSize]), Tensor(zeros: [resultSize])]
-        var recvs: [Request?] = [nil, nil]
-        func postReceive(_ s: Int) throws {
-            guard s >= 1 && s < p && hasWork(queryOwner: comm.rank, keyOwner: rank(-s)) else { return }
-            recvs[s % 2] = try comm.irecv(recvBuffers[s % 2], from: rank(-s), tag: 6000 + s)
-        }
+        let partials = try ReturnedPartials(group: self, size: resultSize, tag: 6000)
         func mergeReceived(_ s: Int) throws {
-            guard let r = recvs[s % 2] else { return }
-            try waitAll([r])
-            recvs[s % 2] = nil
-            let buffer = recvBuffers[s % 2]
-            AttentionMerge.merge(out: out.pointer, lse: lse.pointer, otherOut: buffer.pointer, otherLSE: buffer.pointer + n * qw,
-                                 rows: n, heads: hq, headDim: shape.headDim)
+            try partials.consume(step: s) { buffer in
+                AttentionMerge.merge(out: out.pointer, lse: lse.pointer, otherOut: buffer.pointer, otherLSE: buffer.pointer + n * qw,
+                                     rows: n, heads: hq, headDim: shape.headDim)
+            }
         }
-        try postReceive(1)
-        try postReceive(2)
         let half = n / 2 * qw
         for s in 0..<p {
             let owner = rank(s)
@@ -87,26 +76,25 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
                 blocks.forward(querySegments: mySegments, keySegments: mySegments, q: q.pointer, k: k.pointer, v: v.pointer,
                                out: out.pointer, lse: lse.pointer, partOut: partOut, partLSE: partLSE, poll: qRequests)
             } else if hasWork(queryOwner: owner, keyOwner: comm.rank) {
-                try waitAll([sends[s % 2]])
-                let buffer = sendBuffers[s % 2]
+                let buffer = try partials.outgoing(step: s)
                 buffer.fill(0)
                 (buffer.pointer + n * qw).update(repeating: -.infinity, count: n * hq)
                 blocks.forward(querySegments: layout.segments(rank: owner), keySegments: mySegments, q: heldQ.pointer,
                                k: k.pointer, v: v.pointer, out: buffer.pointer, lse: buffer.pointer + n * qw,
-                               partOut: partOut, partLSE: partLSE, poll: qRequests + recvs.compactMap { $0 })
-                sends[s % 2] = try isend(buffer, to: owner, tag: 6000 + s)
+                               partOut: partOut, partLSE: partLSE, poll: qRequests + partials.pending)
+                try partials.send(step: s, to: owner)
             }
             // The partial of the previous step had this step's compute to arrive: merge it (in
             // step order), then reuse its buffer for step s + 1.
             if s >= 2 {
                 try mergeReceived(s - 1)
-                try postReceive(s + 1)
+                try partials.post(step: s + 1)
             }
             try waitAll(qRequests)
             swap(&heldQ, &incomingQ)
         }
         if p >= 2 { try mergeReceived(p - 1) }
-        for r in sends { try waitAll([r]) }
+        try partials.finish()
         return (out, lse)
     }
 
@@ -122,26 +110,14 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
         (held.pointer + 2 * n * qw).update(from: lse.pointer, count: n * hq)
         BlockAttention.rowDot(dOut: dOut.pointer, out: out.pointer, rows: n, shape: shape, result: held.pointer + 2 * n * qw + n * hq)
         let dq = Tensor(zeros: [n, qw]), dk = Tensor(zeros: [n, kw]), dv = Tensor(zeros: [n, kw])
-        let sendBuffers = [Tensor(zeros: [n, qw]), Tensor(zeros: [n, qw])]
-        var sends: [Request?] = [nil, nil]
-        let recvBuffers = [Tensor(zeros: [n, qw]), Tensor(zeros: [n, qw])]
-        var recvs: [Request?] = [nil, nil]
-        func postReceive(_ s: Int) throws {
-            guard s >= 1 && s < p && hasWork(queryOwner: comm.rank, keyOwner: rank(-s)) else { return }
-            recvs[s % 2] = try comm.irecv(recvBuffers[s % 2], from: rank(-s), tag: 7000 + s)
-        }
+        let partials = try ReturnedPartials(group: self, size: n * qw, tag: 7000)
         // The late halves of Q, dO, lse and D inside the pack.
         let c = n / 2
         let lateRanges = [(c * qw, (n - c) * qw), (n * qw + c * qw, (n - c) * qw),
                           (2 * n * qw + c * hq, (n - c) * hq), (2 * n * qw + n * hq + c * hq, (n - c) * hq)]
         func addReceived(_ s: Int) throws {
-            guard let r = recvs[s % 2] else { return }
-            try waitAll([r])
-            recvs[s % 2] = nil
-            VectorMath.add(recvBuffers[s % 2].pointer, into: dq.pointer, count: n * qw)
+            try partials.consume(step: s) { VectorMath.add($0.pointer, into: dq.pointer, count: n * qw) }
         }
-        try postReceive(1)
-        try postReceive(2)
         for s in 0..<p {
             let owner = rank(s)
             var packRequests: [Request] = []
@@ -157,23 +133,73 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
                                 dOut: hp + n * qw, lse: hp + 2 * n * qw, rowDot: hp + 2 * n * qw + n * hq,
                                 dq: dq.pointer, dk: dk.pointer, dv: dv.pointer, poll: packRequests)
             } else if hasWork(queryOwner: owner, keyOwner: comm.rank) {
-                try waitAll([sends[s % 2]])
-                let buffer = sendBuffers[s % 2]
+                let buffer = try partials.outgoing(step: s)
                 buffer.fill(0)
                 blocks.backward(querySegments: layout.segments(rank: owner), keySegments: mySegments, q: hp, k: k.pointer, v: v.pointer,
                                 dOut: hp + n * qw, lse: hp + 2 * n * qw, rowDot: hp + 2 * n * qw + n * hq,
-                                dq: buffer.pointer, dk: dk.pointer, dv: dv.pointer, poll: packRequests + recvs.compactMap { $0 })
-                sends[s % 2] = try isend(buffer, to: owner, tag: 7000 + s)
+                                dq: buffer.pointer, dk: dk.pointer, dv: dv.pointer, poll: packRequests + partials.pending)
+                try partials.send(step: s, to: owner)
             }
             if s >= 2 {
                 try addReceived(s - 1)
-                try postReceive(s + 1)
+                try partials.post(step: s + 1)
             }
             try waitAll(packRequests)
             swap(&held, &incoming)
         }
         if p >= 2 { try addReceived(p - 1) }
-        for r in sends { try waitAll([r]) }
+        try partials.finish()
         return (dq, dk, dv)
     }
+}
+
+/// Partial results returned straight to their owner: each step's outgoing partial goes from a
+/// double buffer to the owner, and this rank's incoming partials (step s comes from rank - s)
+/// are received double-buffered and consumed in step order. Steps whose block pair is fully
+/// masked exchange nothing (both sides know it).
+final class ReturnedPartials {
+    let group: TokenRingAttention
+    let tag: Int
+    private let sendBuffers: [Tensor], receiveBuffers: [Tensor]
+    private var sends: [Request?] = [nil, nil], receives: [Request?] = [nil, nil]
+
+    /// Posts the receives of steps 1 and 2.
+    init(group: TokenRingAttention, size: Int, tag: Int) throws {
+        self.group = group
+        self.tag = tag
+        sendBuffers = [Tensor(zeros: [size]), Tensor(zeros: [size])]
+        receiveBuffers = [Tensor(zeros: [size]), Tensor(zeros: [size])]
+        try post(step: 1)
+        try post(step: 2)
+    }
+
+    /// Receives still in flight (to poll while computing).
+    var pending: [Request] { receives.compactMap { $0 } }
+
+    /// Posts the receive of step `s` into its buffer (free once step s - 2 was consumed).
+    func post(step s: Int) throws {
+        let source = group.rank(-s)
+        guard s >= 1 && s < group.comm.size && group.hasWork(queryOwner: group.comm.rank, keyOwner: source) else { return }
+        receives[s % 2] = try group.comm.irecv(receiveBuffers[s % 2], from: source, tag: tag + s)
+    }
+
+    /// The buffer for this step's outgoing partial, once its previous send has finished.
+    func outgoing(step s: Int) throws -> Tensor {
+        try group.waitAll([sends[s % 2]])
+        return sendBuffers[s % 2]
+    }
+
+    func send(step s: Int, to owner: Int) throws {
+        sends[s % 2] = try group.isend(sendBuffers[s % 2], to: owner, tag: tag + s)
+    }
+
+    /// Waits for step `s`'s incoming partial (if any) and hands it to `body`.
+    func consume(step s: Int, _ body: (Tensor) -> Void) throws {
+        guard let r = receives[s % 2] else { return }
+        try group.waitAll([r])
+        receives[s % 2] = nil
+        body(receiveBuffers[s % 2])
+    }
+
+    func finish() throws { try group.waitAll(sends) }
 }

@@ -23,35 +23,15 @@ struct EvalCommand: ParsableCommand {
         }
         guard tokens.count >= 2 else { throw ValidationErrorMessage("\(data) holds \(tokens.count) tokens; at least 2 are needed") }
         guard batch >= 1 else { throw ValidationError("--batch must be positive") }
-        // Windows of t inputs predicting the next t tokens; the last window may be shorter.
-        var windows: [(inputs: [Int32], targets: [Int32])] = []
-        var start = 0
-        while start + 1 < tokens.count {
-            let end = min(start + t, tokens.count - 1)
-            windows.append((Array(tokens[start..<end]), Array(tokens[(start + 1)...end])))
-            start = end
-        }
-        var totalLoss = 0.0, totalTokens = 0
         let began = Date()
-        var i = 0
-        while i < windows.count {
-            // Batch only windows of equal length (all but possibly the last).
-            let len = windows[i].inputs.count
-            var group: [(inputs: [Int32], targets: [Int32])] = []
-            while i < windows.count && group.count < batch && windows[i].inputs.count == len {
-                group.append(windows[i]); i += 1
-            }
-            let loss = try m.loss(tokens: group.flatMap(\.inputs), targets: group.flatMap(\.targets), batch: group.count, seqLen: len)
-            totalLoss += Double(loss) * Double(len * group.count)
-            totalTokens += len * group.count
-            if windows.count > 20 && (i % max(1, windows.count / 10) < group.count) {
-                warn(String(format: "eval: %d/%d windows, running loss %.4f", i, windows.count, totalLoss / Double(totalTokens)))
+        let r = try m.windowedLoss(tokens: tokens, seqLen: t, batch: batch) { done, total, running in
+            if total > 20 && done % max(1, total / 10) < batch {
+                warn(String(format: "eval: %d/%d windows, running loss %.4f", done, total, running))
             }
         }
-        let mean = totalLoss / Double(totalTokens)
         let elapsed = Date().timeIntervalSince(began)
         print(String(format: "eval: %d tokens in %d windows of %d, mean loss %.4f, perplexity %.3f (%.0f tokens/s)",
-                     totalTokens, windows.count, t, mean, exp(mean), Double(totalTokens) / max(elapsed, 1e-9)))
+                     r.tokens, r.windows, t, r.meanLoss, exp(r.meanLoss), Double(r.tokens) / max(elapsed, 1e-9)))
         if let qa { try evaluateQuestions(model: m, path: qa) }
     }
 

@@ -98,7 +98,7 @@ struct TrainCommand: ParsableCommand {
             print("metrics: \(t.out)/metrics.jsonl")
             if let heldout = cfg.data.heldout {
                 let held = try loadTokens(heldout, cfg: cfg, split: "heldout", vocab: model.config.vocabSize)
-                let loss = try evaluationLoss(model: model, tokens: held, seqLen: t.seqLen)
+                let loss = try model.windowedLoss(tokens: held, seqLen: t.seqLen, batch: 4).meanLoss
                 print(String(format: "heldout: loss %.4f, perplexity %.3f over %d tokens", loss, exp(loss), held.count))
                 if heldout == "synth" {
                     let corpus = SyntheticCorpus(seed: cfg.seed)
@@ -123,20 +123,6 @@ struct TrainCommand: ParsableCommand {
         }
         return try readTokens(path: source, vocab: vocab)
     }
-}
-
-/// Mean next-token loss over consecutive windows of `seqLen`.
-func evaluationLoss(model: LlamaModel, tokens: [Int32], seqLen: Int) throws -> Double {
-    var total = 0.0, count = 0, start = 0
-    while start + 1 < tokens.count {
-        let end = min(start + seqLen, tokens.count - 1)
-        let loss = try model.loss(tokens: Array(tokens[start..<end]), targets: Array(tokens[(start + 1)...end]),
-                                  batch: 1, seqLen: end - start)
-        total += Double(loss) * Double(end - start)
-        count += end - start
-        start = end
-    }
-    return total / Double(max(count, 1))
 }
 
 func formatDuration(_ s: Double) -> String {

@@ -12,14 +12,7 @@ import TorusModel
     func writeConfig(_ dir: String, extra: String = "") throws -> String {
         let path = dir + "/tiny.yaml"
         try """
-        model:
-          hidden_size: 32
-          intermediate_size: 64
-          num_hidden_layers: 2
-          num_attention_heads: 4
-          num_key_value_heads: 2
-          vocab_size: 256
-          max_position_embeddings: 128
+        \(TestYAML.model(maxPositions: 128))
         seed: 7
         \(extra)
         """.write(toFile: path, atomically: true, encoding: .utf8)

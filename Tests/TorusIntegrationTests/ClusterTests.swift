@@ -29,14 +29,7 @@ struct ClusterTests {
     func config(_ dir: String, out: String, sp: Bool) throws -> String {
         let path = dir + "/\(UUID().uuidString).yaml"
         try """
-        model:
-          hidden_size: 32
-          intermediate_size: 64
-          num_hidden_layers: 2
-          num_attention_heads: 4
-          num_key_value_heads: 2
-          vocab_size: 256
-          max_position_embeddings: 64
+        \(TestYAML.model())
         seed: 2
         train:
           steps: 3

@@ -46,14 +46,7 @@ import Testing
         let dir = NSTemporaryDirectory() + "torus-sgen-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try """
-        model:
-          hidden_size: 32
-          intermediate_size: 48
-          num_hidden_layers: 2
-          num_attention_heads: 4
-          num_key_value_heads: 2
-          vocab_size: 64
-          max_position_embeddings: 64
+        \(TestYAML.model(ffn: 48, vocab: 64))
         seed: 3
         """.write(toFile: dir + "/m.yaml", atomically: true, encoding: .utf8)
         #expect(try TorusBinary.torus(["init", "--config", dir + "/m.yaml", "--out", dir + "/model"]).status == 0)
