@@ -37,6 +37,20 @@ import TorusModel
 
     struct MetricsLine: Decodable { let step: Int; let loss: Float }
 
+    /// The stated tolerance for a parallel run against one rank: fp32 sums in another order
+    /// (partial gradients, then all-reduce) differ by about 1e-7 relative per step; over a few
+    /// AdamW steps we allow 2e-4 on each loss and 2e-3 (absolute, weights of order 0.02-1) on
+    /// every weight.
+    static func expectMatches(_ out: String, baseLoss: [Float], baseWeights: [Float], _ label: String) throws {
+        let loss = try losses(out)
+        let weights = try HFCheckpoint.load(directory: out + "/model").parameters.flat.array
+        let lossErr = zip(loss, baseLoss).map { abs($0 - $1) }.max() ?? .infinity
+        let weightErr = zip(weights, baseWeights).map { abs($0 - $1) }.max() ?? .infinity
+        #expect(loss.count == baseLoss.count, "\(label): \(loss.count) steps, expected \(baseLoss.count)")
+        #expect(lossErr < 2e-4, "\(label): loss differs by \(lossErr): \(loss) vs \(baseLoss)")
+        #expect(weightErr < 2e-3, "\(label): weights differ by \(weightErr)")
+    }
+
     static func losses(_ out: String) throws -> [Float] {
         let text = try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8)
         return try text.split(separator: "\n").map { try JSONDecoder().decode(MetricsLine.self, from: Data($0.utf8)).loss }
@@ -55,23 +69,16 @@ import TorusModel
     @Test func dataParallelMatchesOneRank() throws {
         let dir = Self.workDir("dp")
         let config = try Self.config(in: dir, steps: 6)
-        var results: [(Int, [Float], [Float])] = []
         for ranks in [1, 2, 4] {
-            let out = dir + "/np\(ranks)"
-            let r = try train(ranks: ranks, config: config, out: out)
+            let r = try train(ranks: ranks, config: config, out: dir + "/np\(ranks)")
             try #require(r.status == 0, "np=\(ranks):\n\(r.output)")
-            let model = try HFCheckpoint.load(directory: out + "/model")
-            results.append((ranks, try Self.losses(out), model.parameters.flat.array))
         }
-        let (_, baseLoss, baseWeights) = results[0]
+        let baseLoss = try Self.losses(dir + "/np1")
+        let baseWeights = try HFCheckpoint.load(directory: dir + "/np1/model").parameters.flat.array
         #expect(baseLoss.count == 6)
-        #expect(baseLoss.last! < baseLoss.first!, "loss did not fall: \(baseLoss)")
-        for (ranks, loss, weights) in results.dropFirst() {
-            let lossErr = zip(loss, baseLoss).map { abs($0 - $1) }.max() ?? .infinity
-            let weightErr = zip(weights, baseWeights).map { abs($0 - $1) }.max() ?? .infinity
-            #expect(loss.count == baseLoss.count)
-            #expect(lossErr < 2e-4, "np=\(ranks) loss differs by \(lossErr): \(loss) vs \(baseLoss)")
-            #expect(weightErr < 2e-3, "np=\(ranks) weights differ by \(weightErr)")
+        #expect((baseLoss.last ?? .infinity) < (baseLoss.first ?? 0), "loss did not fall: \(baseLoss)")
+        for ranks in [2, 4] {
+            try Self.expectMatches(dir + "/np\(ranks)", baseLoss: baseLoss, baseWeights: baseWeights, "np=\(ranks)")
         }
     }
 
@@ -93,13 +100,7 @@ import TorusModel
             let out = dir + "/o-\(ranks)-\(size)-\(method)-\(layout)"
             let r = try train(ranks: ranks, config: path, out: out)
             try #require(r.status == 0, "\(path):\n\(r.output)")
-            let loss = try Self.losses(out)
-            let weights = try HFCheckpoint.load(directory: out + "/model").parameters.flat.array
-            let lossErr = zip(loss, baseLoss).map { abs($0 - $1) }.max() ?? .infinity
-            let weightErr = zip(weights, baseWeights).map { abs($0 - $1) }.max() ?? .infinity
-            #expect(loss.count == baseLoss.count)
-            #expect(lossErr < 2e-4, "np=\(ranks) sp=\(size) \(method) \(layout): loss differs by \(lossErr)")
-            #expect(weightErr < 2e-3, "np=\(ranks) sp=\(size) \(method) \(layout): weights differ by \(weightErr)")
+            try Self.expectMatches(out, baseLoss: baseLoss, baseWeights: baseWeights, "np=\(ranks) sp=\(size) \(method) \(layout)")
         }
         // A sequence the layout cannot split is refused before training starts.
         let bad = try String(contentsOfFile: base, encoding: .utf8) + "\nsequence_parallel:\n  size: 3\n  method: ring\n"
@@ -131,13 +132,7 @@ import TorusModel
             let r = try train(ranks: ranks, config: path, out: dir + "/o\(name)")
             try #require(r.status == 0, "\(extra):\n\(r.output)")
             #expect(r.stdout.contains(extra.contains("1f1b") ? "pipeline stages (1F1B" : "pipeline stages (GPipe"), "\(r.stdout)")
-            let loss = try Self.losses(dir + "/o\(name)")
-            let weights = try HFCheckpoint.load(directory: dir + "/o\(name)/model").parameters.flat.array
-            let lossErr = zip(loss, baseLoss).map { abs($0 - $1) }.max() ?? .infinity
-            let weightErr = zip(weights, baseWeights).map { abs($0 - $1) }.max() ?? .infinity
-            #expect(loss.count == baseLoss.count)
-            #expect(lossErr < 2e-4, "np=\(ranks) \(extra): loss differs by \(lossErr)")
-            #expect(weightErr < 2e-3, "np=\(ranks) \(extra): weights differ by \(weightErr)")
+            try Self.expectMatches(dir + "/o\(name)", baseLoss: baseLoss, baseWeights: baseWeights, "np=\(ranks) \(extra)")
         }
     }
 
