@@ -36,10 +36,19 @@ public enum HFCheckpoint {
         return config
     }
 
-    /// Loads a model directory written by Torus or by transformers.
-    public static func load(directory: String) throws -> LlamaModel {
+    /// Loads a model directory written by Torus or by transformers; with `part`, only the
+    /// tensors of that part (a pipeline stage's) are read and held.
+    public static func load(directory: String, part: ModelPart? = nil) throws -> LlamaModel {
         let config = try loadConfig(directory: directory)
-        let model = try LlamaModel(config: config)
+        let model = try LlamaModel(config: config, part: part)
+        try readWeights(directory: directory, into: model)
+        return model
+    }
+
+    /// Reads the tensors `model` holds from the weights of a model directory (one file or
+    /// shards with an index), checking names and shapes.
+    public static func readWeights(directory: String, into model: LlamaModel) throws {
+        let config = model.config
         let fm = FileManager.default
         let single = (directory as NSString).appendingPathComponent("model.safetensors")
         let indexPath = (directory as NSString).appendingPathComponent("model.safetensors.index.json")
@@ -73,14 +82,37 @@ public enum HFCheckpoint {
             }
             try reader.read(entry.name, into: model.parameters.flat.pointer + entry.offset, count: entry.count)
         }
-        let known = Set(model.parameters.entries.map(\.name))
+        let known = Set(LlamaTensors.layout(for: config).map(\.name))
         for (name, file) in fileOf where !known.contains(name) {
             // transformers may keep lm_head.weight in tied checkpoints and rotary buffers in old ones.
             if name == "lm_head.weight" && config.tieWordEmbeddings { continue }
             if name.hasSuffix("rotary_emb.inv_freq") { continue }
             throw CheckpointError.unexpectedTensor(file: file, tensor: name)
         }
-        return model
+    }
+
+    /// The file name of shard `index` (from 0) of `count` in a sharded directory.
+    public static func shardFileName(_ index: Int, of count: Int) -> String {
+        String(format: "model-%05d-of-%05d.safetensors", index + 1, count)
+    }
+
+    /// Writes the tensors named `names` (all held by `model`) to one safetensors file at `path`;
+    /// one shard of a directory that several writers (pipeline stages) fill together.
+    public static func writeShard(_ model: LlamaModel, names: [String], to path: String) throws {
+        var tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = []
+        for name in names {
+            guard let e = model.parameters.entry(name) else { throw CheckpointError.missingTensor(directory: path, tensor: name) }
+            tensors.append((e.name, e.shape, UnsafeBufferPointer(start: model.parameters.flat.pointer + e.offset, count: e.count)))
+        }
+        try SafetensorsWriter.write(path: path, tensors: tensors)
+    }
+
+    /// Writes `model.safetensors.index.json` (`weightMap`: tensor name to shard file) into `dir`.
+    public static func writeIndex(config: LlamaConfig, weightMap: [String: String], into dir: String) throws {
+        let total = LlamaTensors.layout(for: config).reduce(0) { $0 + $1.shape.reduce(1, *) * 4 }
+        let index: [String: Any] = ["metadata": ["total_size": total], "weight_map": weightMap]
+        let data = try JSONSerialization.data(withJSONObject: index, options: [.prettyPrinted, .sortedKeys])
+        try write(data, to: (dir as NSString).appendingPathComponent("model.safetensors.index.json"))
     }
 
     /// Writes `model` as a Hugging Face directory at `directory`, atomically: everything is
@@ -133,12 +165,11 @@ public enum HFCheckpoint {
             try SafetensorsWriter.write(path: (dir as NSString).appendingPathComponent(name), tensors: tensors(shard))
             for e in shard { weightMap[e.name] = name }
         }
-        let index: [String: Any] = ["metadata": ["total_size": model.parameters.count * 4], "weight_map": weightMap]
-        let data = try JSONSerialization.data(withJSONObject: index, options: [.prettyPrinted, .sortedKeys])
-        try write(data, to: (dir as NSString).appendingPathComponent("model.safetensors.index.json"))
+        try writeIndex(config: model.config, weightMap: weightMap, into: dir)
     }
 
-    static func writeConfig(_ c: LlamaConfig, to path: String) throws {
+    /// Writes a transformers `config.json` for `c` at `path`.
+    public static func writeConfig(_ c: LlamaConfig, to path: String) throws {
         var object: [String: Any] = [
             "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
             "torch_dtype": "float32", "attention_bias": false, "mlp_bias": false, "attention_dropout": 0.0,

@@ -25,6 +25,7 @@ extension LlamaModel {
     /// Runs `tokens` as the continuation of the sequence in `cache` (appending their keys and
     /// values) and returns logits [tokens.count, vocab] for them.
     public func forward(tokens: [Int32], cache: KVCache) throws -> Tensor {
+        try requireWhole(for: "generation with a KV cache")
         let n = tokens.count, start = cache.length
         guard n > 0 else { throw ModelInputError.shapeMismatch("no tokens to run") }
         guard start + n <= cache.capacity else {

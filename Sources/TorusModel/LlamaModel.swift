@@ -12,11 +12,20 @@ public final class LlamaModel: @unchecked Sendable {
     let rotary: RotaryTable
     let shape: AttentionShape
 
-    /// A model with all weights zero. Throws when the config is inconsistent.
-    public init(config: LlamaConfig) throws {
+    /// The tensors this instance holds (the whole model unless it is one pipeline stage's).
+    public let part: ModelPart
+
+    /// A model with all weights zero, holding only `part` when given (a pipeline stage keeps
+    /// its own layers). Throws when the config is inconsistent.
+    public init(config: LlamaConfig, part: ModelPart? = nil) throws {
         try config.validate()
         self.config = config
-        self.parameters = ParameterStore(layout: LlamaTensors.layout(for: config))
+        let part = part ?? .whole(config)
+        guard part.layers.lowerBound >= 0, part.layers.upperBound <= config.numHiddenLayers else {
+            throw ModelInputError.notHeld("model part \(part) is outside the model's \(config.numHiddenLayers) layers")
+        }
+        self.part = part
+        self.parameters = ParameterStore(layout: LlamaTensors.layout(for: config).filter { part.holds($0.name, config: config) })
         self.weights = LlamaTensors(config: config, store: parameters)
         self.shape = config.attentionShape
         self.rotary = RotaryTable(headDim: config.resolvedHeadDim, theta: config.ropeTheta,
@@ -24,15 +33,29 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     /// A freshly initialised model as transformers does it: linear and embedding weights
-    /// normal(0, initializer_range), norm weights one.
-    public static func initialized(config: LlamaConfig, seed: UInt64) throws -> LlamaModel {
-        let model = try LlamaModel(config: config)
+    /// normal(0, initializer_range), norm weights one. A `part` gets the same values as the
+    /// whole model initialised from the same seed.
+    public static func initialized(config: LlamaConfig, seed: UInt64, part: ModelPart? = nil) throws -> LlamaModel {
+        let model = try LlamaModel(config: config, part: part)
         var rng = SeededGenerator(seed: seed)
-        for entry in model.parameters.entries {
-            let t = model.parameters.tensor(entry.name)
-            if entry.shape.count == 1 { t.fill(1) } else { t.fillNormal(std: Float(config.initializerRange), generator: &rng) }
+        for (name, shape) in LlamaTensors.layout(for: config) {
+            let held = model.parameters.entry(name) != nil
+            if shape.count == 1 {
+                if held { model.parameters.tensor(name).fill(1) }
+                continue
+            }
+            // Tensors of other stages still draw their values, so the stream stays aligned.
+            let t = held ? model.parameters.tensor(name) : Tensor(zeros: shape)
+            t.fillNormal(std: Float(config.initializerRange), generator: &rng)
         }
         return model
+    }
+
+    /// Throws unless this instance holds every tensor (generation and evaluation need them all).
+    public func requireWhole(for use: String) throws {
+        guard part.isWhole(config) else {
+            throw ModelInputError.notHeld("\(use) needs the whole model; this instance holds \(part)")
+        }
     }
 
     /// A zero-filled store shaped like the parameters, for gradients.
@@ -156,6 +179,10 @@ public final class LlamaModel: @unchecked Sendable {
                  attention: SequenceAttention? = nil, input: Tensor? = nil, layers range: Range<Int>? = nil,
                  head: Bool = true) throws -> ForwardPass {
         let range = range ?? 0..<config.numHiddenLayers
+        guard part.covers(layers: range, embedded: input == nil, head: head) else {
+            throw ModelInputError.notHeld("a pass over layers \(range.lowerBound)..<\(range.upperBound)"
+                + (input == nil ? " from the embedding" : "") + (head ? " with the head" : "") + " needs tensors this rank does not hold (it holds \(part))")
+        }
         guard batch > 0, seqLen > 0, tokens.count == batch * seqLen else {
             throw ModelInputError.shapeMismatch("\(tokens.count) tokens for batch \(batch) x sequence \(seqLen)")
         }
@@ -262,8 +289,9 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// Flat offset of the first tensor of layer `l` (or of the final norm for `l == layers`).
     func layerOffset(_ l: Int) -> Int {
-        let name = l < config.numHiddenLayers ? "model.layers.\(l).input_layernorm.weight" : "model.norm.weight"
-        return parameters.entry(name)?.offset ?? 0
+        let layers = config.numHiddenLayers
+        let first = parameters.entries.first { (ModelPart.position(of: $0.name, layers: layers) ?? layers) >= l }
+        return first?.offset ?? parameters.count
     }
 
     /// Backward of `pass`: from `dLogits` when the pass included the head, else from
@@ -375,12 +403,14 @@ public enum ModelInputError: Error, CustomStringConvertible, Equatable {
     case tokenOutOfRange(token: Int, vocab: Int)
     case shapeMismatch(String)
     case sequenceTooLong(length: Int, limit: Int)
+    case notHeld(String)
 
     public var description: String {
         switch self {
         case let .tokenOutOfRange(token, vocab): return "token id \(token) is outside the vocabulary [0, \(vocab))"
         case let .shapeMismatch(message): return "input shape mismatch: \(message)"
         case let .sequenceTooLong(length, limit): return "sequence of \(length) tokens exceeds max_position_embeddings \(limit)"
+        case let .notHeld(message): return message
         }
     }
 }

@@ -14,7 +14,8 @@ public struct LlamaLayerTensors {
 }
 
 /// Views of every tensor of a LLaMA model inside a `ParameterStore`, using the Hugging Face
-/// transformers names. With tied embeddings `lmHead` is the embedding matrix itself.
+/// transformers names. With tied embeddings `lmHead` is the embedding matrix itself. A store
+/// that holds only a `ModelPart` leaves the other views empty (zero elements).
 public struct LlamaTensors {
     public let store: ParameterStore
     public let embed: Tensor
@@ -43,21 +44,24 @@ public struct LlamaTensors {
         return out
     }
 
-    /// Views into `store`, which must have `layout(for: config)`.
+    /// Views into `store`, which must have `layout(for: config)` or the part of it one
+    /// `ModelPart` holds.
     public init(config c: LlamaConfig, store: ParameterStore) {
         self.store = store
-        embed = store.tensor("model.embed_tokens.weight")
+        let absent = Tensor(zeros: [0])
+        func view(_ name: String) -> Tensor { store.entry(name) == nil ? absent : store.tensor(name) }
+        embed = view("model.embed_tokens.weight")
         layers = (0..<c.numHiddenLayers).map { i in
             let p = "model.layers.\(i)."
             return LlamaLayerTensors(
-                inputNorm: store.tensor(p + "input_layernorm.weight"),
-                q: store.tensor(p + "self_attn.q_proj.weight"), k: store.tensor(p + "self_attn.k_proj.weight"),
-                v: store.tensor(p + "self_attn.v_proj.weight"), o: store.tensor(p + "self_attn.o_proj.weight"),
-                postNorm: store.tensor(p + "post_attention_layernorm.weight"),
-                gate: store.tensor(p + "mlp.gate_proj.weight"), up: store.tensor(p + "mlp.up_proj.weight"),
-                down: store.tensor(p + "mlp.down_proj.weight"))
+                inputNorm: view(p + "input_layernorm.weight"),
+                q: view(p + "self_attn.q_proj.weight"), k: view(p + "self_attn.k_proj.weight"),
+                v: view(p + "self_attn.v_proj.weight"), o: view(p + "self_attn.o_proj.weight"),
+                postNorm: view(p + "post_attention_layernorm.weight"),
+                gate: view(p + "mlp.gate_proj.weight"), up: view(p + "mlp.up_proj.weight"),
+                down: view(p + "mlp.down_proj.weight"))
         }
-        finalNorm = store.tensor("model.norm.weight")
-        lmHead = c.tieWordEmbeddings ? embed : store.tensor("lm_head.weight")
+        finalNorm = view("model.norm.weight")
+        lmHead = c.tieWordEmbeddings ? embed : view("lm_head.weight")
     }
 }

@@ -52,6 +52,7 @@ extension LlamaModel {
     /// returns the logits of the prompt's last position (identical on every rank).
     public func prefillSharded(localTokens: [Int32], attention: SequenceAttention, cache: ShardedKVCache,
                                group: ShardGroup) throws -> [Float] {
+        try requireWhole(for: "sequence-parallel prefill")
         let positions = attention.localPositions
         guard positions.count == localTokens.count else {
             throw ModelInputError.shapeMismatch("\(localTokens.count) local tokens for \(positions.count) local positions")
@@ -87,6 +88,7 @@ extension LlamaModel {
     /// `appendHere` stores the new key and value. Returns the logits (identical on every rank).
     public func decodeSharded(token: Int32, position: Int, cache: ShardedKVCache, group: ShardGroup,
                               appendHere: Bool) throws -> [Float] {
+        try requireWhole(for: "sharded decoding")
         try checkTokens([token])
         guard position < config.maxPositionEmbeddings else {
             throw ModelInputError.sequenceTooLong(length: position + 1, limit: config.maxPositionEmbeddings)

@@ -26,13 +26,9 @@ public final class GradientReducer {
     /// Monotonic clock (ns) when the last step's final wait began and ended.
     public private(set) var lastWaitInterval: (start: UInt64, end: UInt64) = (0, 0)
 
-    /// The sum over ranks is divided by this (ranks holding the same gradients' owners; with
-    /// pipeline stages, whose gradient slices are disjoint, it is world / stages).
-    public let averageOver: Int
-
-    public init(comm: Communicator, gradients: ParameterStore, bucketBytes: Int, averageOver: Int? = nil) {
+    /// Averages over the ranks of `comm` (with pipeline stages: the ranks of one stage).
+    public init(comm: Communicator, gradients: ParameterStore, bucketBytes: Int) {
         self.comm = comm
-        self.averageOver = averageOver ?? comm.size
         self.gradients = gradients
         var buckets: [(Int, Int)] = []
         var end = gradients.count, start = gradients.count
@@ -79,7 +75,7 @@ public final class GradientReducer {
         let t1 = DispatchTime.now().uptimeNanoseconds
         lastWaitSeconds = Double(t1 - t0) / 1e9
         lastWaitInterval = (t0, t1)
-        VectorMath.scale(gradients.flat.pointer, count: gradients.count, by: 1 / Float(averageOver))
+        VectorMath.scale(gradients.flat.pointer, count: gradients.count, by: 1 / Float(comm.size))
     }
 
     /// Time of one blocking all-reduce of the whole gradient buffer in the same buckets (the

@@ -79,7 +79,7 @@ public struct ParallelPlan: Sendable {
     /// Plans `world` ranks; throws `PlanError` naming the reason when impossible.
     public static func make(model c: LlamaConfig, world: Int, sequenceParallel sp: Int, pipelineParallel pp: Int,
                             layout: String, seqLen: Int, globalSequences: Int, microBatches: Int,
-                            hosts: [HostSlots]?) throws -> ParallelPlan {
+                            schedule: String = "gpipe", hosts: [HostSlots]?) throws -> ParallelPlan {
         guard world >= 1 else { throw PlanError(reason: "the world size must be at least 1") }
         guard sp >= 1, pp >= 1, world % (sp * pp) == 0 else {
             throw PlanError(reason: "world size \(world) is not a multiple of pipeline_parallel (\(pp)) x sequence_parallel (\(sp)) = \(sp * pp)")
@@ -124,12 +124,15 @@ public struct ParallelPlan: Sendable {
             if i == pp - 1 { cost += headCost; params += c.hiddenSize + (c.tieWordEmbeddings && pp > 1 ? c.vocabSize * c.hiddenSize : (c.tieWordEmbeddings ? 0 : c.vocabSize * c.hiddenSize)) }
             stages.append(Stage(index: i, layers: r, hasEmbedding: i == 0, hasHead: i == pp - 1, cost: cost * tokens / 1e9, parameters: params))
         }
-        // Memory: weights, gradients, AdamW moments (16 bytes per parameter) plus saved activations.
-        let localTokens = Double(globalSequences / dp / max(1, microBatches)) * Double(seqLen / sp)
+        // Memory: weights, gradients, AdamW moments (16 bytes per parameter) plus the saved
+        // activations of the micro-batches in flight: all of them under GPipe (or without
+        // stages, one at a time), at most p - stage under 1F1B.
+        let localTokens = Double(globalSequences / dp) * Double(seqLen / sp)
         let actPerLayerToken = Double(6 * c.hiddenSize + 3 * c.numAttentionHeads * c.resolvedHeadDim + 4 * c.intermediateSize) * 4
         let memory = (0..<world).map { rank -> Int in
             let stage = stages[rank / (dp * sp)]
-            let act = actPerLayerToken * Double(stage.layers.count) * localTokens * Double(min(microBatches, pp))
+            let inFlight = pp == 1 ? 1 : schedule == "1f1b" ? min(microBatches, pp - stage.index) : microBatches
+            let act = actPerLayerToken * Double(stage.layers.count) * localTokens * Double(inFlight)
             let logits = stage.hasHead ? localTokens * Double(c.vocabSize) * 8 : 0
             return stage.parameters * 16 + Int(act + logits)
         }

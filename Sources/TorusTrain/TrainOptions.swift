@@ -53,14 +53,16 @@ public enum TrainError: Error, CustomStringConvertible {
     case nonFiniteLoss(step: Int, loss: Float, lastCheckpoint: String?)
     case weightsDiverged(step: Int, detail: String)
     case resume(String)
+    case checkpoint(String)
 
     public var description: String {
         switch self {
         case let .invalid(m): return "train: \(m)"
         case let .nonFiniteLoss(step, loss, last):
             return "train: loss is \(loss) at step \(step); stopping. Last good checkpoint: \(last ?? "none")"
-        case let .weightsDiverged(step, detail): return "train: weights differ across data-parallel ranks at step \(step): \(detail)"
+        case let .weightsDiverged(step, detail): return "train: weights differ across ranks at step \(step): \(detail)"
         case let .resume(m): return "train: cannot resume: \(m)"
+        case let .checkpoint(m): return "train: checkpoint: \(m)"
         }
     }
 }

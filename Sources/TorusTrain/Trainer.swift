@@ -40,6 +40,15 @@ public final class Trainer {
     public let stageLayers: Range<Int>
     /// Ranks between consecutive stages of the same replica and SP position.
     let stageStride: Int
+    /// The layout of every rank: stages, their layers, hosts.
+    public let plan: ParallelPlan
+    /// The ranks of this stage (all replicas and SP positions): gradient reduction, weight agreement.
+    let stageGroup: Communicator
+    /// The ranks at this replica and SP position, one per stage: the global gradient norm.
+    let pipelineGroup: Communicator
+    /// With tied embeddings over several stages: this rank and its peer on the other end of
+    /// the pipeline, which hold the same embedding matrix and add their gradients of it.
+    let embeddingGroup: Communicator?
     /// Where checkpoints and metrics go (nil: nowhere).
     public let outDir: String?
     public private(set) var step = 0
@@ -67,12 +76,11 @@ public final class Trainer {
             spLayout = try SequenceLayout(kind: kind, ranks: sp, length: options.seqLen)
         }
         let pp = options.pipelineStages ?? 1
-        let plan: ParallelPlan
-        do {
-            plan = try ParallelPlan.make(model: model.config, world: comm.size, sequenceParallel: sp, pipelineParallel: pp,
-                                         layout: options.sequenceParallel?.layout ?? "zigzag", seqLen: options.seqLen,
-                                         globalSequences: options.globalSequences, microBatches: options.microBatches, hosts: nil)
-        } catch { throw TrainError.invalid("\(error)") }
+        let plan = try Self.plan(config: model.config, options: options, worldSize: comm.size)
+        let expectedPart = try Self.modelPart(config: model.config, options: options, worldSize: comm.size, rank: comm.rank)
+        guard model.part == expectedPart else {
+            throw TrainError.invalid("rank \(comm.rank) holds \(model.part) of the model; its pipeline stage needs \(expectedPart)")
+        }
         let dataRanks = comm.size / (sp * pp)
         guard options.globalSequences >= dataRanks, options.globalSequences % dataRanks == 0 else {
             throw TrainError.invalid("global batch of \(options.globalSequences) sequences does not split evenly over \(dataRanks) data-parallel replicas")
@@ -91,12 +99,25 @@ public final class Trainer {
         self.optimizer = AdamW(parameters: model.parameters, options: options.adamw)
         self.sampler = BatchSampler(tokenCount: tokens.count, seqLen: options.seqLen, seed: options.seed)
         self.gradients = model.makeGradients()
-        self.reducer = GradientReducer(comm: comm, gradients: gradients, bucketBytes: options.bucketBytes,
-                                       averageOver: comm.size / pp)
+        self.plan = plan
+        let stageStride = dataRanks * sp, stage = comm.rank / stageStride
+        let last = stage == pp - 1
+        // Gradients of a stage's weights are averaged over the ranks of that stage only.
+        self.stageGroup = pp == 1 ? comm : try comm.split(color: stage, key: comm.rank)
+        self.pipelineGroup = pp == 1 ? try comm.split(color: comm.rank, key: 0)
+                                     : try comm.split(color: comm.rank % stageStride, key: stage)
+        if pp > 1 && model.config.tieWordEmbeddings {
+            let ends = stage == 0 || last
+            let group = try comm.split(color: ends ? comm.rank % stageStride : comm.size + comm.rank, key: stage)
+            self.embeddingGroup = ends ? group : nil
+        } else {
+            self.embeddingGroup = nil
+        }
+        self.reducer = GradientReducer(comm: stageGroup, gradients: gradients, bucketBytes: options.bucketBytes)
         self.stages = pp
-        self.stageStride = dataRanks * sp
-        self.stage = comm.rank / (dataRanks * sp)
-        self.stageLayers = plan.stages[comm.rank / (dataRanks * sp)].layers
+        self.stageStride = stageStride
+        self.stage = stage
+        self.stageLayers = plan.stages[stage].layers
         self.shards = ShardedGradients(main: gradients)
         self.dataRanks = dataRanks
         self.dataRank = (comm.rank / sp) % dataRanks
@@ -109,15 +130,36 @@ public final class Trainer {
         }
     }
 
+    /// The DP x PP x SP plan for `options` on `worldSize` ranks (no hosts).
+    public static func plan(config: LlamaConfig, options: TrainOptions, worldSize: Int) throws -> ParallelPlan {
+        do {
+            return try ParallelPlan.make(model: config, world: worldSize, sequenceParallel: options.sequenceParallel?.size ?? 1,
+                                         pipelineParallel: options.pipelineStages ?? 1,
+                                         layout: options.sequenceParallel?.layout ?? "zigzag", seqLen: options.seqLen,
+                                         globalSequences: options.globalSequences, microBatches: options.microBatches,
+                                         schedule: options.pipelineSchedule ?? "gpipe", hosts: nil)
+        } catch { throw TrainError.invalid("\(error)") }
+    }
+
+    /// The part of the model that rank `rank` holds: its pipeline stage's layers (the embedding
+    /// on the first stage, norm and head on the last), or the whole model without stages.
+    public static func modelPart(config: LlamaConfig, options: TrainOptions, worldSize: Int, rank: Int) throws -> ModelPart {
+        let plan = try plan(config: config, options: options, worldSize: worldSize)
+        let stage = plan.coordinates(rank: rank).pp
+        return .stage(layers: plan.stages[stage].layers, of: config)
+    }
+
     /// Monotonic clock (ns) when the last step's final all-reduce wait began and ended.
     public var lastReduceWait: (start: UInt64, end: UInt64) { reducer.lastWaitInterval }
 
     /// Number of all-reduce buckets the gradients are split into.
     public var bucketCount: Int { reducer.buckets.count }
 
-    /// Makes every rank start from rank 0's weights.
+    /// Makes every rank start from the weights of its stage's first rank (and, with tied
+    /// embeddings over several stages, the last stage from the first stage's embedding).
     public func synchronizeWeights() throws {
-        try comm.broadcast(model.parameters.flat, root: 0)
+        try stageGroup.broadcast(model.parameters.flat, root: 0)
+        if let embeddingGroup { try embeddingGroup.broadcast(model.weights.embed, root: 0) }
     }
 
     /// Continues from the newest complete checkpoint in `outDir`; returns its step (0 if none).
@@ -131,8 +173,9 @@ public final class Trainer {
         guard state.options.globalSequences == options.globalSequences, state.options.seqLen == options.seqLen,
               state.options.microBatches == options.microBatches, state.options.seed == options.seed,
               state.options.schedule == options.schedule, state.options.adamw == options.adamw,
-              state.options.sequenceParallel == options.sequenceParallel else {
-            throw TrainError.resume("\(dir) used a different batch, sequence length, micro-batch count, seed, learning-rate schedule, AdamW or sequence-parallel settings")
+              state.options.sequenceParallel == options.sequenceParallel,
+              state.options.pipelineStages == options.pipelineStages, state.options.pipelineSchedule == options.pipelineSchedule else {
+            throw TrainError.resume("\(dir) used a different batch, sequence length, micro-batch count, seed, learning-rate schedule, AdamW, sequence- or pipeline-parallel settings")
         }
         guard state.dataTokens == tokens.count else {
             throw TrainError.resume("\(dir) was trained on \(state.dataTokens) tokens; this data has \(tokens.count)")
@@ -209,10 +252,16 @@ public final class Trainer {
             lossSum += try runPipeline(batches: pipelineBatches, perRank: perRank, seqLen: seqLen, lossScale: scale, attention: attention)
         }
         try reducer.finish()
+        if let embeddingGroup {
+            // The first stage's lookup and the last stage's head both use the tied matrix: add.
+            try Timeline.measure("tied embedding all-reduce", kind: .collective, bytes: model.weights.embed.count * 4) {
+                try embeddingGroup.allReduce(gradients.tensor("model.embed_tokens.weight"))
+            }
+        }
         // Only the last stage computes the loss; average it over the replicas and SP ranks.
         let loss = Float(try comm.allReduce([Double(lossSum / Float(options.microBatches))])[0] / Double(comm.size / stages))
         guard loss.isFinite else { throw TrainError.nonFiniteLoss(step: step, loss: loss, lastCheckpoint: lastCheckpoint) }
-        let norm = globalNorm(gradients)
+        let norm = try gradientNorm()
         if options.clipNorm > 0 && norm > options.clipNorm {
             VectorMath.scale(gradients.flat.pointer, count: gradients.count, by: Float(options.clipNorm / norm))
         }
@@ -291,34 +340,73 @@ public final class Trainer {
         return lossSum
     }
 
-    /// Fails loudly when the weights are not bit-identical on every rank.
-    public func checkWeightsAgree() throws {
-        guard comm.size > 1 else { return }
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        let p = model.parameters.flat.pointer
-        for i in 0..<model.parameters.count {
-            hash = (hash ^ UInt64(p[i].bitPattern)) &* 0x100_0000_01b3
+    /// L2 norm of the whole model's averaged gradient: each stage's sum of squares (a tied
+    /// embedding counted once, on the first stage), added over the stages.
+    func gradientNorm() throws -> Double {
+        var sum = VectorMath.sumOfSquares(gradients.flat.pointer, count: gradients.count)
+        if embeddingGroup != nil && stage != 0 {
+            let e = gradients.tensor("model.embed_tokens.weight")
+            sum -= VectorMath.sumOfSquares(e.pointer, count: e.count)
         }
-        // Four 16-bit pieces are exact in Double; compare min and max across ranks.
-        let parts = (0..<4).map { Double((hash >> (16 * UInt64($0))) & 0xFFFF) }
-        let lo = try comm.allReduce(parts, op: .min), hi = try comm.allReduce(parts, op: .max)
-        if lo != hi {
-            throw TrainError.weightsDiverged(step: step, detail: "parameter hash on rank \(comm.rank) is \(String(hash, radix: 16)); ranks disagree")
+        if stages > 1 { sum = try pipelineGroup.allReduce([sum])[0] }
+        return sum.squareRoot()
+    }
+
+    /// Fails loudly when ranks that should hold the same weights do not: every rank of a
+    /// stage, and the two copies of a tied embedding.
+    public func checkWeightsAgree() throws {
+        func hash(_ t: Tensor) -> UInt64 {
+            var h: UInt64 = 0xcbf2_9ce4_8422_2325
+            for i in 0..<t.count { h = (h ^ UInt64(t.pointer[i].bitPattern)) &* 0x100_0000_01b3 }
+            return h
+        }
+        func agree(_ h: UInt64, over group: Communicator) throws -> Bool {
+            guard group.size > 1 else { return true }
+            // Four 16-bit pieces are exact in Double; compare min and max across ranks.
+            let parts = (0..<4).map { Double((h >> (16 * UInt64($0))) & 0xFFFF) }
+            return try group.allReduce(parts, op: .min) == group.allReduce(parts, op: .max)
+        }
+        let local = hash(model.parameters.flat)
+        if try !agree(local, over: stageGroup) {
+            throw TrainError.weightsDiverged(step: step, detail: "parameter hash of stage \(stage) on rank \(comm.rank) is \(String(local, radix: 16)); the ranks of the stage disagree")
+        }
+        if let embeddingGroup, try !agree(hash(model.weights.embed), over: embeddingGroup) {
+            throw TrainError.weightsDiverged(step: step, detail: "the tied embedding differs between the first and the last pipeline stage (rank \(comm.rank))")
         }
     }
 
-    /// Writes a checkpoint of the current step (rank 0 writes; all ranks wait for it).
+    /// Whether this rank writes its stage's files (the stage's first rank).
+    var writesStage: Bool { comm.rank % stageStride == 0 }
+
+    /// Writes a checkpoint of the current step; every stage's first rank writes that stage's
+    /// files and all ranks wait until it is complete.
     public func checkpoint() throws {
         guard let outDir else { return }
-        var failure: String?
-        if comm.rank == 0 {
-            do {
-                lastCheckpoint = try TrainingCheckpoint.write(out: outDir, model: model, optimizer: optimizer,
-                    state: TrainerState(step: step, worldSize: comm.size, options: options, dataTokens: tokens.count, loss: 0))
-            } catch { failure = "\(error)" }
+        let dir = TrainingCheckpoint.directory(out: outDir, step: step)
+        let shards = StageShards(config: model.config, plan: plan)
+        let state = TrainerState(step: step, worldSize: comm.size, options: options, dataTokens: tokens.count, loss: 0)
+        try CollectiveWrite.directory(dir, comm: comm) { temp in
+            if writesStage { try TrainingCheckpoint.writeStage(into: temp, stage: stage, shards: shards, model: model, optimizer: optimizer) }
+        } complete: { temp in
+            try TrainingCheckpoint.complete(temp, shards: shards, state: state)
         }
-        let failed = try comm.allReduce([failure == nil ? 0 : 1], op: .max)[0]
-        if failed > 0 { throw TrainError.invalid("checkpoint at step \(step) failed: \(failure ?? "on rank 0")") }
-        if comm.rank != 0 { lastCheckpoint = TrainingCheckpoint.directory(out: outDir, step: step) }
+        try CollectiveWrite.agree(comm, "publishing \(dir)") {
+            if comm.rank == 0 { try TrainingCheckpoint.publish(out: outDir, dir: dir) }
+        }
+        lastCheckpoint = dir
+    }
+
+    /// Writes the model as a Hugging Face directory at `directory` (sharded by stage when
+    /// there are several; every stage's first rank writes its shard).
+    public func saveModel(to directory: String) throws {
+        let shards = StageShards(config: model.config, plan: plan)
+        try CollectiveWrite.directory(directory, comm: comm) { temp in
+            if writesStage {
+                try HFCheckpoint.writeShard(model, names: shards.names(stage: stage),
+                                            to: (temp as NSString).appendingPathComponent(shards.modelFile(stage: stage)))
+            }
+        } complete: { temp in
+            try shards.writeIndex(into: temp)
+        }
     }
 }

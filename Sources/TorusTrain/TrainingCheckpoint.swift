@@ -11,9 +11,11 @@ public struct TrainerState: Codable, Equatable, Sendable {
 }
 
 /// Training checkpoints under `<out>/checkpoints/step-NNNNNN/`: `model/` (a Hugging Face
-/// directory), `optimizer.safetensors` (AdamW moments under `exp_avg.` / `exp_avg_sq.` names)
-/// and `trainer.json`. A checkpoint is written under a temporary name and renamed into place;
-/// `<out>/checkpoints/latest` names the newest complete one and is itself replaced atomically.
+/// directory, sharded by pipeline stage when there are several), the AdamW moments under
+/// `exp_avg.` / `exp_avg_sq.` names (`optimizer.safetensors`, or one file per stage) and
+/// `trainer.json`. Every stage's first rank writes its own files into a temporary directory
+/// that is renamed into place once all succeeded; `<out>/checkpoints/latest` names the newest
+/// complete checkpoint and is itself replaced atomically.
 public enum TrainingCheckpoint {
     public static func directory(out: String, step: Int) -> String {
         (out as NSString).appendingPathComponent(String(format: "checkpoints/step-%06d", step))
@@ -21,38 +23,46 @@ public enum TrainingCheckpoint {
 
     static func latestFile(out: String) -> String { (out as NSString).appendingPathComponent("checkpoints/latest") }
 
-    /// Writes the checkpoint (call on one rank); returns its directory.
-    @discardableResult
-    public static func write(out: String, model: LlamaModel, optimizer: AdamW, state: TrainerState) throws -> String {
-        let fm = FileManager.default
-        let final = directory(out: out, step: state.step)
-        let parent = (final as NSString).deletingLastPathComponent
-        let temp = (parent as NSString).appendingPathComponent(".\((final as NSString).lastPathComponent).partial-\(getpid())")
-        try? fm.removeItem(atPath: temp)
-        do {
-            try fm.createDirectory(atPath: temp, withIntermediateDirectories: true)
-            try HFCheckpoint.save(model, to: (temp as NSString).appendingPathComponent("model"))
-            var tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = []
-            for (prefix, store) in [("exp_avg.", optimizer.firstMoment), ("exp_avg_sq.", optimizer.secondMoment)] {
-                for e in store.entries {
-                    tensors.append((prefix + e.name, e.shape, UnsafeBufferPointer(start: store.flat.pointer + e.offset, count: e.count)))
-                }
-            }
-            try SafetensorsWriter.write(path: (temp as NSString).appendingPathComponent("optimizer.safetensors"), tensors: tensors,
-                                        metadata: ["format": "torus-adamw", "step": String(optimizer.step)])
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try encoder.encode(state).write(to: URL(fileURLWithPath: (temp as NSString).appendingPathComponent("trainer.json")))
-            try HFCheckpoint.replace(directory: final, with: temp)
-            let latest = latestFile(out: out)
-            let latestTemp = latest + ".partial-\(getpid())"
-            try (final as NSString).lastPathComponent.write(toFile: latestTemp, atomically: false, encoding: .utf8)
-            guard rename(latestTemp, latest) == 0 else { throw CheckpointError.io(path: latest, message: "cannot update") }
-        } catch {
-            try? fm.removeItem(atPath: temp)
-            throw error
+    /// Writes one stage's weights and optimizer moments (the names `shards` gives it) into the
+    /// checkpoint directory being built at `dir`.
+    public static func writeStage(into dir: String, stage: Int, shards: StageShards, model: LlamaModel, optimizer: AdamW) throws {
+        let modelDir = (dir as NSString).appendingPathComponent("model")
+        do { try FileManager.default.createDirectory(atPath: modelDir, withIntermediateDirectories: true) } catch {
+            throw CheckpointError.io(path: modelDir, message: "cannot create directory: \(error.localizedDescription)")
         }
-        return final
+        let names = shards.names(stage: stage)
+        try HFCheckpoint.writeShard(model, names: names, to: (modelDir as NSString).appendingPathComponent(shards.modelFile(stage: stage)))
+        var tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = []
+        for (prefix, store) in [("exp_avg.", optimizer.firstMoment), ("exp_avg_sq.", optimizer.secondMoment)] {
+            for name in names {
+                guard let e = store.entry(name) else { throw CheckpointError.missingTensor(directory: dir, tensor: prefix + name) }
+                tensors.append((prefix + e.name, e.shape, UnsafeBufferPointer(start: store.flat.pointer + e.offset, count: e.count)))
+            }
+        }
+        try SafetensorsWriter.write(path: (dir as NSString).appendingPathComponent(shards.optimizerFile(stage: stage)),
+                                    tensors: tensors, metadata: ["format": "torus-adamw", "step": String(optimizer.step)])
+    }
+
+    /// Adds what one rank writes once (model config and index, `trainer.json`) to the
+    /// checkpoint directory being built at `dir`.
+    public static func complete(_ dir: String, shards: StageShards, state: TrainerState) throws {
+        try shards.writeIndex(into: (dir as NSString).appendingPathComponent("model"))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let path = (dir as NSString).appendingPathComponent("trainer.json")
+        do { try encoder.encode(state).write(to: URL(fileURLWithPath: path)) } catch {
+            throw CheckpointError.io(path: path, message: "write failed: \(error.localizedDescription)")
+        }
+    }
+
+    /// Points `<out>/checkpoints/latest` at the complete checkpoint `dir`.
+    public static func publish(out: String, dir: String) throws {
+        let latest = latestFile(out: out)
+        let latestTemp = latest + ".partial-\(getpid())"
+        do { try (dir as NSString).lastPathComponent.write(toFile: latestTemp, atomically: false, encoding: .utf8) } catch {
+            throw CheckpointError.io(path: latestTemp, message: "write failed: \(error.localizedDescription)")
+        }
+        guard rename(latestTemp, latest) == 0 else { throw CheckpointError.io(path: latest, message: "cannot update") }
     }
 
     /// The newest complete checkpoint directory under `out`, if any.
@@ -62,22 +72,36 @@ public enum TrainingCheckpoint {
         return FileManager.default.fileExists(atPath: (dir as NSString).appendingPathComponent("trainer.json")) ? dir : nil
     }
 
-    /// Loads weights and optimizer state from `dir` into `model` and `optimizer`; returns the state.
+    /// Loads the weights and optimizer moments `model` and `optimizer` hold (a stage's, or all)
+    /// from `dir`, whichever files they are in; returns the recorded state.
     public static func load(dir: String, model: LlamaModel, optimizer: AdamW) throws -> TrainerState {
-        let stateData = try Data(contentsOf: URL(fileURLWithPath: (dir as NSString).appendingPathComponent("trainer.json")))
-        let state = try JSONDecoder().decode(TrainerState.self, from: stateData)
-        let saved = try HFCheckpoint.load(directory: (dir as NSString).appendingPathComponent("model"))
-        guard saved.config == model.config else {
-            throw TrainError.resume("\(dir)/model has a different model config than this run")
+        let statePath = (dir as NSString).appendingPathComponent("trainer.json")
+        let state: TrainerState
+        do { state = try JSONDecoder().decode(TrainerState.self, from: Data(contentsOf: URL(fileURLWithPath: statePath))) } catch {
+            throw CheckpointError.malformed(file: statePath, message: "\(error)")
         }
-        model.parameters.flat.copy(from: saved.parameters.flat)
-        let reader = try SafetensorsReader(path: (dir as NSString).appendingPathComponent("optimizer.safetensors"))
+        let modelDir = (dir as NSString).appendingPathComponent("model")
+        guard try HFCheckpoint.loadConfig(directory: modelDir) == model.config else {
+            throw TrainError.resume("\(modelDir) has a different model config than this run")
+        }
+        try HFCheckpoint.readWeights(directory: modelDir, into: model)
+        let files = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [])
+            .filter { $0.hasPrefix("optimizer") && $0.hasSuffix(".safetensors") }.sorted()
+        var readerOf: [String: (file: String, reader: SafetensorsReader)] = [:]
+        for file in files {
+            let reader = try SafetensorsReader(path: (dir as NSString).appendingPathComponent(file))
+            for name in reader.entries.keys { readerOf[name] = (file, reader) }
+        }
         for (prefix, store) in [("exp_avg.", optimizer.firstMoment), ("exp_avg_sq.", optimizer.secondMoment)] {
             for e in store.entries {
-                guard let rec = reader.entries[prefix + e.name], rec.shape == e.shape else {
-                    throw CheckpointError.missingTensor(directory: dir + "/optimizer.safetensors", tensor: prefix + e.name)
+                guard let found = readerOf[prefix + e.name] else {
+                    throw CheckpointError.missingTensor(directory: dir + " (optimizer files: \(files.joined(separator: ", ")))", tensor: prefix + e.name)
                 }
-                try reader.read(prefix + e.name, into: store.flat.pointer + e.offset, count: e.count)
+                guard let rec = found.reader.entries[prefix + e.name], rec.shape == e.shape else {
+                    throw CheckpointError.shapeMismatch(file: found.file, tensor: prefix + e.name, expected: e.shape,
+                                                        found: found.reader.entries[prefix + e.name]?.shape ?? [])
+                }
+                try found.reader.read(prefix + e.name, into: store.flat.pointer + e.offset, count: e.count)
             }
         }
         optimizer.restore(step: state.step)

@@ -32,16 +32,6 @@ struct TrainCommand: ParsableCommand {
         if let steps { cfg.train.steps = steps }
         if let out { cfg.train.out = out }
         let t = cfg.train
-        let model: LlamaModel
-        if let from = t.initFrom {
-            model = try HFCheckpoint.load(directory: from)
-            guard model.config == cfg.model else {
-                throw ConfigError(file: config, message: "train.init_from \(from) has a different model config than 'model'")
-            }
-        } else {
-            model = try LlamaModel.initialized(config: cfg.model, seed: cfg.seed)
-        }
-        let tokens = try loadTokens(cfg.data.train, cfg: cfg, split: "train", vocab: model.config.vocabSize)
         var options = TrainOptions(
             steps: t.steps, globalSequences: t.batchSize, microBatches: t.microBatches, seqLen: t.seqLen,
             schedule: LearningRateSchedule(peak: t.lr, minimum: t.minLR, warmupSteps: t.warmupSteps, totalSteps: t.steps),
@@ -51,6 +41,18 @@ struct TrainCommand: ParsableCommand {
         options.sequenceParallel = cfg.sequenceParallel
         options.pipelineStages = cfg.pipelineParallel > 1 ? cfg.pipelineParallel : nil
         options.pipelineSchedule = cfg.pipelineParallel > 1 ? cfg.pipelineSchedule : nil
+        // A pipeline stage holds only its own layers (and their gradients and AdamW state).
+        let part = try Trainer.modelPart(config: cfg.model, options: options, worldSize: world.size, rank: world.rank)
+        let model: LlamaModel
+        if let from = t.initFrom {
+            guard try HFCheckpoint.loadConfig(directory: from) == cfg.model else {
+                throw ConfigError(file: config, message: "train.init_from \(from) has a different model config than 'model'")
+            }
+            model = try HFCheckpoint.load(directory: from, part: part)
+        } else {
+            model = try LlamaModel.initialized(config: cfg.model, seed: cfg.seed, part: part)
+        }
+        let tokens = try loadTokens(cfg.data.train, cfg: cfg, split: "train", vocab: model.config.vocabSize)
         let trainer = try Trainer(model: model, tokens: tokens, options: options, comm: world, outDir: t.out)
         if let spec = ProcessInfo.processInfo.environment["TORUS_FAULT_KILL"] {
             let parts = spec.split(separator: ":").compactMap { Int($0) }
@@ -65,6 +67,11 @@ struct TrainCommand: ParsableCommand {
             let sp = (cfg.sequenceParallel.map { ", sequence parallel \($0.size) (\($0.method), \($0.layout))" } ?? "")
                 + (trainer.stages > 1 ? ", \(trainer.stages) pipeline stages (\(cfg.pipelineSchedule == "1f1b" ? "1F1B" : "GPipe"), \(t.microBatches) micro-batches)" : "")
             print("train: \(world.size) rank(s) = \(trainer.dataRanks) data-parallel replica(s)\(sp), \(model.config.parameterCount) parameters, \(tokens.count) training tokens, global batch \(t.batchSize) x \(t.microBatches) x \(t.seqLen) tokens, \(t.steps) steps" + (start > 0 ? ", resuming after step \(start)" : ""))
+            if trainer.stages > 1 {
+                for s in trainer.plan.stages {
+                    print("  stage \(s.index): \(ModelPart.stage(layers: s.layers, of: cfg.model)), \(s.parameters) parameters (weights, gradients and AdamW state held by its ranks only)")
+                }
+            }
         }
         let metrics = rank0 ? try MetricsLog(path: t.out + "/metrics.jsonl", append: start > 0, keepThrough: start) : nil
         let last = min(t.steps, stopAfter ?? t.steps)
@@ -90,9 +97,11 @@ struct TrainCommand: ParsableCommand {
             try world.barrier()
             return
         }
+        let modelDir = t.out + "/model"
+        try trainer.saveModel(to: modelDir)
         if rank0 {
-            let modelDir = t.out + "/model"
-            try HFCheckpoint.save(model, to: modelDir)
+            // Evaluation needs every layer: a pipeline stage reads the whole model back.
+            let model = model.part.isWhole(model.config) ? model : try HFCheckpoint.load(directory: modelDir)
             print("checkpoint: \(trainer.lastCheckpoint ?? "")")
             print("model: \(modelDir)")
             print("metrics: \(t.out)/metrics.jsonl")

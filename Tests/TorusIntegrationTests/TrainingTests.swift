@@ -133,14 +133,39 @@ import TorusModel
             try #require(r.status == 0, "\(extra):\n\(r.output)")
             #expect(r.stdout.contains(extra.contains("1f1b") ? "pipeline stages (1F1B" : "pipeline stages (GPipe"), "\(r.stdout)")
             try Self.expectMatches(dir + "/o\(name)", baseLoss: baseLoss, baseWeights: baseWeights, "np=\(ranks) \(extra)")
+            try Self.expectStageShards(dir + "/o\(name)/model", stages: extra.contains("size: 4") ? 4 : 2, tied: tied)
         }
     }
 
-    /// Stopping after a checkpoint and resuming gives bit-identical losses and weights.
-    @Test func resumeIsBitIdentical() throws {
+    /// A pipeline run's model directory is Hugging Face's sharded layout with one shard per
+    /// stage, each holding only that stage's tensors (the tied embedding once, in stage 0's).
+    static func expectStageShards(_ dir: String, stages: Int, tied: Bool) throws {
+        let index = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/model.safetensors.index.json")))
+        let map = try #require((index as? [String: Any])?["weight_map"] as? [String: String])
+        let files = Set(map.values)
+        #expect(files.count == stages, "\(dir): \(files.sorted())")
+        #expect(map["model.embed_tokens.weight"] == String(format: "model-00001-of-%05d.safetensors", stages))
+        #expect(map["model.norm.weight"] == String(format: "model-%05d-of-%05d.safetensors", stages, stages))
+        #expect(map["lm_head.weight"] == (tied ? nil : String(format: "model-%05d-of-%05d.safetensors", stages, stages)))
+        for file in files {
+            let reader = try SafetensorsReader(path: dir + "/" + file)
+            #expect(Set(reader.entries.keys) == Set(map.filter { $0.value == file }.keys), "\(file) holds other tensors than its index entries")
+        }
+    }
+
+    /// Stopping after a checkpoint and resuming gives bit-identical losses and weights, also
+    /// with pipeline stages (whose checkpoints are written stage by stage) and tied embeddings.
+    @Test(arguments: ["", "pipeline_parallel:\n  size: 2\n  schedule: 1f1b\n"])
+    func resumeIsBitIdentical(pipeline: String) throws {
         let dir = Self.workDir("resume")
         let full = dir + "/full", split = dir + "/split"
-        let config = try Self.config(in: dir, steps: 8, checkpointEvery: 4)
+        var config = try Self.config(in: dir, steps: 8, checkpointEvery: 4)
+        if !pipeline.isEmpty {
+            let text = try String(contentsOfFile: config, encoding: .utf8)
+                .replacingOccurrences(of: "vocab_size: 256", with: "vocab_size: 256\n  tie_word_embeddings: true")
+            config = dir + "/pp.yaml"
+            try (text + "\n" + pipeline).write(toFile: config, atomically: true, encoding: .utf8)
+        }
         try #require(try train(ranks: 2, config: config, out: full).status == 0)
         let first = try train(ranks: 2, config: config, out: split, extra: ["--stop-after", "4"])
         try #require(first.status == 0, "\(first.output)")
@@ -150,11 +175,16 @@ import TorusModel
         let a = try Self.losses(full), b = try Self.losses(split)
         #expect(a.count == 8 && b.count == 8)
         #expect(a.map(\.bitPattern) == b.map(\.bitPattern), "losses \(a) vs \(b)")
-        let wa = try Data(contentsOf: URL(fileURLWithPath: full + "/model/model.safetensors"))
-        let wb = try Data(contentsOf: URL(fileURLWithPath: split + "/model/model.safetensors"))
-        #expect(wa == wb, "final weights differ after resume")
+        let files = try FileManager.default.contentsOfDirectory(atPath: full + "/model").filter { $0.hasSuffix(".safetensors") }
+        #expect(files.count == (pipeline.isEmpty ? 1 : 2), "\(files)")
+        for file in files {
+            let wa = try Data(contentsOf: URL(fileURLWithPath: full + "/model/" + file))
+            let wb = try Data(contentsOf: URL(fileURLWithPath: split + "/model/" + file))
+            #expect(wa == wb, "final weights in \(file) differ after resume")
+        }
 
         // A different world size is refused with the reason.
+        guard pipeline.isEmpty else { return }
         let other = try train(ranks: 1, config: config, out: split, extra: ["--resume"])
         #expect(other.status != 0 && other.stderr.contains("written by 2 data-parallel ranks and this run has 1"), "\(other.output)")
     }

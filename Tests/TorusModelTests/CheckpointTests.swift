@@ -13,6 +13,21 @@ func temporaryDirectory(_ name: String) -> String {
     static let config = LlamaConfig(hiddenSize: 16, intermediateSize: 24, numHiddenLayers: 2, numAttentionHeads: 4,
                                     numKeyValueHeads: 2, vocabSize: 40, maxPositionEmbeddings: 32)
 
+    /// Loading with a part reads only that part's tensors, with the saved values.
+    @Test func loadingAPartReadsOnlyItsTensors() throws {
+        let model = try LlamaModel.initialized(config: Self.config, seed: 3)
+        let dir = temporaryDirectory("part")
+        try HFCheckpoint.save(model, to: dir, maxShardBytes: 4096)
+        let part = ModelPart.stage(layers: 1..<2, of: Self.config)
+        let loaded = try HFCheckpoint.load(directory: dir, part: part)
+        #expect(loaded.part == part)
+        #expect(Set(loaded.parameters.entries.map(\.name))
+                == Set(LlamaTensors.layout(for: Self.config).map(\.name).filter { $0.hasPrefix("model.layers.1.") || $0 == "model.norm.weight" || $0 == "lm_head.weight" }))
+        for e in loaded.parameters.entries {
+            #expect(loaded.parameters.tensor(e.name).array == model.parameters.tensor(e.name).array, "\(e.name)")
+        }
+    }
+
     @Test(arguments: [false, true])
     func roundTripPreservesEveryWeight(tied: Bool) throws {
         var c = Self.config

@@ -138,4 +138,50 @@ struct TinyCase: CustomTestStringConvertible, Sendable {
         let err = zip(full.flat.array, staged.flat.array).map { abs($0 - $1) }.max() ?? .infinity
         #expect(err < 1e-6, "gradients differ by \(err)")
     }
+
+    /// Stage-local models (each holding only its part) start from the whole model's values,
+    /// compose to its loss and gradients (a tied embedding's two contributions add up), and
+    /// refuse passes over tensors they do not hold.
+    @Test(arguments: [false, true])
+    func stageLocalModelsComposeToTheWholeModel(tied: Bool) throws {
+        let config = LlamaConfig(hiddenSize: 16, intermediateSize: 24, numHiddenLayers: 3, numAttentionHeads: 4,
+                                 numKeyValueHeads: 2, vocabSize: 32, tieWordEmbeddings: tied, maxPositionEmbeddings: 32)
+        let whole = try LlamaModel.initialized(config: config, seed: 8)
+        let parts = [ModelPart.stage(layers: 0..<1, of: config), .stage(layers: 1..<3, of: config)]
+        let stages = try parts.map { try LlamaModel.initialized(config: config, seed: 8, part: $0) }
+        #expect(stages[0].parameters.entry("model.layers.1.mlp.up_proj.weight") == nil)
+        #expect(stages[1].parameters.entry("model.embed_tokens.weight") != nil || !tied)
+        #expect(stages[0].parameters.count + stages[1].parameters.count
+                == whole.parameters.count + (tied ? config.vocabSize * config.hiddenSize : 0))
+        for stage in stages {
+            for e in stage.parameters.entries {
+                #expect(stage.parameters.tensor(e.name).array == whole.parameters.tensor(e.name).array, "\(e.name)")
+            }
+        }
+        let tokens: [Int32] = [1, 5, 7, 2, 9, 3, 3, 8, 30, 4], targets: [Int32] = [5, 7, 2, 9, 3, 3, 8, 30, 4, 1]
+        let full = whole.makeGradients()
+        let loss = try whole.loss(tokens: tokens, targets: targets, batch: 2, seqLen: 5, gradients: full)
+        let grads = stages.map { $0.makeGradients() }
+        let s0 = try stages[0].stageForward(tokens: tokens, input: nil, batch: 2, seqLen: 5, layers: 0..<1)
+        let s1 = try stages[1].stageForward(tokens: tokens, input: s0.output, batch: 2, seqLen: 5, layers: 1..<3)
+        let (l1, d1) = try stages[1].stageBackward(s1, targets: targets, dOutput: nil, gradients: grads[1])
+        _ = try stages[0].stageBackward(s0, targets: nil, dOutput: d1, gradients: grads[0])
+        #expect(abs(l1 - loss) < 1e-6)
+        for e in full.entries {
+            let held = grads.filter { $0.entry(e.name) != nil }.map { $0.tensor(e.name).array }
+            let sum = held.dropFirst().reduce(held[0]) { zip($0, $1).map { $0 + $1 } }
+            let err = zip(full.tensor(e.name).array, sum).map { abs($0 - $1) }.max() ?? .infinity
+            #expect(err < 1e-6, "\(e.name): gradients differ by \(err)")
+        }
+        #expect(throws: ModelInputError.self) {
+            try stages[0].stageForward(tokens: tokens, input: nil, batch: 2, seqLen: 5, layers: 0..<2)
+        }
+        do {
+            _ = try stages[1].generate(prompt: [1, 2], maxNewTokens: 1)
+            Issue.record("generation on a stage-local model should be refused")
+        } catch let error as ModelInputError {
+            #expect("\(error)".contains("needs the whole model; this instance holds decoder layers 1..<3, norm and head"), "\(error)")
+        }
+    }
 }
+

@@ -93,3 +93,31 @@ import TorusTrain
         }
     }
 }
+
+@Suite struct StageShardsTests {
+    /// Every tensor is written by exactly one stage, the one holding it (a tied embedding by
+    /// the first stage); the plan's memory estimate shrinks with more stages.
+    @Test(arguments: [false, true])
+    func everyTensorHasOneWriter(tied: Bool) throws {
+        let config = LlamaConfig(hiddenSize: 16, intermediateSize: 24, numHiddenLayers: 4, numAttentionHeads: 4,
+                                 numKeyValueHeads: 2, vocabSize: 64, tieWordEmbeddings: tied, maxPositionEmbeddings: 64)
+        var memory: [Int] = []
+        for stages in [1, 2, 4] {
+            let plan = try ParallelPlan.make(model: config, world: stages, sequenceParallel: 1, pipelineParallel: stages,
+                                             layout: "zigzag", seqLen: 32, globalSequences: 4, microBatches: 4,
+                                             schedule: "1f1b", hosts: nil)
+            let shards = StageShards(config: config, plan: plan)
+            let written = (0..<stages).flatMap { shards.names(stage: $0) }
+            #expect(written == LlamaTensors.layout(for: config).map(\.name), "stages \(stages)")
+            for s in 0..<stages {
+                for name in shards.names(stage: s) { #expect(shards.parts[s].holds(name, config: config), "\(name) on stage \(s)") }
+                // The plan's parameter count per stage is what the stage's model holds.
+                let held = try LlamaModel(config: config, part: shards.parts[s]).parameters.count
+                #expect(held == plan.stages[s].parameters, "stage \(s) of \(stages)")
+            }
+            #expect(shards.weightMap["model.embed_tokens.weight"] == shards.modelFile(stage: 0))
+            memory.append(plan.memoryPerRankBytes.max() ?? 0)
+        }
+        #expect(memory[0] > memory[1] && memory[1] > memory[2], "\(memory)")
+    }
+}
