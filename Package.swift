@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "torus", targets: ["torus"]),
+        .executable(name: "torus-netdelay", targets: ["torus-netdelay"]),
         .library(name: "TorusModel", targets: ["TorusModel"]),
         .library(name: "TorusComm", targets: ["TorusComm"]),
         .library(name: "TorusTrain", targets: ["TorusTrain"]),
@@ -35,6 +36,8 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Yams", package: "Yams"),
         ]),
+        // Link latency for the simulated cluster (launch/cluster) where the kernel lacks netem.
+        .executableTarget(name: "torus-netdelay", path: "Sources/TorusNetDelay"),
         .testTarget(name: "TorusTensorTests", dependencies: ["TorusTensor"]),
         .testTarget(name: "TorusModelTests", dependencies: ["TorusModel", "TorusTensor"]),
         .testTarget(name: "TorusTraceTests", dependencies: ["TorusTrace"]),

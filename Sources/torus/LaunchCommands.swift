@@ -50,7 +50,15 @@ struct LaunchCommand: ParsableCommand {
     @Option(help: "Number of ranks (default: the hostfile's slots).") var np: Int?
     @Option(help: "Open MPI hostfile (lines 'host slots=N').") var hostfile: String?
     @Flag(help: "Print the plan and the mpirun command without running it.") var dryRun = false
+    @Option(help: "Core binding: core, none, or auto (core when a host's ranks fit its cores). Use none when several hosts of the hostfile share one machine's cores.")
+    var bindTo: String = "auto"
+    @Option(help: "BLAS threads per rank (default: a host's cores / its ranks).") var blasThreads: Int?
     @Argument(parsing: .postTerminator, help: "Extra mpirun arguments after --.") var extra: [String] = []
+
+    func validate() throws {
+        guard ["auto", "core", "none"].contains(bindTo) else { throw ValidationError("--bind-to must be core, none or auto, not '\(bindTo)'") }
+        if let blasThreads, blasThreads < 1 { throw ValidationError("--blas-threads must be at least 1") }
+    }
 
     func run() throws {
         let inputs = try PlanInputs(configPath: config, np: np, hostfile: hostfile)
@@ -79,9 +87,9 @@ struct LaunchCommand: ParsableCommand {
         args += ["--map-by", "slot"]
         if hostfile == nil && plan.world > cores { args.append("--oversubscribe") }
         // Bind each rank to a core when they fit; otherwise let the OS schedule.
-        args += ["--bind-to", perHost <= cores ? "core" : "none"]
+        args += ["--bind-to", bindTo == "auto" ? (perHost <= cores ? "core" : "none") : bindTo]
         if let core = BLASEnvironment.preferredCoreType() { args += ["-x", "OPENBLAS_CORETYPE=\(core)"] }
-        args += ["-x", "OPENBLAS_NUM_THREADS=\(max(1, cores / max(1, perHost)))"]
+        args += ["-x", "OPENBLAS_NUM_THREADS=\(blasThreads ?? max(1, cores / max(1, perHost)))"]
         args += extra
         args += [executablePath(), "train", "--config", config]
         return args

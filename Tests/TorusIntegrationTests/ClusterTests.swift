@@ -46,18 +46,23 @@ struct ClusterTests {
     }
 
     /// 2 and 4 namespace hosts (DP, and DP x SP with each SP group spanning hosts) match the
-    /// single-host run within 1e-4 on every loss.
+    /// single-host run within 1e-4 on every loss; the 2-host links also carry a 0.2 ms delay.
     @Test(arguments: [(2, false), (4, true)])
     func clusterTrainingMatchesOneHost(hosts: Int, sp: Bool) throws {
+        let delay = hosts == 2 ? "0.2ms" : "0"
         let dir = NSTemporaryDirectory() + "torus-cluster-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let local = try TorusBinary.torus(["launch", "--config", try config(dir, out: dir + "/local", sp: sp), "--np", String(hosts)], timeout: 180)
         try #require(local.status == 0, "\(local.output)")
-        let r = try TorusBinary.run("/bin/bash", [ClusterSupport.script, "--hosts", String(hosts), "--slots", "1", "--rate", "1gbit", "--",
+        let r = try TorusBinary.run("/bin/bash", [ClusterSupport.script, "--hosts", String(hosts), "--slots", "1", "--rate", "1gbit", "--delay", delay, "--",
                                                   "--config", try config(dir, out: dir + "/cluster", sp: sp)],
                                     timeout: 240, environment: ["TORUS_BIN": TorusBinary.path])
         #expect(!r.timedOut && r.status == 0, "\(r.output)")
         #expect(r.output.contains("btl_tcp_if_include 10.77.0.0/24"))
+        #expect(r.output.contains("--bind-to none"), "simulated hosts share the cores; binding would put every host's rank on core 0")
+        if hosts == 2 {
+            #expect(r.output.contains("one-way delay 200us (netem)") || r.output.contains("one-way delay 200us (tbf + torus-netdelay)"), "\(r.output)")
+        }
         let a = try losses(dir + "/local"), b = try losses(dir + "/cluster")
         #expect(a.count == 3 && b.count == 3)
         #expect(zip(a, b).allSatisfy { abs($0 - $1) < 1e-4 }, "\(a) vs \(b)")
