@@ -124,9 +124,10 @@ public final class LlamaModel: @unchecked Sendable {
     /// Backward of a stage. The last stage passes `targets` (its loss is computed here, scaled
     /// by `lossScale`, and returned); other stages pass `dOutput` from the next stage. Returns
     /// the loss (0 when not the last stage) and the gradient for the previous stage (nil on the
-    /// first stage).
+    /// first stage). `gradientsReady` is called as for `loss(...)`, with offsets into `gradients`.
     public func stageBackward(_ stage: StagePass, targets: [Int32]?, dOutput: Tensor?, gradients: ParameterStore,
-                              lossScale: Float = 1, attention: SequenceAttention? = nil) throws -> (loss: Float, dInput: Tensor?) {
+                              lossScale: Float = 1, gradientsReady: ((Int) -> Void)? = nil,
+                              attention: SequenceAttention? = nil) throws -> (loss: Float, dInput: Tensor?) {
         let pass = stage.pass
         let grads = LlamaTensors(config: config, store: gradients)
         if let targets, let logits = pass.logitsIfComputed {
@@ -139,10 +140,11 @@ public final class LlamaModel: @unchecked Sendable {
                 CrossEntropy.forward(logits: logits.pointer, targets: tp.baseAddress!, rows: rows, vocab: config.vocabSize,
                                      dLogits: logits.pointer, scale: lossScale)
             }
-            let dInput = try backward(pass: pass, dLogits: logits, gradients: grads, attention: attention)
+            let dInput = try backward(pass: pass, dLogits: logits, gradients: grads, gradientsReady: gradientsReady, attention: attention)
             return (result.mean, dInput)
         }
-        let dInput = try backward(pass: pass, dLogits: nil, dOutput: dOutput, gradients: grads, attention: attention)
+        let dInput = try backward(pass: pass, dLogits: nil, dOutput: dOutput, gradients: grads, gradientsReady: gradientsReady,
+                                  attention: attention)
         return (0, dInput)
     }
 

@@ -2,7 +2,9 @@ import Foundation
 
 /// Communication hidden behind compute, from recorded spans (DESIGN.md): per rank and step,
 /// T_comm is the union of communication spans, T_comp the union of compute spans, T_exposed
-/// the part of T_comm not covered by T_comp, and overlap = 1 - T_exposed / T_comm.
+/// the part of T_comm not covered by T_comp, and overlap = 1 - T_exposed / T_comm. Idle is the
+/// part of the step (its `.step` span, else its first to last span) without compute: on a
+/// pipeline stage, its bubble plus exposed communication.
 public struct OverlapReport: Sendable {
     public struct Entry: Sendable {
         public var rank: Int
@@ -11,7 +13,11 @@ public struct OverlapReport: Sendable {
         public var compute: Double
         public var exposed: Double
         public var bytes: Int
+        /// Length of the step on this rank, seconds.
+        public var stepTime: Double
         public var overlap: Double { communication > 0 ? 1 - exposed / communication : 1 }
+        /// Share of the step this rank computed nothing.
+        public var idle: Double { stepTime > 0 ? max(0, 1 - compute / stepTime) : 0 }
     }
 
     public let entries: [Entry]
@@ -23,9 +29,12 @@ public struct OverlapReport: Sendable {
             let list = groups[key] ?? []
             let comm = Self.union(list.filter { $0.kind.isCommunication })
             let comp = Self.union(list.filter { $0.kind == .compute })
+            let window = list.first { $0.kind == .step }.map { Double($0.end - $0.start) / 1e9 }
+                ?? Double((list.map(\.end).max() ?? 0) - (list.map(\.start).min() ?? 0)) / 1e9
             return Entry(rank: key[0], step: key[1], communication: Self.length(comm), compute: Self.length(comp),
                          exposed: Self.length(Self.subtract(comm, comp)),
-                         bytes: list.filter { $0.kind == .send || $0.kind == .collective }.reduce(0) { $0 + $1.bytes })
+                         bytes: list.filter { $0.kind == .send || $0.kind == .collective }.reduce(0) { $0 + $1.bytes },
+                         stepTime: window)
         }
     }
 
@@ -62,18 +71,20 @@ public struct OverlapReport: Sendable {
 
     /// Report lines: per rank and step, then min / median / max of the overlap across ranks.
     public func lines() -> [String] {
-        var out = ["rank step   comm ms  exposed ms  compute ms  overlap   sent MB"]
+        var out = ["rank step   comm ms  exposed ms  compute ms  overlap   sent MB   step ms   idle"]
         for e in entries {
-            out.append(String(format: "%4d %4d %9.2f %11.2f %11.2f %7.1f%% %9.2f", e.rank, e.step, e.communication * 1e3,
-                              e.exposed * 1e3, e.compute * 1e3, 100 * e.overlap, Double(e.bytes) / 1e6))
+            out.append(String(format: "%4d %4d %9.2f %11.2f %11.2f %7.1f%% %9.2f %9.2f %5.1f%%", e.rank, e.step, e.communication * 1e3,
+                              e.exposed * 1e3, e.compute * 1e3, 100 * e.overlap, Double(e.bytes) / 1e6, e.stepTime * 1e3, 100 * e.idle))
         }
         let steps = Set(entries.map(\.step)).sorted()
         for step in steps {
             let o = entries.filter { $0.step == step && $0.communication > 0 }.map(\.overlap).sorted()
             guard !o.isEmpty else { continue }
             let exposed = entries.filter { $0.step == step }.map(\.exposed)
-            out.append(String(format: "step %d: overlap min %.1f%% median %.1f%% max %.1f%% across %d ranks; exposed max %.2f ms",
-                              step, 100 * o[0], 100 * o[o.count / 2], 100 * o[o.count - 1], o.count, (exposed.max() ?? 0) * 1e3))
+            let idle = entries.filter { $0.step == step }.map(\.idle).sorted()
+            out.append(String(format: "step %d: overlap min %.1f%% median %.1f%% max %.1f%% across %d ranks; exposed max %.2f ms; idle min %.1f%% median %.1f%% max %.1f%%",
+                              step, 100 * o[0], 100 * o[o.count / 2], 100 * o[o.count - 1], o.count, (exposed.max() ?? 0) * 1e3,
+                              100 * idle[0], 100 * idle[idle.count / 2], 100 * idle[idle.count - 1]))
         }
         return out
     }
@@ -87,12 +98,12 @@ public enum ChromeTrace {
         var events: [[String: Any]] = []
         for rank in Set(spans.map(\.rank)).sorted() {
             events.append(["name": "process_name", "ph": "M", "pid": rank, "args": ["name": "rank \(rank)"]])
-            for (tid, lane) in ["compute", "communication", "wait"].enumerated() {
+            for (tid, lane) in ["compute", "communication", "wait", "step"].enumerated() {
                 events.append(["name": "thread_name", "ph": "M", "pid": rank, "tid": tid, "args": ["name": lane]])
             }
         }
         for s in spans {
-            let tid = s.kind == .compute ? 0 : (s.kind == .wait ? 2 : 1)
+            let tid = s.kind == .compute ? 0 : s.kind == .wait ? 2 : s.kind == .step ? 3 : 1
             events.append(["name": s.name, "cat": s.kind.rawValue, "ph": "X", "pid": s.rank, "tid": tid,
                            "ts": Double(s.start - origin) / 1e3, "dur": Double(max(s.end, s.start) - s.start) / 1e3,
                            "args": ["bytes": s.bytes, "step": s.step]])

@@ -10,9 +10,11 @@ public enum SpanKind: String, Codable, Sendable {
     case wait
     /// A collective operation (in flight or blocking).
     case collective
+    /// A whole optimizer step on this rank: the window against which idle time is measured.
+    case step
 
     /// Whether the span counts as communication in the overlap report.
-    public var isCommunication: Bool { self != .compute && self != .wait }
+    public var isCommunication: Bool { self == .send || self == .recv || self == .collective }
 }
 
 /// One recorded interval on one rank.

@@ -268,7 +268,9 @@ public final class Trainer {
         let lr = options.schedule.rate(at: step)
         Timeline.measure("AdamW") { optimizer.update(parameters: model.parameters, gradients: gradients, lr: Float(lr)) }
         if options.checkWeightsEvery > 0 && step % options.checkWeightsEvery == 0 { try checkWeightsAgree() }
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9
+        let ended = DispatchTime.now().uptimeNanoseconds
+        Timeline.current?.record("step \(step)", kind: .step, start: began, end: ended)
+        let seconds = Double(ended - began) / 1e9
         let tokensPerStep = options.globalSequences * options.microBatches * options.seqLen
         let flops = 3 * model.config.forwardFLOPs(tokens: tokensPerStep, seqLen: options.seqLen)
         return StepReport(step: step, loss: loss, lr: lr, gradNorm: norm, tokensPerSecond: Double(tokensPerStep) / seconds,
@@ -300,7 +302,8 @@ public final class Trainer {
         var lossSum: Float = 0
         let order = Self.pipelineOrder(schedule: options.pipelineSchedule ?? "gpipe", stages: stages, stage: stage,
                                        microBatches: batches.count)
-        for (forward, micro) in order {
+        let reducer = self.reducer
+        for (index, (forward, micro)) in order.enumerated() {
             if forward {
                 // Take the previous stage's activations, hand ours on.
                 var input: Tensor?
@@ -326,8 +329,11 @@ public final class Trainer {
                     dOutput = t
                 }
                 let r = try Timeline.measure("stage \(stage) backward micro \(micro)") {
+                    // The step's last backward starts the stage's gradient reduction bucket by bucket.
                     try model.stageBackward(pass, targets: stage == stages - 1 ? batches[micro].targets : nil, dOutput: dOutput,
-                                            gradients: gradients, lossScale: lossScale, attention: attention)
+                                            gradients: gradients, lossScale: lossScale,
+                                            gradientsReady: index == order.count - 1 ? { reducer.ready(offset: $0) } : nil,
+                                            attention: attention)
                 }
                 lossSum += r.loss
                 if stage > 0, let dInput = r.dInput {

@@ -91,6 +91,7 @@ struct TrainCommand: ParsableCommand {
             }
         }
         try trainer.checkWeightsAgree()
+        try reportMemory(trainer: trainer, world: world)
         try trainer.checkpoint()
         if trainer.step < t.steps {
             if rank0 { print("stopped after step \(trainer.step) of \(t.steps); continue with --resume. checkpoint: \(trainer.lastCheckpoint ?? "")") }
@@ -123,6 +124,24 @@ struct TrainCommand: ParsableCommand {
             }
         }
         try world.barrier()
+    }
+
+    /// Prints every stage's peak resident memory (whole process) beside the plan's estimate.
+    func reportMemory(trainer: Trainer, world: Communicator) throws {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        var peaks = [Double](repeating: 0, count: world.size)
+        peaks[world.rank] = Double(usage.ru_maxrss) / 1024   // ru_maxrss is in KiB on Linux
+        peaks = try world.allReduce(peaks)
+        guard world.rank == 0 else { return }
+        let ranksPerStage = world.size / trainer.stages
+        let lines = (0..<trainer.stages).map { s -> String in
+            let ranks = peaks[(s * ranksPerStage)..<((s + 1) * ranksPerStage)]
+            let estimate = trainer.plan.memoryPerRankBytes[s * ranksPerStage] / 1_048_576
+            return String(format: "%@%.0f-%.0f MiB (plan: %d MiB + runtime)", trainer.stages > 1 ? "stage \(s) " : "",
+                          ranks.min() ?? 0, ranks.max() ?? 0, estimate)
+        }
+        print("peak resident memory per rank: " + lines.joined(separator: "; "))
     }
 
     func loadTokens(_ source: String, cfg: RunConfig, split: String, vocab: Int) throws -> [Int32] {

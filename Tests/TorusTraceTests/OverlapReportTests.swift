@@ -29,6 +29,18 @@ import TorusTrace
         #expect(r.lines().contains { $0.hasPrefix("step 1: overlap min 25.0% median 100.0% max 100.0% across 2 ranks") })
     }
 
+    /// Idle is the step's time without compute (a pipeline stage's bubble plus exposed
+    /// communication); the step span sets the window when present.
+    @Test func idleIsTheStepWithoutCompute() throws {
+        let withStep = OverlapReport(spans: [span(.step, 0, 20), span(.compute, 2, 6), span(.compute, 5, 10), span(.recv, 10, 14)])
+        let e = try #require(withStep.entries.first)
+        #expect(abs(e.stepTime - 0.020) < 1e-9)
+        #expect(abs(e.idle - 0.6) < 1e-9)   // compute 2-10 of 20 ms
+        let noStep = OverlapReport(spans: [span(.compute, 2, 6), span(.recv, 6, 10)])
+        #expect(abs((noStep.entries.first?.idle ?? 0) - 0.5) < 1e-9)
+        #expect(withStep.lines().contains { $0.contains("idle min 60.0% median 60.0% max 60.0%") })
+    }
+
     @Test func chromeTraceHasOneProcessPerRank() throws {
         let data = try ChromeTrace.json(spans: [span(.compute, 1, 2, rank: 0), span(.send, 1, 3, rank: 1, bytes: 8)])
         let obj = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
