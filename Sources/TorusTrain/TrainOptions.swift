@@ -36,6 +36,10 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     public var pipelineStages: Int?
     /// "gpipe" (default) or "1f1b".
     public var pipelineSchedule: String?
+    /// When set and positive, a background thread drives MPI progress every this many
+    /// microseconds during each step (transfers then move while compute runs, at the cost of
+    /// some CPU); otherwise transfers move at the polls between layers and attention blocks.
+    public var progressMicroseconds: Int?
 
     public init(steps: Int, globalSequences: Int, microBatches: Int = 1, seqLen: Int, schedule: LearningRateSchedule,
                 adamw: AdamWOptions = AdamWOptions(), clipNorm: Double = 1.0, seed: UInt64 = 0, logEvery: Int = 10,

@@ -194,7 +194,10 @@ public final class Trainer {
             FileHandle.standardError.write(Data("rank \(comm.rank): fault injection: killing myself at step \(step)\n".utf8))
             kill(getpid(), SIGKILL)
         }
-        if faultNaNStep == step { model.weights.finalNorm[0] = .nan }
+        if faultNaNStep == step, model.part.head { model.weights.finalNorm[0] = .nan }
+        let progress = (options.progressMicroseconds ?? 0) > 0 ? ProgressThread(comm: comm, intervalMicroseconds: options.progressMicroseconds ?? 0) : nil
+        progress?.start()
+        defer { progress?.stop() }
         gradients.flat.fill(0)
         reducer.begin()
         let perRank = options.globalSequences / dataRanks

@@ -15,6 +15,7 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Tokens per sequence (default: train.seq_len).") var seqLen: Int?
     @Option(help: "Timed steps after 2 warm-up steps.") var steps: Int = 5
     @Option(help: "All-reduce bucket size in MiB (default: train.bucket_mb).") var bucketMb: Double?
+    @Option(help: "Drive MPI progress from a background thread every N microseconds (default: train.progress_us; 0: off).") var progressUs: Int?
 
     func run() throws {
         let world = try MPIRuntime.world()
@@ -25,9 +26,11 @@ struct BenchTrain: ParsableCommand {
         let model = try LlamaModel.initialized(config: mc, seed: 0)
         var g = SeededGenerator(seed: 1)
         let tokens = (0..<(b * (t + 1) * 4 + 1)).map { _ in Int32(g.next() % UInt64(mc.vocabSize)) }
-        let options = TrainOptions(steps: steps + 2, globalSequences: b, microBatches: 1, seqLen: t,
+        var options = TrainOptions(steps: steps + 2, globalSequences: b, microBatches: 1, seqLen: t,
                                    schedule: LearningRateSchedule(peak: 1e-4, minimum: 1e-4, warmupSteps: 0, totalSteps: steps + 2),
                                    checkWeightsEvery: 0, bucketBytes: Int((bucketMb ?? cfg.train.bucketMB) * 1_048_576))
+        let progress = progressUs ?? cfg.train.progressUs
+        options.progressMicroseconds = progress > 0 ? progress : nil
         let trainer = try Trainer(model: model, tokens: tokens, options: options, comm: world, outDir: nil)
         var reports: [StepReport] = []
         var exposed: [Double] = []
@@ -48,7 +51,8 @@ struct BenchTrain: ParsableCommand {
         let c = mc
         print(String(format: "model d=%d layers=%d heads=%d/%d ffn=%d vocab=%d params=%d; batch %d x %d tokens over %d rank(s), BLAS threads %d",
                      c.hiddenSize, c.numHiddenLayers, c.numAttentionHeads, c.numKeyValueHeads, c.intermediateSize, c.vocabSize,
-                     c.parameterCount, b, t, world.size, BLAS.threads))
+                     c.parameterCount, b, t, world.size, BLAS.threads)
+              + (progress > 0 ? ", progress thread every \(progress) us" : ", no progress thread"))
         print(String(format: "train step (forward, backward, all-reduce, AdamW): %.1f ms median of %d, %.0f tokens/s, %.1f GFLOP/s",
                      median(reports.map(\.stepSeconds)) * 1e3, reports.count, median(reports.map(\.tokensPerSecond)),
                      median(reports.map(\.gflops))))

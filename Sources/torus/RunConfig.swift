@@ -26,12 +26,14 @@ struct TrainSection {
     var checkpointEvery = 0
     var checkWeightsEvery = 50
     var bucketMB = 25.0
+    /// Drive MPI progress from a background thread every this many microseconds (0: off).
+    var progressUs = 0
     var out = "runs/train"
     var initFrom: String?
 
     static let keys = ["steps", "batch_size", "micro_batches", "seq_len", "lr", "min_lr", "warmup_steps", "weight_decay",
                        "beta1", "beta2", "eps", "clip_norm", "log_every", "checkpoint_every", "check_weights_every",
-                       "bucket_mb", "out", "init_from"]
+                       "bucket_mb", "progress_us", "out", "init_from"]
 }
 
 /// The `data:` section: `train` and `heldout` are token or text files, or `synth` for the
@@ -107,6 +109,7 @@ struct RunConfig {
             if t["checkpoint_every"] != nil { s.checkpointEvery = try r.int(t, "checkpoint_every", section: "train", min: 0) }
             if t["check_weights_every"] != nil { s.checkWeightsEvery = try r.int(t, "check_weights_every", section: "train", min: 0) }
             if t["bucket_mb"] != nil { s.bucketMB = try r.double(t, "bucket_mb", section: "train") }
+            if t["progress_us"] != nil { s.progressUs = try r.int(t, "progress_us", section: "train", min: 0) }
             if t["out"] != nil { s.out = try r.string(t, "out", section: "train") }
             if t["init_from"] != nil { s.initFrom = try r.string(t, "init_from", section: "train") }
             config.train = s

@@ -39,6 +39,7 @@ struct TrainCommand: ParsableCommand {
             clipNorm: t.clipNorm, seed: cfg.seed, logEvery: t.logEvery, checkpointEvery: t.checkpointEvery,
             checkWeightsEvery: t.checkWeightsEvery, bucketBytes: Int(t.bucketMB * 1_048_576))
         options.sequenceParallel = cfg.sequenceParallel
+        options.progressMicroseconds = t.progressUs > 0 ? t.progressUs : nil
         options.pipelineStages = cfg.pipelineParallel > 1 ? cfg.pipelineParallel : nil
         options.pipelineSchedule = cfg.pipelineParallel > 1 ? cfg.pipelineSchedule : nil
         // A pipeline stage holds only its own layers (and their gradients and AdamW state).

@@ -80,6 +80,13 @@ import TorusModel
         for ranks in [2, 4] {
             try Self.expectMatches(dir + "/np\(ranks)", baseLoss: baseLoss, baseWeights: baseWeights, "np=\(ranks)")
         }
+        // A background progress thread moves the same data: same results.
+        let threaded = dir + "/progress.yaml"
+        try (try String(contentsOfFile: config, encoding: .utf8)).replacingOccurrences(of: "  bucket_mb: 0.01", with: "  bucket_mb: 0.01\n  progress_us: 50")
+            .write(toFile: threaded, atomically: true, encoding: .utf8)
+        let r = try train(ranks: 2, config: threaded, out: dir + "/progress")
+        try #require(r.status == 0, "progress thread:\n\(r.output)")
+        try Self.expectMatches(dir + "/progress", baseLoss: baseLoss, baseWeights: baseWeights, "np=2 with a progress thread")
     }
 
     /// Sequence parallelism (alone and with data parallelism) gives the same losses and
