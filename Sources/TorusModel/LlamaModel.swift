@@ -21,7 +21,7 @@ public final class LlamaModel: @unchecked Sendable {
         try config.validate()
         self.config = config
         let part = part ?? .whole(config)
-        guard part.layers.lowerBound >= 0, part.layers.upperBound <= config.numHiddenLayers else {
+        guard part.layerRanges.allSatisfy({ $0.lowerBound >= 0 && $0.upperBound <= config.numHiddenLayers }) else {
             throw ModelInputError.notHeld("model part \(part) is outside the model's \(config.numHiddenLayers) layers")
         }
         self.part = part

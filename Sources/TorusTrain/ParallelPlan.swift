@@ -45,7 +45,8 @@ public struct PlanError: Error, CustomStringConvertible {
 public struct ParallelPlan: Sendable {
     public struct Stage: Sendable {
         public var index: Int
-        public var layers: Range<Int>
+        /// Decoder layers of each of the stage's virtual stages (one range without interleaving).
+        public var chunks: [Range<Int>]
         public var hasEmbedding: Bool
         public var hasHead: Bool
         /// Estimated forward GFLOP per step for this stage's share of one micro-batch stream.
@@ -62,14 +63,20 @@ public struct ParallelPlan: Sendable {
     /// Host of each rank.
     public let rankHosts: [String]
     public let microBatches: Int
+    /// Virtual stages per pipeline stage (interleaved 1F1B; 1 otherwise).
+    public let virtualStages: Int
     public let seqLen: Int
     public let layout: String
     public let memoryPerRankBytes: [Int]
 
-    /// Pipeline bubble of GPipe / 1F1B: (p - 1) / (m + p - 1).
+    /// Pipeline bubble of GPipe / 1F1B, (p - 1) / (m + p - 1); with v virtual stages per
+    /// stage (interleaved 1F1B), (p - 1) / (v m + p - 1).
     public var bubbleFraction: Double {
-        Double(pipelineParallel - 1) / Double(microBatches + pipelineParallel - 1)
+        Double(pipelineParallel - 1) / Double(virtualStages * microBatches + pipelineParallel - 1)
     }
+
+    /// The model part the ranks of stage `stage` hold.
+    public func part(stage: Int, of c: LlamaConfig) -> ModelPart { .stage(chunks: stages[stage].chunks, of: c) }
 
     /// Coordinates of a rank in the grid.
     public func coordinates(rank: Int) -> (pp: Int, dp: Int, sp: Int) {
@@ -79,13 +86,25 @@ public struct ParallelPlan: Sendable {
     /// Plans `world` ranks; throws `PlanError` naming the reason when impossible.
     public static func make(model c: LlamaConfig, world: Int, sequenceParallel sp: Int, pipelineParallel pp: Int,
                             layout: String, seqLen: Int, globalSequences: Int, microBatches: Int,
-                            schedule: String = "gpipe", hosts: [HostSlots]?) throws -> ParallelPlan {
+                            schedule: String = "gpipe", virtualStages v: Int = 1, hosts: [HostSlots]?) throws -> ParallelPlan {
         guard world >= 1 else { throw PlanError(reason: "the world size must be at least 1") }
         guard sp >= 1, pp >= 1, world % (sp * pp) == 0 else {
             throw PlanError(reason: "world size \(world) is not a multiple of pipeline_parallel (\(pp)) x sequence_parallel (\(sp)) = \(sp * pp)")
         }
         guard pp <= c.numHiddenLayers else {
             throw PlanError(reason: "\(pp) pipeline stages for \(c.numHiddenLayers) layers: every stage needs at least one layer")
+        }
+        guard v >= 1 else { throw PlanError(reason: "virtual_stages must be at least 1") }
+        if v > 1 {
+            guard schedule == "interleaved" else {
+                throw PlanError(reason: "virtual_stages \(v) needs schedule: interleaved (GPipe and 1F1B run one stage per rank)")
+            }
+            guard pp * v <= c.numHiddenLayers else {
+                throw PlanError(reason: "\(pp) stages x \(v) virtual stages = \(pp * v) pieces for \(c.numHiddenLayers) layers: every piece needs at least one layer")
+            }
+            guard pp > 1, microBatches % pp == 0 else {
+                throw PlanError(reason: "the interleaved schedule needs several stages and micro_batches (\(microBatches)) a multiple of the \(pp) stages")
+            }
         }
         let parts = layout == "zigzag" ? 2 * sp : sp
         guard seqLen % parts == 0, seqLen >= parts else {
@@ -114,30 +133,38 @@ public struct ParallelPlan: Sendable {
         let layerCost = (c.forwardFLOPs(tokens: 1, seqLen: seqLen) - 2 * Double(c.hiddenSize * c.vocabSize)) / Double(c.numHiddenLayers)
         let headCost = 2 * Double(c.hiddenSize * c.vocabSize)
         let embedCost = Double(c.hiddenSize) * 2
-        let stageLayers = partition(layers: c.numHiddenLayers, stages: pp, layerCost: layerCost, firstExtra: embedCost, lastExtra: headCost)
+        // pp x v contiguous pieces; stage s runs pieces s, pp + s, 2 pp + s, ... (Megatron's interleaving).
+        let pieces = partition(layers: c.numHiddenLayers, stages: pp * v, layerCost: layerCost, firstExtra: embedCost, lastExtra: headCost)
         let perLayerParams = (c.parameterCount - c.vocabSize * c.hiddenSize * (c.tieWordEmbeddings ? 1 : 2) - c.hiddenSize) / c.numHiddenLayers
         var stages: [Stage] = []
-        for (i, r) in stageLayers.enumerated() {
-            var cost = Double(r.count) * layerCost
-            var params = r.count * perLayerParams
+        for i in 0..<pp {
+            let chunks = stride(from: i, to: pp * v, by: pp).map { pieces[$0] }
+            let layerCount = chunks.reduce(0) { $0 + $1.count }
+            var cost = Double(layerCount) * layerCost
+            var params = layerCount * perLayerParams
             if i == 0 { cost += embedCost; params += c.vocabSize * c.hiddenSize }
             if i == pp - 1 { cost += headCost; params += c.hiddenSize + (c.tieWordEmbeddings && pp > 1 ? c.vocabSize * c.hiddenSize : (c.tieWordEmbeddings ? 0 : c.vocabSize * c.hiddenSize)) }
-            stages.append(Stage(index: i, layers: r, hasEmbedding: i == 0, hasHead: i == pp - 1, cost: cost * tokens / 1e9, parameters: params))
+            stages.append(Stage(index: i, chunks: chunks, hasEmbedding: i == 0, hasHead: i == pp - 1, cost: cost * tokens / 1e9, parameters: params))
         }
         // Memory: weights, gradients, AdamW moments (16 bytes per parameter) plus the saved
         // activations of the micro-batches in flight: all of them under GPipe (or without
-        // stages, one at a time), at most p - stage under 1F1B.
+        // stages, one at a time), at most p - stage under 1F1B, and under interleaving the
+        // warm-up's (p - stage - 1) x 2 + (v - 1) x p + 1 pieces of 1 / v of the stage's layers.
         let localTokens = Double(globalSequences / dp) * Double(seqLen / sp)
         let actPerLayerToken = Double(6 * c.hiddenSize + 3 * c.numAttentionHeads * c.resolvedHeadDim + 4 * c.intermediateSize) * 4
         let memory = (0..<world).map { rank -> Int in
             let stage = stages[rank / (dp * sp)]
-            let inFlight = pp == 1 ? 1 : schedule == "1f1b" ? min(microBatches, pp - stage.index) : microBatches
-            let act = actPerLayerToken * Double(stage.layers.count) * localTokens * Double(inFlight)
+            let layerCount = Double(stage.chunks.reduce(0) { $0 + $1.count })
+            let inFlight: Double = pp == 1 ? 1
+                : schedule == "1f1b" ? Double(min(microBatches, pp - stage.index))
+                : schedule == "interleaved" ? Double(min(microBatches * v, (pp - stage.index - 1) * 2 + (v - 1) * pp + 1)) / Double(v)
+                : Double(microBatches)
+            let act = actPerLayerToken * layerCount * localTokens * inFlight
             let logits = stage.hasHead ? localTokens * Double(c.vocabSize) * 8 : 0
             return stage.parameters * 16 + Int(act + logits)
         }
         return ParallelPlan(world: world, dataParallel: dp, pipelineParallel: pp, sequenceParallel: sp, stages: stages,
-                            hosts: hostNames, rankHosts: rankHosts, microBatches: microBatches, seqLen: seqLen, layout: layout,
+                            hosts: hostNames, rankHosts: rankHosts, microBatches: microBatches, virtualStages: v, seqLen: seqLen, layout: layout,
                             memoryPerRankBytes: memory)
     }
 
@@ -175,8 +202,9 @@ public struct ParallelPlan: Sendable {
                           world, dataParallel, pipelineParallel, sequenceParallel)]
         for s in stages {
             let extras = [s.hasEmbedding ? "embedding" : nil, s.hasHead ? "norm + lm_head" : nil].compactMap { $0 }
-            out.append(String(format: "  stage %d: layers %d-%d%@, %.1f GFLOP forward per step per replica, %.2fM parameters",
-                              s.index, s.layers.lowerBound, s.layers.upperBound - 1,
+            let layers = s.chunks.map { "\($0.lowerBound)-\($0.upperBound - 1)" }.joined(separator: " and ")
+            out.append(String(format: "  stage %d: layers %@%@, %.1f GFLOP forward per step per replica, %.2fM parameters",
+                              s.index, layers,
                               extras.isEmpty ? "" : " + " + extras.joined(separator: " + "), s.cost, Double(s.parameters) / 1e6))
         }
         if sequenceParallel > 1 {
@@ -199,8 +227,13 @@ public struct ParallelPlan: Sendable {
             out.append(groupsSplit == 0 ? "  every sequence-parallel group stays inside one host"
                                         : "  \(groupsSplit) sequence-parallel group(s) span hosts (their ring traffic crosses the network)")
         }
-        out.append(String(format: "  pipeline bubble (GPipe/1F1B): (p-1)/(m+p-1) = %d/%d = %.1f%%", pipelineParallel - 1,
-                          microBatches + pipelineParallel - 1, 100 * bubbleFraction))
+        if virtualStages > 1 {
+            out.append(String(format: "  pipeline bubble (interleaved 1F1B, v=%d): (p-1)/(v m+p-1) = %d/%d = %.1f%%", virtualStages,
+                              pipelineParallel - 1, virtualStages * microBatches + pipelineParallel - 1, 100 * bubbleFraction))
+        } else {
+            out.append(String(format: "  pipeline bubble (GPipe/1F1B): (p-1)/(m+p-1) = %d/%d = %.1f%%", pipelineParallel - 1,
+                              microBatches + pipelineParallel - 1, 100 * bubbleFraction))
+        }
         let mem = memoryPerRankBytes.map { Double($0) / 1_048_576 }
         out.append(String(format: "  estimated memory per rank: %.0f-%.0f MiB (weights, gradients, AdamW state, activations)",
                           mem.min() ?? 0, mem.max() ?? 0))

@@ -17,7 +17,7 @@ public struct StageShards: Sendable {
 
     /// The shards of the stages of `plan`.
     public init(config: LlamaConfig, plan: ParallelPlan) {
-        self.init(config: config, parts: plan.stages.map { ModelPart.stage(layers: $0.layers, of: config) })
+        self.init(config: config, parts: plan.stages.indices.map { plan.part(stage: $0, of: config) })
     }
 
     /// Tensor names stage `stage` writes, in layout order: those it holds that no earlier stage holds.

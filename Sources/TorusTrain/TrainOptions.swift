@@ -34,8 +34,10 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     public var sequenceParallel: SequenceParallelOptions?
     /// Pipeline stages (nil or 1: none). Stages run the GPipe schedule over `microBatches`.
     public var pipelineStages: Int?
-    /// "gpipe" (default) or "1f1b".
+    /// "gpipe" (default), "1f1b" or "interleaved" (see `PipelineSchedule`).
     public var pipelineSchedule: String?
+    /// Virtual stages per pipeline stage for the interleaved schedule (nil: 1).
+    public var pipelineVirtualStages: Int?
     /// When set and positive, a background thread drives MPI progress every this many
     /// microseconds during each step (transfers then move while compute runs, at the cost of
     /// some CPU); otherwise transfers move at the polls between layers and attention blocks.

@@ -37,7 +37,8 @@ public final class Trainer {
     let sequenceAttention: SequenceParallelAttention?
     /// Pipeline stages, this rank's stage and its decoder layers.
     public let stages: Int, stage: Int
-    public let stageLayers: Range<Int>
+    /// This stage's decoder layers, one range per virtual stage (one without interleaving).
+    public let stageChunks: [Range<Int>]
     /// Ranks between consecutive stages of the same replica and SP position.
     let stageStride: Int
     /// The layout of every rank: stages, their layers, hosts.
@@ -117,7 +118,7 @@ public final class Trainer {
         self.stages = pp
         self.stageStride = stageStride
         self.stage = stage
-        self.stageLayers = plan.stages[stage].layers
+        self.stageChunks = plan.stages[stage].chunks
         self.shards = ShardedGradients(main: gradients)
         self.dataRanks = dataRanks
         self.dataRank = (comm.rank / sp) % dataRanks
@@ -137,7 +138,8 @@ public final class Trainer {
                                          pipelineParallel: options.pipelineStages ?? 1,
                                          layout: options.sequenceParallel?.layout ?? "zigzag", seqLen: options.seqLen,
                                          globalSequences: options.globalSequences, microBatches: options.microBatches,
-                                         schedule: options.pipelineSchedule ?? "gpipe", hosts: nil)
+                                         schedule: options.pipelineSchedule ?? "gpipe",
+                                         virtualStages: options.pipelineVirtualStages ?? 1, hosts: nil)
         } catch { throw TrainError.invalid("\(error)") }
     }
 
@@ -146,7 +148,7 @@ public final class Trainer {
     public static func modelPart(config: LlamaConfig, options: TrainOptions, worldSize: Int, rank: Int) throws -> ModelPart {
         let plan = try plan(config: config, options: options, worldSize: worldSize)
         let stage = plan.coordinates(rank: rank).pp
-        return .stage(layers: plan.stages[stage].layers, of: config)
+        return plan.part(stage: stage, of: config)
     }
 
     /// Monotonic clock (ns) when the last step's final all-reduce wait began and ended.
@@ -174,7 +176,8 @@ public final class Trainer {
               state.options.microBatches == options.microBatches, state.options.seed == options.seed,
               state.options.schedule == options.schedule, state.options.adamw == options.adamw,
               state.options.sequenceParallel == options.sequenceParallel,
-              state.options.pipelineStages == options.pipelineStages, state.options.pipelineSchedule == options.pipelineSchedule else {
+              state.options.pipelineStages == options.pipelineStages, state.options.pipelineSchedule == options.pipelineSchedule,
+              state.options.pipelineVirtualStages == options.pipelineVirtualStages else {
             throw TrainError.resume("\(dir) used a different batch, sequence length, micro-batch count, seed, learning-rate schedule, AdamW, sequence- or pipeline-parallel settings")
         }
         guard state.dataTokens == tokens.count else {
@@ -281,66 +284,60 @@ public final class Trainer {
                           etaSeconds: seconds * Double(options.steps - step))
     }
 
-    /// The order in which a stage runs forward (true) and backward (false) passes of its
-    /// micro-batches: GPipe runs every forward first; 1F1B runs `stages - stage - 1` warm-up
-    /// forwards, then alternates one forward and one backward, then the remaining backwards.
-    public static func pipelineOrder(schedule: String, stages: Int, stage: Int, microBatches m: Int) -> [(forward: Bool, micro: Int)] {
-        if schedule != "1f1b" { return (0..<m).map { (true, $0) } + (0..<m).reversed().map { (false, $0) } }
-        let warmup = min(stages - stage - 1, m)
-        var order = (0..<warmup).map { (forward: true, micro: $0) }
-        for i in 0..<(m - warmup) {
-            order.append((true, warmup + i))
-            order.append((false, i))
-        }
-        for i in (m - warmup)..<m { order.append((false, i)) }
-        return order
-    }
-
     /// One step's forwards and backwards on this pipeline stage; returns the summed loss of the
-    /// micro-batches (non-zero on the last stage only).
+    /// micro-batches (non-zero on the stage holding the head only).
+    ///
+    /// With v virtual stages, piece c of stage s is virtual stage k = c p + s: its input comes
+    /// from virtual stage k - 1 (the previous stage, or the last stage's previous piece for
+    /// s = 0) and its output goes to k + 1. Tags name the receiving virtual stage and micro-batch.
     func runPipeline(batches: [(inputs: [Int32], targets: [Int32])], perRank: Int, seqLen: Int, lossScale: Float,
                      attention: SequenceAttention?) throws -> Float {
+        let m = batches.count, v = stageChunks.count, last = stages * v - 1
         var passes: [Int: LlamaModel.StagePass] = [:]
         var sends: [Request] = []
         var lossSum: Float = 0
-        let order = Self.pipelineOrder(schedule: options.pipelineSchedule ?? "gpipe", stages: stages, stage: stage,
-                                       microBatches: batches.count)
+        let order = PipelineSchedule.order(schedule: options.pipelineSchedule ?? "gpipe", stages: stages, stage: stage,
+                                           microBatches: m, virtualStages: v)
+        /// The rank running virtual stage k (same replica and SP position as this rank).
+        func rank(ofVirtual k: Int) -> Int { comm.rank % stageStride + (k % stages) * stageStride }
+        func tag(_ receiver: Int, _ micro: Int, forward: Bool) -> Int { 20_000 + 2 * (receiver * m + micro) + (forward ? 0 : 1) }
         let reducer = self.reducer
-        for (index, (forward, micro)) in order.enumerated() {
-            if forward {
-                // Take the previous stage's activations, hand ours on.
+        for (index, op) in order.enumerated() {
+            let k = op.chunk * stages + stage, micro = op.micro
+            if op.forward {
+                // Take the previous virtual stage's activations, hand ours on.
                 var input: Tensor?
-                if stage > 0 {
+                if k > 0 {
                     let t = Tensor(zeros: [perRank * seqLen, model.config.hiddenSize])
-                    try comm.recv(t, from: comm.rank - stageStride, tag: 20_000 + micro)
+                    try comm.recv(t, from: rank(ofVirtual: k - 1), tag: tag(k, micro, forward: true))
                     input = t
                 }
-                let pass = try Timeline.measure("stage \(stage) forward micro \(micro)") {
+                let pass = try Timeline.measure("stage \(stage) forward micro \(micro)" + (v > 1 ? " piece \(op.chunk)" : "")) {
                     try model.stageForward(tokens: batches[micro].inputs, input: input, batch: perRank, seqLen: seqLen,
-                                           layers: stageLayers, attention: attention)
+                                           layers: stageChunks[op.chunk], attention: attention)
                 }
-                if stage < stages - 1 { sends.append(try comm.isend(pass.output, to: comm.rank + stageStride, tag: 20_000 + micro)) }
-                passes[micro] = pass
+                if k < last { sends.append(try comm.isend(pass.output, to: rank(ofVirtual: k + 1), tag: tag(k + 1, micro, forward: true))) }
+                passes[op.chunk * m + micro] = pass
             } else {
-                guard let pass = passes.removeValue(forKey: micro) else {
-                    throw TrainError.invalid("pipeline schedule ran backward of micro-batch \(micro) before its forward")
+                guard let pass = passes.removeValue(forKey: op.chunk * m + micro) else {
+                    throw TrainError.invalid("pipeline schedule ran backward of micro-batch \(micro) (piece \(op.chunk)) before its forward")
                 }
                 var dOutput: Tensor?
-                if stage < stages - 1 {
+                if k < last {
                     let t = Tensor(zeros: pass.output.shape)
-                    try comm.recv(t, from: comm.rank + stageStride, tag: 30_000 + micro)
+                    try comm.recv(t, from: rank(ofVirtual: k + 1), tag: tag(k, micro, forward: false))
                     dOutput = t
                 }
-                let r = try Timeline.measure("stage \(stage) backward micro \(micro)") {
+                let r = try Timeline.measure("stage \(stage) backward micro \(micro)" + (v > 1 ? " piece \(op.chunk)" : "")) {
                     // The step's last backward starts the stage's gradient reduction bucket by bucket.
-                    try model.stageBackward(pass, targets: stage == stages - 1 ? batches[micro].targets : nil, dOutput: dOutput,
+                    try model.stageBackward(pass, targets: k == last ? batches[micro].targets : nil, dOutput: dOutput,
                                             gradients: gradients, lossScale: lossScale,
                                             gradientsReady: index == order.count - 1 ? { reducer.ready(offset: $0) } : nil,
                                             attention: attention)
                 }
                 lossSum += r.loss
-                if stage > 0, let dInput = r.dInput {
-                    sends.append(try comm.isend(dInput, to: comm.rank - stageStride, tag: 30_000 + micro))
+                if k > 0, let dInput = r.dInput {
+                    sends.append(try comm.isend(dInput, to: rank(ofVirtual: k - 1), tag: tag(k - 1, micro, forward: false)))
                 }
             }
             sends = try sends.filter { try !$0.test() }

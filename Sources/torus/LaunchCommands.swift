@@ -26,7 +26,8 @@ struct PlanInputs {
         plan = try ParallelPlan.make(model: config.model, world: world, sequenceParallel: sp?.size ?? 1,
                                      pipelineParallel: config.pipelineParallel, layout: sp?.layout ?? "zigzag",
                                      seqLen: config.train.seqLen, globalSequences: config.train.batchSize,
-                                     microBatches: config.train.microBatches, schedule: config.pipelineSchedule, hosts: hostList)
+                                     microBatches: config.train.microBatches, schedule: config.pipelineSchedule,
+                                     virtualStages: config.pipelineVirtualStages, hosts: hostList)
     }
 }
 

@@ -54,6 +54,8 @@ struct RunConfig {
     var sequenceParallel: SequenceParallelOptions?
     var pipelineParallel = 1
     var pipelineSchedule = "gpipe"
+    /// Virtual stages per pipeline stage (interleaved schedule).
+    var pipelineVirtualStages = 1
 
     static let topLevelKeys = ["model", "seed", "train", "data", "sequence_parallel", "pipeline_parallel"]
     static let sequenceParallelKeys = ["size", "method", "layout"]
@@ -145,13 +147,16 @@ struct RunConfig {
         }
         if let pp = map["pipeline_parallel"] {
             guard let pp = pp as? [String: Any] else { throw ConfigError(file: path, message: "'pipeline_parallel' must be a mapping") }
-            try checkKeys(pp, known: ["size", "schedule"], section: "pipeline_parallel", file: path)
+            try checkKeys(pp, known: ["size", "schedule", "virtual_stages"], section: "pipeline_parallel", file: path)
             config.pipelineParallel = try r.int(pp, "size", section: "pipeline_parallel", min: 1)
             if pp["schedule"] != nil {
                 config.pipelineSchedule = try r.string(pp, "schedule", section: "pipeline_parallel")
-                guard ["gpipe", "1f1b"].contains(config.pipelineSchedule) else {
-                    throw ConfigError(file: path, message: "'pipeline_parallel.schedule' is '\(config.pipelineSchedule)'; known: gpipe, 1f1b")
+                guard PipelineSchedule.names.contains(config.pipelineSchedule) else {
+                    throw ConfigError(file: path, message: "'pipeline_parallel.schedule' is '\(config.pipelineSchedule)'; known: \(PipelineSchedule.names.joined(separator: ", "))")
                 }
+            }
+            if pp["virtual_stages"] != nil {
+                config.pipelineVirtualStages = try r.int(pp, "virtual_stages", section: "pipeline_parallel", min: 1)
             }
         }
         return config

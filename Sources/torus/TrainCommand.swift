@@ -42,6 +42,7 @@ struct TrainCommand: ParsableCommand {
         options.progressMicroseconds = t.progressUs > 0 ? t.progressUs : nil
         options.pipelineStages = cfg.pipelineParallel > 1 ? cfg.pipelineParallel : nil
         options.pipelineSchedule = cfg.pipelineParallel > 1 ? cfg.pipelineSchedule : nil
+        options.pipelineVirtualStages = cfg.pipelineParallel > 1 && cfg.pipelineVirtualStages > 1 ? cfg.pipelineVirtualStages : nil
         // A pipeline stage holds only its own layers (and their gradients and AdamW state).
         let part = try Trainer.modelPart(config: cfg.model, options: options, worldSize: world.size, rank: world.rank)
         let model: LlamaModel
@@ -66,11 +67,11 @@ struct TrainCommand: ParsableCommand {
         if rank0 {
             try FileManager.default.createDirectory(atPath: t.out, withIntermediateDirectories: true)
             let sp = (cfg.sequenceParallel.map { ", sequence parallel \($0.size) (\($0.method), \($0.layout))" } ?? "")
-                + (trainer.stages > 1 ? ", \(trainer.stages) pipeline stages (\(cfg.pipelineSchedule == "1f1b" ? "1F1B" : "GPipe"), \(t.microBatches) micro-batches)" : "")
+                + (trainer.stages > 1 ? ", \(trainer.stages) pipeline stages (\(["1f1b": "1F1B", "interleaved": "interleaved 1F1B, \(cfg.pipelineVirtualStages) virtual stages each"][cfg.pipelineSchedule] ?? "GPipe"), \(t.microBatches) micro-batches)" : "")
             print("train: \(world.size) rank(s) = \(trainer.dataRanks) data-parallel replica(s)\(sp), \(model.config.parameterCount) parameters, \(tokens.count) training tokens, global batch \(t.batchSize) x \(t.microBatches) x \(t.seqLen) tokens, \(t.steps) steps" + (start > 0 ? ", resuming after step \(start)" : ""))
             if trainer.stages > 1 {
                 for s in trainer.plan.stages {
-                    print("  stage \(s.index): \(ModelPart.stage(layers: s.layers, of: cfg.model)), \(s.parameters) parameters (weights, gradients and AdamW state held by its ranks only)")
+                    print("  stage \(s.index): \(trainer.plan.part(stage: s.index, of: cfg.model)), \(s.parameters) parameters (weights, gradients and AdamW state held by its ranks only)")
                 }
             }
         }

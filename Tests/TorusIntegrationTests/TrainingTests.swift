@@ -128,17 +128,19 @@ import TorusModel
         try #require(try train(ranks: 1, config: dir + "/base.yaml", out: dir + "/np1").status == 0)
         let baseLoss = try Self.losses(dir + "/np1")
         let baseWeights = try HFCheckpoint.load(directory: dir + "/np1/model").parameters.flat.array
-        let grids: [(Int, String)] = tied ? [(2, "pipeline_parallel:\n  size: 2\n")]
-            : [(2, "pipeline_parallel:\n  size: 2\n"), (4, "pipeline_parallel:\n  size: 4\n"),
+        let interleaved = "pipeline_parallel:\n  size: 2\n  schedule: interleaved\n  virtual_stages: 2\n"
+        let grids: [(Int, String)] = tied ? [(2, "pipeline_parallel:\n  size: 2\n"), (2, interleaved)]
+            : [(2, "pipeline_parallel:\n  size: 2\n"), (4, "pipeline_parallel:\n  size: 4\n"), (2, interleaved),
                (2, "pipeline_parallel:\n  size: 2\n  schedule: 1f1b\n"), (4, "pipeline_parallel:\n  size: 4\n  schedule: 1f1b\n"),
                (8, "pipeline_parallel:\n  size: 2\nsequence_parallel:\n  size: 2\n  method: tokenring\n")]
         for (ranks, extra) in grids {
-            let name = "\(ranks)-\(extra.contains("1f1b") ? "1f1b" : "gpipe")"
+            let name = "\(ranks)-\(extra.contains("1f1b") ? "1f1b" : extra.contains("interleaved") ? "interleaved" : "gpipe")"
             let path = dir + "/grid\(name).yaml"
             try (base + "\n" + extra).write(toFile: path, atomically: true, encoding: .utf8)
             let r = try train(ranks: ranks, config: path, out: dir + "/o\(name)")
             try #require(r.status == 0, "\(extra):\n\(r.output)")
-            #expect(r.stdout.contains(extra.contains("1f1b") ? "pipeline stages (1F1B" : "pipeline stages (GPipe"), "\(r.stdout)")
+            #expect(r.stdout.contains(extra.contains("1f1b") ? "pipeline stages (1F1B"
+                                      : extra.contains("interleaved") ? "pipeline stages (interleaved 1F1B, 2 virtual stages each" : "pipeline stages (GPipe"), "\(r.stdout)")
             try Self.expectMatches(dir + "/o\(name)", baseLoss: baseLoss, baseWeights: baseWeights, "np=\(ranks) \(extra)")
             try Self.expectStageShards(dir + "/o\(name)/model", stages: extra.contains("size: 4") ? 4 : 2, tied: tied)
         }

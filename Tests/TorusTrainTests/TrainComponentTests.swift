@@ -69,27 +69,62 @@ import TorusTrain
 }
 
 @Suite struct PipelineScheduleTests {
+    func names(_ o: [PipelineOp]) -> [String] { o.map(\.description) }
+
     @Test func gpipeRunsAllForwardsFirst() {
-        let o = Trainer.pipelineOrder(schedule: "gpipe", stages: 2, stage: 0, microBatches: 3)
-        #expect(o.map(\.forward) == [true, true, true, false, false, false])
-        #expect(o.map(\.micro) == [0, 1, 2, 2, 1, 0])
+        let o = PipelineSchedule.order(schedule: "gpipe", stages: 2, stage: 0, microBatches: 3)
+        #expect(names(o) == ["F0", "F1", "F2", "B2", "B1", "B0"])
     }
 
     @Test func oneFOneBWarmsUpThenAlternates() {
         // Stage 0 of 3 with 4 micro-batches: 2 warm-up forwards, then F2 B0 F3 B1, then B2 B3.
-        let o = Trainer.pipelineOrder(schedule: "1f1b", stages: 3, stage: 0, microBatches: 4)
-        #expect(o.map { "\($0.forward ? "F" : "B")\($0.micro)" } == ["F0", "F1", "F2", "B0", "F3", "B1", "B2", "B3"])
+        let o = PipelineSchedule.order(schedule: "1f1b", stages: 3, stage: 0, microBatches: 4)
+        #expect(names(o) == ["F0", "F1", "F2", "B0", "F3", "B1", "B2", "B3"])
         // The last stage alternates from the start.
-        let last = Trainer.pipelineOrder(schedule: "1f1b", stages: 3, stage: 2, microBatches: 2)
-        #expect(last.map { "\($0.forward ? "F" : "B")\($0.micro)" } == ["F0", "B0", "F1", "B1"])
-        // Every micro-batch runs forward once and backward once, forward first.
-        for stage in 0..<4 {
-            let x = Trainer.pipelineOrder(schedule: "1f1b", stages: 4, stage: stage, microBatches: 6)
-            for m in 0..<6 {
-                let f = x.firstIndex { $0.forward && $0.micro == m }, b = x.firstIndex { !$0.forward && $0.micro == m }
-                #expect(f != nil && b != nil && f! < b!)
+        let last = PipelineSchedule.order(schedule: "1f1b", stages: 3, stage: 2, microBatches: 2)
+        #expect(names(last) == ["F0", "B0", "F1", "B1"])
+    }
+
+    /// Megatron-LM's interleaved order: micro-batches in groups of `stages` through each piece.
+    @Test func interleavedRunsGroupsThroughEveryPiece() {
+        // 2 stages x 2 pieces, 4 micro-batches, stage 0: warm-up (2-0-1) x 2 + (2-1) x 2 = 4.
+        let o = PipelineSchedule.order(schedule: "interleaved", stages: 2, stage: 0, microBatches: 4, virtualStages: 2)
+        #expect(names(o) == ["F0", "F1", "F0c1", "F1c1", "F2", "B0c1", "F3", "B1c1", "F2c1", "B0", "F3c1", "B1",
+                             "B2c1", "B3c1", "B2", "B3"])
+    }
+
+    /// Every schedule runs each (micro-batch, piece) forward once and backward once, and all
+    /// stages together finish when each waits for its inputs in order (blocking receives,
+    /// nonblocking sends): no deadlock, for several stage, piece and micro-batch counts.
+    @Test(arguments: ["gpipe", "1f1b", "interleaved"])
+    func everyScheduleCompletesWithoutDeadlock(schedule: String) {
+        for p in [2, 3, 4] {
+            for v in schedule == "interleaved" ? [2, 3] : [1] {
+                for m in schedule == "interleaved" ? [p, 2 * p, 3 * p] : [1, 2, 5, 8] {
+                    let orders = (0..<p).map { PipelineSchedule.order(schedule: schedule, stages: p, stage: $0, microBatches: m, virtualStages: v) }
+                    for (s, o) in orders.enumerated() {
+                        #expect(o.count == 2 * m * v, "\(schedule) p\(p) v\(v) m\(m) stage \(s)")
+                        #expect(Set(o.map(\.description)).count == o.count)
+                    }
+                    // Virtual stage k = chunk p + stage; forward needs k - 1's forward, backward needs
+                    // k + 1's backward and its own forward.
+                    var doneF = Set<[Int]>(), doneB = Set<[Int]>(), next = [Int](repeating: 0, count: p)
+                    var progressed = true
+                    while progressed {
+                        progressed = false
+                        for s in 0..<p where next[s] < orders[s].count {
+                            let op = orders[s][next[s]], k = op.chunk * p + s
+                            let ready = op.forward ? (k == 0 || doneF.contains([k - 1, op.micro]))
+                                : doneF.contains([k, op.micro]) && (k == p * v - 1 || doneB.contains([k + 1, op.micro]))
+                            guard ready else { continue }
+                            if op.forward { doneF.insert([k, op.micro]) } else { doneB.insert([k, op.micro]) }
+                            next[s] += 1
+                            progressed = true
+                        }
+                    }
+                    #expect(next == orders.map(\.count), "\(schedule) p\(p) v\(v) m\(m) deadlocks at \(next)")
+                }
             }
-            #expect(x.count == 12)
         }
     }
 }
