@@ -156,3 +156,33 @@ import TorusTrain
         #expect(memory[0] > memory[1] && memory[1] > memory[2], "\(memory)")
     }
 }
+
+@Suite struct InterleavedPlanTests {
+    static let config = LlamaConfig(hiddenSize: 16, intermediateSize: 24, numHiddenLayers: 8, numAttentionHeads: 4,
+                                    numKeyValueHeads: 2, vocabSize: 64, maxPositionEmbeddings: 64)
+
+    func plan(stages: Int, virtual: Int, micro: Int, schedule: String = "interleaved") throws -> ParallelPlan {
+        try ParallelPlan.make(model: Self.config, world: stages, sequenceParallel: 1, pipelineParallel: stages, layout: "zigzag",
+                              seqLen: 32, globalSequences: 2, microBatches: micro, schedule: schedule, virtualStages: virtual, hosts: nil)
+    }
+
+    /// Stage s holds pieces s, s + p, ...: with 2 stages x 2 pieces of 8 layers, stage 0 gets the
+    /// first and third quarter; the bubble shrinks by the number of pieces.
+    @Test func stagesHoldEveryPthPiece() throws {
+        let p = try plan(stages: 2, virtual: 2, micro: 4)
+        #expect(p.stages.map(\.chunks) == [[0..<2, 4..<6], [2..<4, 6..<8]])
+        #expect(p.part(stage: 0, of: Self.config).embedding && !p.part(stage: 0, of: Self.config).head)
+        #expect(p.part(stage: 1, of: Self.config).head)
+        #expect(abs(p.bubbleFraction - 1.0 / 9.0) < 1e-12)
+        #expect(abs(try plan(stages: 2, virtual: 1, micro: 4, schedule: "1f1b").bubbleFraction - 1.0 / 5.0) < 1e-12)
+    }
+
+    @Test func impossibleInterleavingIsRefused() {
+        func reason(_ body: () throws -> ParallelPlan) -> String {
+            do { _ = try body(); return "" } catch { return "\(error)" }
+        }
+        #expect(reason { try plan(stages: 2, virtual: 2, micro: 3) }.contains("a multiple of the 2 stages"))
+        #expect(reason { try plan(stages: 4, virtual: 3, micro: 4) }.contains("12 pieces for 8 layers"))
+        #expect(reason { try plan(stages: 2, virtual: 2, micro: 4, schedule: "1f1b") }.contains("needs schedule: interleaved"))
+    }
+}
