@@ -69,6 +69,12 @@ import Testing
         #expect(line.contains("--tag-output"))
         #expect(line.contains("train --config \(config)"))
         if getuid() == 0 { #expect(line.contains("--allow-run-as-root")) }
+        #expect(line.contains("--bind-to ") && line.contains("OPENBLAS_NUM_THREADS="), "\(line)")
+        // Hosts sharing one machine's cores (the simulated cluster): no binding, chosen BLAS threads.
+        let shared = try TorusBinary.torus(["launch", "--config", config, "--np", "2", "--bind-to", "none", "--blas-threads", "1", "--dry-run"])
+        #expect(shared.stdout.contains("--bind-to none") && shared.stdout.contains("OPENBLAS_NUM_THREADS=1"), "\(shared.output)")
+        let bad = try TorusBinary.torus(["launch", "--config", config, "--np", "2", "--bind-to", "socket", "--dry-run"])
+        #expect(bad.status != 0 && bad.stderr.contains("--bind-to must be core, none or auto"), "\(bad.output)")
         let real = try TorusBinary.torus(["launch", "--config", config, "--np", "2"], timeout: 180)
         #expect(real.status == 0 && !real.timedOut, "\(real.output)")
         #expect(real.stdout.contains("sequence parallel 2 (tokenring, zigzag)"), "\(real.stdout)")
