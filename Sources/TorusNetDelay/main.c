@@ -3,7 +3,8 @@
 // host's packets to netfilter queue QUEUE; this program holds each one for DELAY_US
 // microseconds and then lets it go, in arrival order (one batch verdict per wake-up).
 //
-//   torus-netdelay QUEUE DELAY_US        (run inside the host's network namespace, as root)
+//   torus-netdelay QUEUE DELAY_US [--detach]   (inside the host's network namespace, as root;
+//                                             without --detach it ends with its parent)
 //
 // It speaks nfnetlink_queue directly (no libnetfilter_queue); packets are queued with metadata
 // only (no payload copy). If the queue overflows, the kernel lets packets pass undelayed
@@ -75,16 +76,21 @@ static void send_msg(char *buf, size_t len) {
     if (sendto(fd, buf, len, 0, (struct sockaddr *)&to, sizeof to) < 0) die("sendto");
 }
 
-// Sends a configuration message and checks the kernel's acknowledgement.
+// Sends a configuration message and waits for the kernel's acknowledgement of it (packet
+// notifications that arrive first are skipped; those packets go with the first batch verdict).
 static void configure(char *buf, size_t len, const char *what) {
     send_msg(buf, len);
-    char reply[8192];
-    ssize_t n = recv(fd, reply, sizeof reply, 0);
-    if (n < 0) die(what);
-    struct nlmsghdr *h = (struct nlmsghdr *)reply;
-    if (h->nlmsg_type == NLMSG_ERROR) {
-        struct nlmsgerr *e = NLMSG_DATA(h);
-        if (e->error != 0) { errno = -e->error; die(what); }
+    uint32_t want = ((struct nlmsghdr *)buf)->nlmsg_seq;
+    static char reply[1 << 16];
+    for (;;) {
+        ssize_t n = recv(fd, reply, sizeof reply, 0);
+        if (n < 0) die(what);
+        for (struct nlmsghdr *h = (struct nlmsghdr *)reply; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+            if (h->nlmsg_type != NLMSG_ERROR || h->nlmsg_seq != want) continue;
+            struct nlmsgerr *e = NLMSG_DATA(h);
+            if (e->error != 0) { errno = -e->error; die(what); }
+            return;
+        }
     }
 }
 
@@ -101,16 +107,17 @@ static void release(uint64_t now) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: torus-netdelay QUEUE DELAY_US\n");
+    if (argc < 3 || argc > 4 || (argc == 4 && strcmp(argv[3], "--detach") != 0)) {
+        fprintf(stderr, "usage: torus-netdelay QUEUE DELAY_US [--detach]\n");
         return 2;
     }
+    int detach = argc == 4;
     queue = (uint16_t)atoi(argv[1]);
     uint64_t delay = (uint64_t)(atof(argv[2]) * 1000.0);
     prctl(PR_SET_TIMERSLACK, 1UL);
     // End with the script that started us, and obey SIGTERM even if our parent ignored or
     // blocked it (both are inherited across exec).
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (!detach) prctl(PR_SET_PDEATHSIG, SIGKILL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     sigset_t none;

@@ -8,9 +8,10 @@ import TorusModel
 /// storage across hosts), as for any checkpoint of a multi-host job.
 public enum CollectiveWrite {
     /// Writes `final` with `write(temp)` on every rank (a rank with nothing to add does nothing)
-    /// and `complete(temp)` on rank 0 before the rename. Throws on every rank if any rank failed.
-    public static func directory(_ final: String, comm: Communicator, write: (String) throws -> Void,
-                                 complete: (String) throws -> Void) throws {
+    /// and `complete(temp)` on rank 0 before the rename; rank 0 creates `subdirectories` of the
+    /// temporary directory first. Throws on every rank if any rank failed.
+    public static func directory(_ final: String, comm: Communicator, subdirectories: [String] = [],
+                                 write: (String) throws -> Void, complete: (String) throws -> Void) throws {
         let url = URL(fileURLWithPath: final).standardizedFileURL
         let parent = url.deletingLastPathComponent().path
         let temp = (parent as NSString).appendingPathComponent(".\(url.lastPathComponent).partial")
@@ -19,8 +20,10 @@ public enum CollectiveWrite {
             try agree(comm, "preparing \(final)") {
                 guard comm.rank == 0 else { return }
                 try? fm.removeItem(atPath: temp)
-                do { try fm.createDirectory(atPath: temp, withIntermediateDirectories: true) } catch {
-                    throw CheckpointError.io(path: temp, message: "cannot create directory: \(error.localizedDescription)")
+                for dir in [temp] + subdirectories.map({ (temp as NSString).appendingPathComponent($0) }) {
+                    do { try fm.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
+                        throw CheckpointError.io(path: dir, message: "cannot create directory: \(error.localizedDescription)")
+                    }
                 }
             }
             try agree(comm, "writing \(final)") { try write(temp) }

@@ -95,6 +95,13 @@ public struct ParallelPlan: Sendable {
             throw PlanError(reason: "\(pp) pipeline stages for \(c.numHiddenLayers) layers: every stage needs at least one layer")
         }
         guard v >= 1 else { throw PlanError(reason: "virtual_stages must be at least 1") }
+        if schedule == "interleaved" && v < 2 {
+            throw PlanError(reason: "the interleaved schedule needs virtual_stages of 2 or more (with 1 it is 1F1B: use schedule: 1f1b)")
+        }
+        // Pipeline messages are tagged by receiving piece and micro-batch; MPI guarantees tags up to 32767.
+        guard 2 * pp * v * microBatches <= 32767 else {
+            throw PlanError(reason: "\(pp) stages x \(v) pieces x \(microBatches) micro-batches is too many pipeline messages to tag (at most 16383)")
+        }
         if v > 1 {
             guard schedule == "interleaved" else {
                 throw PlanError(reason: "virtual_stages \(v) needs schedule: interleaved (GPipe and 1F1B run one stage per rank)")
@@ -160,7 +167,8 @@ public struct ParallelPlan: Sendable {
                 : schedule == "interleaved" ? Double(min(microBatches * v, (pp - stage.index - 1) * 2 + (v - 1) * pp + 1)) / Double(v)
                 : Double(microBatches)
             let act = actPerLayerToken * layerCount * localTokens * inFlight
-            let logits = stage.hasHead ? localTokens * Double(c.vocabSize) * 8 : 0
+            // Logits (and their gradient) are kept until the backward of each head pass in flight.
+            let logits = stage.hasHead ? localTokens * Double(c.vocabSize) * 8 * max(1, inFlight.rounded(.up)) : 0
             return stage.parameters * 16 + Int(act + logits)
         }
         return ParallelPlan(world: world, dataParallel: dp, pipelineParallel: pp, sequenceParallel: sp, stages: stages,

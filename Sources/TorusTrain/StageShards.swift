@@ -44,9 +44,21 @@ public struct StageShards: Sendable {
         return map
     }
 
+    /// Throws unless every stage's file (`file(stage)`) is in `dir`: a stage whose writer saw
+    /// another file system (no shared storage) must not leave a published directory without it.
+    public func requireFiles(in dir: String, _ file: (Int) -> String) throws {
+        for s in parts.indices {
+            let path = (dir as NSString).appendingPathComponent(file(s))
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw CheckpointError.io(path: path, message: "stage \(s)'s file is missing; do all ranks see the same output directory (shared storage)?")
+            }
+        }
+    }
+
     /// Writes `config.json` and, with several stages, the shard index into `dir`, completing a
-    /// model directory whose shards the stages wrote.
+    /// model directory whose shards the stages wrote (all of which must be there).
     public func writeIndex(into dir: String) throws {
+        try requireFiles(in: dir) { modelFile(stage: $0) }
         try HFCheckpoint.writeConfig(config, to: (dir as NSString).appendingPathComponent("config.json"))
         if parts.count > 1 { try HFCheckpoint.writeIndex(config: config, weightMap: weightMap, into: dir) }
     }

@@ -167,7 +167,17 @@ public final class Trainer {
     /// Continues from the newest complete checkpoint in `outDir`; returns its step (0 if none).
     @discardableResult
     public func resume() throws -> Int {
-        guard let outDir, let dir = TrainingCheckpoint.latest(out: outDir) else { return 0 }
+        // Every rank must continue from the same checkpoint (each stage reads only its part).
+        var dir: String?
+        try CollectiveWrite.agree(comm, "finding the checkpoint to resume from") {
+            dir = try outDir.flatMap { try TrainingCheckpoint.latest(out: $0) }
+        }
+        let found = dir.flatMap { Int(($0 as NSString).lastPathComponent.dropFirst("step-".count)) } ?? 0
+        let lo = try comm.allReduce([Double(found)], op: .min)[0], hi = try comm.allReduce([Double(found)], op: .max)[0]
+        guard lo == hi else {
+            throw TrainError.resume("ranks see different latest checkpoints (steps \(Int(lo)) to \(Int(hi))); do all ranks see the same output directory?")
+        }
+        guard let dir else { return 0 }
         let state = try TrainingCheckpoint.load(dir: dir, model: model, optimizer: optimizer)
         guard state.worldSize == comm.size else {
             throw TrainError.resume("\(dir) was written by \(state.worldSize) data-parallel ranks and this run has \(comm.size); resuming on a different world size is not supported (the batch split and data order would change)")
@@ -300,7 +310,7 @@ public final class Trainer {
                                            microBatches: m, virtualStages: v)
         /// The rank running virtual stage k (same replica and SP position as this rank).
         func rank(ofVirtual k: Int) -> Int { comm.rank % stageStride + (k % stages) * stageStride }
-        func tag(_ receiver: Int, _ micro: Int, forward: Bool) -> Int { 20_000 + 2 * (receiver * m + micro) + (forward ? 0 : 1) }
+        func tag(_ receiver: Int, _ micro: Int, forward: Bool) -> Int { 2 * (receiver * m + micro) + (forward ? 0 : 1) }
         let reducer = self.reducer
         for (index, op) in order.enumerated() {
             let k = op.chunk * stages + stage, micro = op.micro
@@ -391,7 +401,7 @@ public final class Trainer {
         let dir = TrainingCheckpoint.directory(out: outDir, step: step)
         let shards = StageShards(config: model.config, plan: plan)
         let state = TrainerState(step: step, worldSize: comm.size, options: options, dataTokens: tokens.count, loss: 0)
-        try CollectiveWrite.directory(dir, comm: comm) { temp in
+        try CollectiveWrite.directory(dir, comm: comm, subdirectories: ["model"]) { temp in
             if writesStage { try TrainingCheckpoint.writeStage(into: temp, stage: stage, shards: shards, model: model, optimizer: optimizer) }
         } complete: { temp in
             try TrainingCheckpoint.complete(temp, shards: shards, state: state)

@@ -27,9 +27,6 @@ public enum TrainingCheckpoint {
     /// checkpoint directory being built at `dir`.
     public static func writeStage(into dir: String, stage: Int, shards: StageShards, model: LlamaModel, optimizer: AdamW) throws {
         let modelDir = (dir as NSString).appendingPathComponent("model")
-        do { try FileManager.default.createDirectory(atPath: modelDir, withIntermediateDirectories: true) } catch {
-            throw CheckpointError.io(path: modelDir, message: "cannot create directory: \(error.localizedDescription)")
-        }
         let names = shards.names(stage: stage)
         try HFCheckpoint.writeShard(model, names: names, to: (modelDir as NSString).appendingPathComponent(shards.modelFile(stage: stage)))
         var tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = []
@@ -46,6 +43,7 @@ public enum TrainingCheckpoint {
     /// Adds what one rank writes once (model config and index, `trainer.json`) to the
     /// checkpoint directory being built at `dir`.
     public static func complete(_ dir: String, shards: StageShards, state: TrainerState) throws {
+        try shards.requireFiles(in: dir) { shards.optimizerFile(stage: $0) }
         try shards.writeIndex(into: (dir as NSString).appendingPathComponent("model"))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -65,11 +63,15 @@ public enum TrainingCheckpoint {
         guard rename(latestTemp, latest) == 0 else { throw CheckpointError.io(path: latest, message: "cannot update") }
     }
 
-    /// The newest complete checkpoint directory under `out`, if any.
-    public static func latest(out: String) -> String? {
+    /// The newest complete checkpoint directory under `out`: nil when there is none, an error
+    /// when `latest` names a checkpoint that is not there.
+    public static func latest(out: String) throws -> String? {
         guard let name = try? String(contentsOfFile: latestFile(out: out), encoding: .utf8) else { return nil }
         let dir = (out as NSString).appendingPathComponent("checkpoints/" + name.trimmingCharacters(in: .whitespacesAndNewlines))
-        return FileManager.default.fileExists(atPath: (dir as NSString).appendingPathComponent("trainer.json")) ? dir : nil
+        guard FileManager.default.fileExists(atPath: (dir as NSString).appendingPathComponent("trainer.json")) else {
+            throw TrainError.resume("\(latestFile(out: out)) names \(dir), which has no trainer.json")
+        }
+        return dir
     }
 
     /// Loads the weights and optimizer moments `model` and `optimizer` hold (a stage's, or all)

@@ -157,6 +157,28 @@ import TorusTrain
     }
 }
 
+@Suite struct CheckpointLayoutTests {
+    /// A directory missing a stage's file (a writer that saw another file system) is not
+    /// completed, and a `latest` pointing at a missing checkpoint is an error, not a fresh start.
+    @Test func missingFilesAreRefused() throws {
+        let config = LlamaConfig(hiddenSize: 8, intermediateSize: 12, numHiddenLayers: 2, numAttentionHeads: 2,
+                                 numKeyValueHeads: 2, vocabSize: 16, maxPositionEmbeddings: 16)
+        let shards = StageShards(config: config, parts: [.stage(layers: 0..<1, of: config), .stage(layers: 1..<2, of: config)])
+        let dir = NSTemporaryDirectory() + "torus-layout-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir + "/checkpoints", withIntermediateDirectories: true)
+        try Data().write(to: URL(fileURLWithPath: dir + "/" + shards.modelFile(stage: 0)))
+        do {
+            try shards.writeIndex(into: dir)
+            Issue.record("an index was written without stage 1's shard")
+        } catch {
+            #expect("\(error)".contains("stage 1's file is missing"), "\(error)")
+        }
+        try "step-000004".write(toFile: dir + "/checkpoints/latest", atomically: true, encoding: .utf8)
+        #expect(throws: TrainError.self) { try TrainingCheckpoint.latest(out: dir) }
+        #expect(try TrainingCheckpoint.latest(out: dir + "/nothing-here") == nil)
+    }
+}
+
 @Suite struct InterleavedPlanTests {
     static let config = LlamaConfig(hiddenSize: 16, intermediateSize: 24, numHiddenLayers: 8, numAttentionHeads: 4,
                                     numKeyValueHeads: 2, vocabSize: 64, maxPositionEmbeddings: 64)
