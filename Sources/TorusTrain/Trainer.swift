@@ -300,6 +300,8 @@ public final class Trainer {
     /// With v virtual stages, piece c of stage s is virtual stage k = c p + s: its input comes
     /// from virtual stage k - 1 (the previous stage, or the last stage's previous piece for
     /// s = 0) and its output goes to k + 1. Tags name the receiving virtual stage and micro-batch.
+    /// Sends are nonblocking; the receives of the next `receiveAhead` passes are posted before
+    /// the current pass computes, so activations and their gradients arrive during compute.
     func runPipeline(batches: [(inputs: [Int32], targets: [Int32])], perRank: Int, seqLen: Int, lossScale: Float,
                      attention: SequenceAttention?) throws -> Float {
         let m = batches.count, v = stageChunks.count, last = stages * v - 1
@@ -311,17 +313,29 @@ public final class Trainer {
         /// The rank running virtual stage k (same replica and SP position as this rank).
         func rank(ofVirtual k: Int) -> Int { comm.rank % stageStride + (k % stages) * stageStride }
         func tag(_ receiver: Int, _ micro: Int, forward: Bool) -> Int { 2 * (receiver * m + micro) + (forward ? 0 : 1) }
+        // What pass i receives (its input, or the gradient of its output), posted ahead.
+        var received: [Int: (buffer: Tensor, request: Request)] = [:]
+        let receiveAhead = 2
+        func postReceive(_ i: Int) throws {
+            guard i < order.count, received[i] == nil else { return }
+            let op = order[i], k = op.chunk * stages + stage
+            if op.forward ? k == 0 : k == last { return }
+            let t = Tensor(zeros: [perRank * seqLen, model.config.hiddenSize])
+            let from = rank(ofVirtual: op.forward ? k - 1 : k + 1)
+            received[i] = (t, try comm.irecv(t, from: from, tag: tag(k, op.micro, forward: op.forward)))
+        }
+        func take(_ i: Int) throws -> Tensor? {
+            guard let r = received.removeValue(forKey: i) else { return nil }
+            try r.request.wait()
+            return r.buffer
+        }
         let reducer = self.reducer
         for (index, op) in order.enumerated() {
+            for j in index...(index + receiveAhead) { try postReceive(j) }
             let k = op.chunk * stages + stage, micro = op.micro
             if op.forward {
                 // Take the previous virtual stage's activations, hand ours on.
-                var input: Tensor?
-                if k > 0 {
-                    let t = Tensor(zeros: [perRank * seqLen, model.config.hiddenSize])
-                    try comm.recv(t, from: rank(ofVirtual: k - 1), tag: tag(k, micro, forward: true))
-                    input = t
-                }
+                let input = try take(index)
                 let pass = try Timeline.measure("stage \(stage) forward micro \(micro)" + (v > 1 ? " piece \(op.chunk)" : "")) {
                     try model.stageForward(tokens: batches[micro].inputs, input: input, batch: perRank, seqLen: seqLen,
                                            layers: stageChunks[op.chunk], attention: attention)
@@ -332,12 +346,7 @@ public final class Trainer {
                 guard let pass = passes.removeValue(forKey: op.chunk * m + micro) else {
                     throw TrainError.invalid("pipeline schedule ran backward of micro-batch \(micro) (piece \(op.chunk)) before its forward")
                 }
-                var dOutput: Tensor?
-                if k < last {
-                    let t = Tensor(zeros: pass.output.shape)
-                    try comm.recv(t, from: rank(ofVirtual: k + 1), tag: tag(k, micro, forward: false))
-                    dOutput = t
-                }
+                let dOutput = try take(index)
                 let r = try Timeline.measure("stage \(stage) backward micro \(micro)" + (v > 1 ? " piece \(op.chunk)" : "")) {
                     // The step's last backward starts the stage's gradient reduction bucket by bucket.
                     try model.stageBackward(pass, targets: k == last ? batches[micro].targets : nil, dOutput: dOutput,
@@ -351,6 +360,7 @@ public final class Trainer {
                 }
             }
             sends = try sends.filter { try !$0.test() }
+            for r in received.values { _ = try r.request.test() }
         }
         try Request.waitAll(sends)
         return lossSum
