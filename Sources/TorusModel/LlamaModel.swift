@@ -74,7 +74,9 @@ public final class LlamaModel: @unchecked Sendable {
     /// `CrossEntropy.ignoreIndex` skips a position). When `gradients` is given, adds the
     /// gradient of `lossScale * loss` to it. During backward, `gradientsReady(offset)` is called
     /// each time every gradient at flat offset `offset` and above is final (the head first, the
-    /// embedding last), so reductions of those slices can start while backward continues.
+    /// embedding last), so reductions of those slices can start while backward continues. It is
+    /// also called again with an offset already reported between the matrix products of a
+    /// layer, so the caller can drive its transfers.
     @discardableResult
     public func loss(tokens: [Int32], targets: [Int32], batch: Int, seqLen: Int,
                      gradients: ParameterStore? = nil, lossScale: Float = 1,
@@ -327,20 +329,26 @@ public final class LlamaModel: @unchecked Sendable {
             let positions = posBuffer.baseAddress!
             for l in pass.layerRange.reversed() {
                 let a = pass.layers[l - pass.layerRange.lowerBound], w = weights.layers[l], gw = g.layers[l]
+                // Re-reporting what is already final lets the caller poll its transfers mid-layer.
+                let above = gradientsReady == nil ? 0 : layerOffset(l + 1)
                 // x3 = x2 + down(act): dx is dx3 and flows into dx2 unchanged.
                 Linear.backward(x: a.act.pointer, weight: w.down.pointer, dy: dx.pointer, dx: dAct.pointer,
                                 dWeight: gw.down.pointer, rows: rows, inFeatures: f, outFeatures: d)
+                gradientsReady?(above)
                 SwiGLU.backward(gate: a.gate.pointer, up: a.up.pointer, dOut: dAct.pointer, dGate: dGate.pointer,
                                 dUp: dUp.pointer, count: rows * f)
                 Linear.backward(x: a.h2.pointer, weight: w.gate.pointer, dy: dGate.pointer, dx: dH.pointer,
                                 dWeight: gw.gate.pointer, rows: rows, inFeatures: d, outFeatures: f)
+                gradientsReady?(above)
                 Linear.backward(x: a.h2.pointer, weight: w.up.pointer, dy: dUp.pointer, dx: dH.pointer,
                                 dWeight: gw.up.pointer, rows: rows, inFeatures: d, outFeatures: f, accumulateInput: true)
+                gradientsReady?(above)
                 RMSNorm.backward(x: a.x2.pointer, weight: w.postNorm.pointer, rstd: a.rstd2.pointer, dy: dH.pointer,
                                  dx: dx.pointer, dWeight: gw.postNorm.pointer, rows: rows, dim: d, accumulate: true)
                 // x2 = x + o_proj(o)
                 Linear.backward(x: a.o.pointer, weight: w.o.pointer, dy: dx.pointer, dx: dO.pointer,
                                 dWeight: gw.o.pointer, rows: rows, inFeatures: qw, outFeatures: d)
+                gradientsReady?(above)
                 if attention == nil {
                     BlockAttention.rowDot(dOut: dO.pointer, out: a.o.pointer, rows: rows, shape: shape, result: rowDot.pointer)
                 }
@@ -364,10 +372,12 @@ public final class LlamaModel: @unchecked Sendable {
                                             queryCount: seqLen, keyCount: seqLen, shape: shape, mask: AttentionMask(causal: true),
                                             dq: dq.pointer + qo, dk: dk.pointer + ko, dv: dv.pointer + ko)
                 }
+                gradientsReady?(above)
                 rotary.apply(dq.pointer, rows: rows, heads: shape.queryHeads, positions: positions, inverse: true)
                 rotary.apply(dk.pointer, rows: rows, heads: shape.keyValueHeads, positions: positions, inverse: true)
                 Linear.backward(x: a.h1.pointer, weight: w.q.pointer, dy: dq.pointer, dx: dH.pointer,
                                 dWeight: gw.q.pointer, rows: rows, inFeatures: d, outFeatures: qw)
+                gradientsReady?(above)
                 Linear.backward(x: a.h1.pointer, weight: w.k.pointer, dy: dk.pointer, dx: dH.pointer,
                                 dWeight: gw.k.pointer, rows: rows, inFeatures: d, outFeatures: kw, accumulateInput: true)
                 Linear.backward(x: a.h1.pointer, weight: w.v.pointer, dy: dv.pointer, dx: dH.pointer,

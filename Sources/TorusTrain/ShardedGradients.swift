@@ -38,7 +38,9 @@ final class ShardedGradients {
         defer { lock.unlock() }
         progress[shard] = offset
         let done = progress.max() ?? offset
-        guard done < merged else { return }
+        // Nothing new to merge: still let the watcher poll its transfers (under the lock, so
+        // one thread at a time touches them).
+        guard done < merged else { onReady?(merged); return }
         for extra in extras.prefix(progress.count - 1) {
             let dst = main.flat.pointer + done, src = extra.flat.pointer + done
             for i in 0..<(merged - done) { dst[i] += src[i] }
