@@ -18,17 +18,11 @@ public final class RingAttention: SequenceParallelGroup, SequenceParallelAttenti
         lse.fill(-.infinity)
         let partOut = Tensor(zeros: [n, shape.queryWidth]), partLSE = Tensor(zeros: [n, shape.queryHeads])
         // Buffers hold [K; V] of one block.
-        var current = Tensor(zeros: [2 * n * kw]), incoming = Tensor(zeros: [2 * n * kw])
-        current.pointer.update(from: k.pointer, count: n * kw)
-        (current.pointer + n * kw).update(from: v.pointer, count: n * kw)
+        var current = Tensor.concatenating([k, v]), incoming = Tensor(zeros: [2 * n * kw])
         let mySegments = layout.segments(rank: comm.rank)
         for step in 0..<comm.size {
-            let owner = (comm.rank - step + comm.size) % comm.size
-            var requests: [Request] = []
-            if step < comm.size - 1 {
-                requests.append(try comm.irecv(incoming, from: prev, tag: 1000 + step))
-                requests.append(try isend(current, to: next, tag: 1000 + step))
-            }
+            let owner = rank(-step)
+            let requests = step < comm.size - 1 ? try passAlong(current, receiving: incoming, tag: 1000 + step) : []
             blocks.forward(querySegments: mySegments, keySegments: layout.segments(rank: owner), q: q.pointer,
                            k: current.pointer, v: current.pointer + n * kw, out: out.pointer, lse: lse.pointer,
                            partOut: partOut, partLSE: partLSE, poll: requests)
@@ -45,9 +39,7 @@ public final class RingAttention: SequenceParallelGroup, SequenceParallelAttenti
         let rowDot = Tensor(zeros: [n, shape.queryHeads])
         BlockAttention.rowDot(dOut: dOut.pointer, out: out.pointer, rows: n, shape: shape, result: rowDot.pointer)
         let dq = Tensor(zeros: [n, shape.queryWidth])
-        var kv = Tensor(zeros: [2 * n * kw]), kvIncoming = Tensor(zeros: [2 * n * kw])
-        kv.pointer.update(from: k.pointer, count: n * kw)
-        (kv.pointer + n * kw).update(from: v.pointer, count: n * kw)
+        var kv = Tensor.concatenating([k, v]), kvIncoming = Tensor(zeros: [2 * n * kw])
         // This rank's contribution to the block it holds, and the accumulated gradient of that
         // block from the ranks before it: [dK; dV] each.
         let local = Tensor(zeros: [2 * n * kw])
@@ -55,12 +47,8 @@ public final class RingAttention: SequenceParallelGroup, SequenceParallelAttenti
         var gradSend: Request?
         let mySegments = layout.segments(rank: comm.rank)
         for step in 0..<comm.size {
-            let owner = (comm.rank - step + comm.size) % comm.size
-            var kvRequests: [Request] = []
-            if step < comm.size - 1 {
-                kvRequests.append(try comm.irecv(kvIncoming, from: prev, tag: 3000 + step))
-                kvRequests.append(try isend(kv, to: next, tag: 3000 + step))
-            }
+            let owner = rank(-step)
+            let kvRequests = step < comm.size - 1 ? try passAlong(kv, receiving: kvIncoming, tag: 3000 + step) : []
             // The accumulated gradient of this block (from ranks owner..rank-1) arrives while we compute.
             var gradRecv: Request?
             if step > 0 { gradRecv = try comm.irecv(accumulatedIncoming, from: prev, tag: 4000 + step) }
@@ -86,9 +74,7 @@ public final class RingAttention: SequenceParallelGroup, SequenceParallelAttenti
         let home = Tensor(zeros: [2 * n * kw])
         try waitAll([try comm.irecv(home, from: prev, tag: 4000)])
         try waitAll([gradSend])
-        let dk = Tensor(zeros: [n, kw]), dv = Tensor(zeros: [n, kw])
-        dk.pointer.update(from: home.pointer, count: n * kw)
-        dv.pointer.update(from: home.pointer + n * kw, count: n * kw)
+        let dk = home.view(offset: 0, shape: [n, kw]), dv = home.view(offset: n * kw, shape: [n, kw])
         withExtendedLifetime((kv, kvIncoming, accumulated, accumulatedIncoming, local)) {}
         return (dq, dk, dv)
     }

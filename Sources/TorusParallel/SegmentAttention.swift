@@ -130,6 +130,12 @@ public class SequenceParallelGroup {
         return try comm.isend(t.pointer, count: n, to: dest, tag: tag, keepAlive: t)
     }
 
+    /// One hop around the ring: receive the previous rank's block into `incoming` while
+    /// `current` goes to the next rank (nonblocking both).
+    func passAlong(_ current: Tensor, receiving incoming: Tensor, tag: Int) throws -> [Request] {
+        [try comm.irecv(incoming, from: prev, tag: tag), try isend(current, to: next, tag: tag)]
+    }
+
     func waitAll(_ requests: [Request?]) throws {
         let t0 = DispatchTime.now().uptimeNanoseconds
         for r in requests { try r?.wait() }

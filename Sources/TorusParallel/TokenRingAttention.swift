@@ -104,11 +104,9 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
         let mySegments = layout.segments(rank: comm.rank)
         // The travelling query side: [Q; dO; lse; D].
         let packSize = 2 * n * qw + 2 * n * hq
-        var held = Tensor(zeros: [packSize]), incoming = Tensor(zeros: [packSize])
-        held.pointer.update(from: q.pointer, count: n * qw)
-        (held.pointer + n * qw).update(from: dOut.pointer, count: n * qw)
-        (held.pointer + 2 * n * qw).update(from: lse.pointer, count: n * hq)
-        BlockAttention.rowDot(dOut: dOut.pointer, out: out.pointer, rows: n, shape: shape, result: held.pointer + 2 * n * qw + n * hq)
+        let rowDot = Tensor(zeros: [n, hq])
+        BlockAttention.rowDot(dOut: dOut.pointer, out: out.pointer, rows: n, shape: shape, result: rowDot.pointer)
+        var held = Tensor.concatenating([q, dOut, lse, rowDot]), incoming = Tensor(zeros: [packSize])
         let dq = Tensor(zeros: [n, qw]), dk = Tensor(zeros: [n, kw]), dv = Tensor(zeros: [n, kw])
         let partials = try ReturnedPartials(group: self, size: n * qw, tag: 7000)
         // The late halves of Q, dO, lse and D inside the pack.

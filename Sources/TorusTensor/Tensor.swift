@@ -60,6 +60,18 @@ public final class Tensor: @unchecked Sendable {
     }
 
     /// A new tensor with a copy of the elements.
+    /// A new one-dimensional tensor holding the values of `parts` back to back (a send buffer
+    /// of several tensors).
+    public static func concatenating(_ parts: [Tensor]) -> Tensor {
+        let t = Tensor(zeros: [parts.reduce(0) { $0 + $1.count }])
+        var offset = 0
+        for p in parts {
+            (t.pointer + offset).update(from: p.pointer, count: p.count)
+            offset += p.count
+        }
+        return t
+    }
+
     public func copy() -> Tensor {
         let t = Tensor(zeros: shape)
         t.pointer.update(from: pointer, count: count)

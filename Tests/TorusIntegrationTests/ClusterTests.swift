@@ -30,16 +30,7 @@ struct ClusterTests {
         let path = dir + "/\(UUID().uuidString).yaml"
         try """
         \(TestYAML.model())
-        seed: 2
-        train:
-          steps: 3
-          batch_size: 4
-          seq_len: 32
-          log_every: 1
-          out: \(out)
-        data:
-          synth_examples: 200
-          heldout: none
+        \(TestYAML.shortRun(out: out, heldout: "none"))
         \(sp ? "sequence_parallel:\n  size: 2\n  method: ring\n" : "")
         """.write(toFile: path, atomically: true, encoding: .utf8)
         return path

@@ -10,16 +10,7 @@ import Testing
         let config = dir + "/job.yaml"
         try """
         \(TestYAML.model(layers: 4))
-        seed: 2
-        train:
-          steps: 3
-          batch_size: 4
-          seq_len: 32
-          log_every: 1
-          out: \(dir)/out
-        data:
-          synth_examples: 200
-          heldout: synth
+        \(TestYAML.shortRun(out: dir + "/out", heldout: "synth"))
         sequence_parallel:
           size: 2
           method: tokenring

@@ -12,4 +12,20 @@ enum TestYAML {
           max_position_embeddings: \(maxPositions)
         """
     }
+
+    /// A 3-step `seed:` + `train:` + `data:` section on the synthetic corpus, writing to `out`.
+    static func shortRun(out: String, heldout: String) -> String {
+        """
+        seed: 2
+        train:
+          steps: 3
+          batch_size: 4
+          seq_len: 32
+          log_every: 1
+          out: \(out)
+        data:
+          synth_examples: 200
+          heldout: \(heldout)
+        """
+    }
 }
