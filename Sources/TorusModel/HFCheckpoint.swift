@@ -141,29 +141,25 @@ public enum HFCheckpoint {
     }
 
     static func writeWeights(_ model: LlamaModel, into dir: String, maxShardBytes: Int) throws {
-        let entries = model.parameters.entries
-        var shards: [[ParameterEntry]] = [[]]
+        var shards: [[String]] = [[]]
         var shardBytes = 0
-        for e in entries {
+        for e in model.parameters.entries {
             if shardBytes > 0 && shardBytes + e.count * 4 > maxShardBytes {
                 shards.append([])
                 shardBytes = 0
             }
-            shards[shards.count - 1].append(e)
+            shards[shards.count - 1].append(e.name)
             shardBytes += e.count * 4
         }
-        func tensors(_ list: [ParameterEntry]) -> [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] {
-            list.map { ($0.name, $0.shape, UnsafeBufferPointer(start: model.parameters.flat.pointer + $0.offset, count: $0.count)) }
-        }
         if shards.count == 1 {
-            try SafetensorsWriter.write(path: (dir as NSString).appendingPathComponent("model.safetensors"), tensors: tensors(entries))
+            try writeShard(model, names: shards[0], to: (dir as NSString).appendingPathComponent("model.safetensors"))
             return
         }
         var weightMap: [String: String] = [:]
         for (i, shard) in shards.enumerated() {
-            let name = String(format: "model-%05d-of-%05d.safetensors", i + 1, shards.count)
-            try SafetensorsWriter.write(path: (dir as NSString).appendingPathComponent(name), tensors: tensors(shard))
-            for e in shard { weightMap[e.name] = name }
+            let name = shardFileName(i, of: shards.count)
+            try writeShard(model, names: shard, to: (dir as NSString).appendingPathComponent(name))
+            for n in shard { weightMap[n] = name }
         }
         try writeIndex(config: model.config, weightMap: weightMap, into: dir)
     }

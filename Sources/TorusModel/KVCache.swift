@@ -23,8 +23,9 @@ public final class KVCache: @unchecked Sendable {
 
 extension LlamaModel {
     /// Runs `tokens` as the continuation of the sequence in `cache` (appending their keys and
-    /// values) and returns logits [tokens.count, vocab] for them.
-    public func forward(tokens: [Int32], cache: KVCache) throws -> Tensor {
+    /// values) and returns logits [tokens.count, vocab] for them, or with `lastOnly` [1, vocab]
+    /// for the last token only (all a prompt's prefill needs before sampling).
+    public func forward(tokens: [Int32], cache: KVCache, lastOnly: Bool = false) throws -> Tensor {
         try requireWhole(for: "generation with a KV cache")
         let n = tokens.count, start = cache.length
         guard n > 0 else { throw ModelInputError.shapeMismatch("no tokens to run") }
@@ -52,11 +53,7 @@ extension LlamaModel {
             }
         }
         cache.length = start + n
-        let (normed, _) = finalNorm(x, rows: n)
-        let logits = Tensor(zeros: [n, config.vocabSize])
-        Linear.forward(x: normed.pointer, weight: weights.lmHead.pointer, y: logits.pointer,
-                       rows: n, inFeatures: config.hiddenSize, outFeatures: config.vocabSize)
-        withExtendedLifetime(normed) {}
-        return logits
+        let d = config.hiddenSize
+        return lastOnly ? headLogits(x.view(offset: (n - 1) * d, shape: [1, d]), rows: 1).logits : headLogits(x, rows: n).logits
     }
 }

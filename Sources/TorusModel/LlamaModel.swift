@@ -11,6 +11,8 @@ public final class LlamaModel: @unchecked Sendable {
     public let weights: LlamaTensors
     let rotary: RotaryTable
     let shape: AttentionShape
+    /// Flat offset of the first held tensor of layer l or later (index L: the norm and head).
+    let layerOffsets: [Int]
 
     /// The tensors this instance holds (the whole model unless it is one pipeline stage's).
     public let part: ModelPart
@@ -27,6 +29,11 @@ public final class LlamaModel: @unchecked Sendable {
         self.part = part
         self.parameters = ParameterStore(layout: LlamaTensors.layout(for: config).filter { part.holds($0.name, config: config) })
         self.weights = LlamaTensors(config: config, store: parameters)
+        let store = parameters, layers = config.numHiddenLayers
+        let positions = store.entries.map { ModelPart.position(of: $0.name, layers: layers) ?? layers }
+        self.layerOffsets = (0...layers).map { l in
+            positions.firstIndex { $0 >= l }.map { store.entries[$0].offset } ?? store.count
+        }
         self.shape = config.attentionShape
         self.rotary = RotaryTable(headDim: config.resolvedHeadDim, theta: config.ropeTheta,
                                   capacity: min(config.maxPositionEmbeddings, 4096))
@@ -44,9 +51,12 @@ public final class LlamaModel: @unchecked Sendable {
                 if held { model.parameters.tensor(name).fill(1) }
                 continue
             }
-            // Tensors of other stages still draw their values, so the stream stays aligned.
-            let t = held ? model.parameters.tensor(name) : Tensor(zeros: shape)
-            t.fillNormal(std: Float(config.initializerRange), generator: &rng)
+            // Tensors of other stages skip their draws, so the stream stays aligned.
+            if held {
+                model.parameters.tensor(name).fillNormal(std: Float(config.initializerRange), generator: &rng)
+            } else {
+                rng.skipNormals(shape.reduce(1, *))
+            }
         }
         return model
     }
@@ -84,9 +94,7 @@ public final class LlamaModel: @unchecked Sendable {
         guard targets.count == tokens.count else {
             throw ModelInputError.shapeMismatch("targets has \(targets.count) entries for \(tokens.count) tokens")
         }
-        for t in targets where t != CrossEntropy.ignoreIndex && (t < 0 || Int(t) >= config.vocabSize) {
-            throw ModelInputError.tokenOutOfRange(token: Int(t), vocab: config.vocabSize)
-        }
+        try checkTargets(targets)
         let pass = try forward(tokens: tokens, batch: batch, seqLen: seqLen, keepActivations: gradients != nil, attention: attention)
         guard let logits = pass.logitsIfComputed else { throw ModelInputError.shapeMismatch("the pass ran no head") }
         let rows = batch * seqLen
@@ -127,6 +135,7 @@ public final class LlamaModel: @unchecked Sendable {
     /// by `lossScale`, and returned); other stages pass `dOutput` from the next stage. Returns
     /// the loss (0 when not the last stage) and the gradient for the previous stage (nil on the
     /// first stage). `gradientsReady` is called as for `loss(...)`, with offsets into `gradients`.
+    /// `dOutput` is consumed (used as scratch; the returned gradient may be the same memory).
     public func stageBackward(_ stage: StagePass, targets: [Int32]?, dOutput: Tensor?, gradients: ParameterStore,
                               lossScale: Float = 1, gradientsReady: ((Int) -> Void)? = nil,
                               attention: SequenceAttention? = nil) throws -> (loss: Float, dInput: Tensor?) {
@@ -135,9 +144,7 @@ public final class LlamaModel: @unchecked Sendable {
         if let targets, let logits = pass.logitsIfComputed {
             let rows = pass.batch * pass.seqLen
             guard targets.count == rows else { throw ModelInputError.shapeMismatch("targets has \(targets.count) entries for \(rows) rows") }
-            for t in targets where t != CrossEntropy.ignoreIndex && (t < 0 || Int(t) >= config.vocabSize) {
-                throw ModelInputError.tokenOutOfRange(token: Int(t), vocab: config.vocabSize)
-            }
+            try checkTargets(targets)
             let result = targets.withUnsafeBufferPointer { tp in
                 CrossEntropy.forward(logits: logits.pointer, targets: tp.baseAddress!, rows: rows, vocab: config.vocabSize,
                                      dLogits: logits.pointer, scale: lossScale)
@@ -175,6 +182,11 @@ public final class LlamaModel: @unchecked Sendable {
         for t in tokens where t < 0 || Int(t) >= config.vocabSize {
             throw ModelInputError.tokenOutOfRange(token: Int(t), vocab: config.vocabSize)
         }
+    }
+
+    /// Like `checkTokens`, allowing `CrossEntropy.ignoreIndex`.
+    func checkTargets(_ targets: [Int32]) throws {
+        try checkTokens(targets.filter { $0 != CrossEntropy.ignoreIndex })
     }
 
     /// `seqLen` rows of each of `batch` sequences; with `attention`, those rows are this rank's
@@ -235,10 +247,7 @@ public final class LlamaModel: @unchecked Sendable {
             return ForwardPass(tokens: tokens, positions: positions, batch: batch, seqLen: seqLen, layers: saved, layerRange: range,
                                embedded: input == nil, output: x, finalRstd: nil, finalNormed: nil, logitsIfComputed: nil)
         }
-        let (normed, rstd) = finalNorm(x, rows: rows)
-        let logits = Tensor(zeros: [rows, config.vocabSize])
-        Linear.forward(x: normed.pointer, weight: weights.lmHead.pointer, y: logits.pointer,
-                       rows: rows, inFeatures: config.hiddenSize, outFeatures: config.vocabSize)
+        let (logits, normed, rstd) = headLogits(x, rows: rows)
         return ForwardPass(tokens: tokens, positions: positions, batch: batch, seqLen: seqLen, layers: saved, layerRange: range,
                            embedded: input == nil, output: x, finalRstd: rstd, finalNormed: normed, logitsIfComputed: logits)
     }
@@ -252,12 +261,17 @@ public final class LlamaModel: @unchecked Sendable {
         return x
     }
 
-    func finalNorm(_ x: Tensor, rows: Int) -> (Tensor, Tensor) {
+    /// Logits [rows, vocab] of the hidden states `x` [rows, d] (the final norm, then the head),
+    /// with the normed rows and their rstd for backward.
+    func headLogits(_ x: Tensor, rows: Int) -> (logits: Tensor, normed: Tensor, rstd: Tensor) {
         let normed = Tensor(zeros: [rows, config.hiddenSize])
         let rstd = Tensor(zeros: [rows])
         RMSNorm.forward(x: x.pointer, weight: weights.finalNorm.pointer, y: normed.pointer, rstd: rstd.pointer,
                         rows: rows, dim: config.hiddenSize, eps: Float(config.rmsNormEps))
-        return (normed, rstd)
+        let logits = Tensor(zeros: [rows, config.vocabSize])
+        Linear.forward(x: normed.pointer, weight: weights.lmHead.pointer, y: logits.pointer,
+                       rows: rows, inFeatures: config.hiddenSize, outFeatures: config.vocabSize)
+        return (logits, normed, rstd)
     }
 
     /// One decoder layer. `attend(q, k, v, out, lse)` fills the attention output for the
@@ -292,11 +306,7 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     /// Flat offset of the first tensor of layer `l` (or of the final norm for `l == layers`).
-    func layerOffset(_ l: Int) -> Int {
-        let layers = config.numHiddenLayers
-        let first = parameters.entries.first { (ModelPart.position(of: $0.name, layers: layers) ?? layers) >= l }
-        return first?.offset ?? parameters.count
-    }
+    func layerOffset(_ l: Int) -> Int { layerOffsets[l] }
 
     /// Backward of `pass`: from `dLogits` when the pass included the head, else from
     /// `dOutput` (the gradient of the pass's output, from the next pipeline stage). Returns the
@@ -307,18 +317,19 @@ public final class LlamaModel: @unchecked Sendable {
         let d = config.hiddenSize, f = config.intermediateSize, v = config.vocabSize
         let qw = shape.queryWidth, kw = shape.keyValueWidth
         let rows = pass.batch * pass.seqLen, seqLen = pass.seqLen
-        let dNormed = Tensor(zeros: [rows, d])
         let dx: Tensor
         if let dLogits, let normed = pass.finalNormed, let rstd = pass.finalRstd {
+            let dNormed = Tensor(zeros: [rows, d])
             Linear.backward(x: normed.pointer, weight: weights.lmHead.pointer, dy: dLogits.pointer,
                             dx: dNormed.pointer, dWeight: g.lmHead.pointer, rows: rows, inFeatures: d, outFeatures: v)
             dx = Tensor(zeros: [rows, d])
             RMSNorm.backward(x: pass.output.pointer, weight: weights.finalNorm.pointer, rstd: rstd.pointer,
                              dy: dNormed.pointer, dx: dx.pointer, dWeight: g.finalNorm.pointer, rows: rows, dim: d)
+            withExtendedLifetime(dNormed) {}
             // With tied embeddings the head's gradient lives in the embedding, which finishes last.
             gradientsReady?(layerOffset(config.numHiddenLayers))
         } else if let dOutput, dOutput.count == rows * d {
-            dx = dOutput.copy()
+            dx = dOutput   // consumed: it becomes the running gradient (and the returned dInput)
         } else {
             throw ModelInputError.shapeMismatch("backward needs the logits' gradient or a \(rows) x \(d) output gradient")
         }
@@ -352,7 +363,8 @@ public final class LlamaModel: @unchecked Sendable {
                 if attention == nil {
                     BlockAttention.rowDot(dOut: dO.pointer, out: a.o.pointer, rows: rows, shape: shape, result: rowDot.pointer)
                 }
-                dq.fill(0); dk.fill(0); dv.fill(0)
+                // The kernel accumulates; a sequence-parallel method's results are copied in whole.
+                if attention == nil { dq.fill(0); dk.fill(0); dv.fill(0) }
                 for b in 0..<pass.batch {
                     let qo = b * seqLen * qw, ko = b * seqLen * kw, lo = b * seqLen * shape.queryHeads
                     if let attention {
@@ -388,11 +400,10 @@ public final class LlamaModel: @unchecked Sendable {
             }
         }
         // Scratch tensors are used through raw pointers; keep them alive to the end.
-        defer { withExtendedLifetime((dNormed, dx, dAct, dGate, dUp, dH, dO, rowDot, dq, dk, dv)) {} }
+        defer { withExtendedLifetime((dx, dAct, dGate, dUp, dH, dO, rowDot, dq, dk, dv)) {} }
         guard pass.embedded else { return dx }
         for (r, t) in pass.tokens.enumerated() {
-            let dst = g.embed.pointer + Int(t) * d, src = dx.pointer + r * d
-            for i in 0..<d { dst[i] += src[i] }
+            VectorMath.add(dx.pointer + r * d, into: g.embed.pointer + Int(t) * d, count: d)
         }
         gradientsReady?(0)
         return nil

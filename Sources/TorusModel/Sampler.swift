@@ -63,16 +63,15 @@ extension LlamaModel {
         let cache = KVCache(config: config, capacity: min(config.maxPositionEmbeddings, prompt.count + maxNewTokens))
         var sampler = Sampler(options: options)
         var out: [Int32] = []
-        var logits = try forward(tokens: prompt, cache: cache)
-        var lastRow = logits.pointer + (prompt.count - 1) * config.vocabSize
+        var logits = try forward(tokens: prompt, cache: cache, lastOnly: true)
         while out.count < maxNewTokens {
-            let next = sampler.next(logits: lastRow, vocab: config.vocabSize)
+            let next = sampler.next(logits: logits.pointer, vocab: config.vocabSize)
             out.append(next)
             onToken?(next)
             if next == stopToken || cache.length >= cache.capacity { break }
             logits = try forward(tokens: [next], cache: cache)
-            lastRow = logits.pointer
         }
+        withExtendedLifetime(logits) {}
         return out
     }
 }

@@ -22,13 +22,12 @@ public final class ShardedKVCache: @unchecked Sendable {
     public private(set) var rows = 0
     let keys: [Tensor]
     let values: [Tensor]
-    let width: Int
 
     public init(config: LlamaConfig, capacity: Int) {
         self.capacity = capacity
-        width = config.numKeyValueHeads * config.resolvedHeadDim
-        keys = (0..<config.numHiddenLayers).map { _ in Tensor(zeros: [capacity, config.numKeyValueHeads * config.resolvedHeadDim]) }
-        values = (0..<config.numHiddenLayers).map { _ in Tensor(zeros: [capacity, config.numKeyValueHeads * config.resolvedHeadDim]) }
+        let width = config.numKeyValueHeads * config.resolvedHeadDim
+        keys = (0..<config.numHiddenLayers).map { _ in Tensor(zeros: [capacity, width]) }
+        values = (0..<config.numHiddenLayers).map { _ in Tensor(zeros: [capacity, width]) }
     }
 
     /// Reserves rows for positions [start, start + count) and returns their first local row.
@@ -59,23 +58,18 @@ extension LlamaModel {
         }
         // Keep each layer's rotated K, V (in local row order, segment by segment) as the forward runs.
         let recorder = CachingAttention(inner: attention, cache: cache)
-        let firstRow = try positions.indices.reduce(into: [Int]()) { rowsOut, i in
-            if i == 0 || positions[i] != positions[i - 1] + 1 { rowsOut.append(i) }
-        }
-        var runs: [(start: Int, count: Int)] = []
-        for (j, r) in firstRow.enumerated() {
-            let end = j + 1 < firstRow.count ? firstRow[j + 1] : positions.count
-            runs.append((Int(positions[r]), end - r))
-        }
-        for run in runs { _ = try cache.append(start: run.start, count: run.count) }
-        let pass = try forward(tokens: localTokens, batch: 1, seqLen: localTokens.count, keepActivations: false, attention: recorder)
-        // The rank holding the last position shares its logits row.
+        // Rows in local order; `append` joins consecutive positions into one segment.
+        for p in positions { _ = try cache.append(start: Int(p), count: 1) }
+        let pass = try forward(tokens: localTokens, batch: 1, seqLen: localTokens.count, keepActivations: false, attention: recorder,
+                               head: false)
+        // The rank holding the last position runs the head on that row alone and shares its logits.
         let last = Int32(positions.max() ?? 0)
         let lastGlobal = try group.allGather([Float(last)]).map { Int($0[0]) }.max() ?? 0
         var mine = [Float](repeating: 0, count: config.vocabSize + 1)
-        if let row = positions.firstIndex(of: Int32(lastGlobal)), let logits = pass.logitsIfComputed {
+        if let row = positions.firstIndex(of: Int32(lastGlobal)) {
+            let d = config.hiddenSize
             mine[0] = 1
-            for j in 0..<config.vocabSize { mine[j + 1] = logits[row * config.vocabSize + j] }
+            mine.replaceSubrange(1..., with: headLogits(pass.output.view(offset: row * d, shape: [1, d]), rows: 1).logits.array)
         }
         guard let owner = try group.allGather(mine).first(where: { $0[0] == 1 }) else {
             throw ModelInputError.shapeMismatch("no rank holds the last prompt position")
@@ -127,12 +121,7 @@ extension LlamaModel {
                 }.out
             }
         }
-        let (normed, _) = finalNorm(x, rows: 1)
-        let logits = Tensor(zeros: [1, config.vocabSize])
-        Linear.forward(x: normed.pointer, weight: weights.lmHead.pointer, y: logits.pointer,
-                       rows: 1, inFeatures: config.hiddenSize, outFeatures: config.vocabSize)
-        withExtendedLifetime(normed) {}
-        return logits.array
+        return headLogits(x, rows: 1).logits.array
     }
 }
 

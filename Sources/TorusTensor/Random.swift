@@ -30,6 +30,13 @@ public struct SeededGenerator: RandomNumberGenerator, Sendable {
 }
 
 
+extension SeededGenerator {
+    /// Skips the `count` normal samples `fillNormal` would draw (each takes two draws), in O(1).
+    public mutating func skipNormals(_ count: Int) {
+        state &+= UInt64(2 * count) &* 0x9E37_79B9_7F4A_7C15
+    }
+}
+
 extension Tensor {
     /// Fills with normal samples of the given standard deviation.
     public func fillNormal(std: Float, generator: inout SeededGenerator) {

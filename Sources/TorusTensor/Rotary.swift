@@ -23,16 +23,18 @@ public final class RotaryTable: @unchecked Sendable {
     }
 
     /// Grows the table to cover positions below `capacity`.
-    public func ensure(capacity newCapacity: Int) {
-        guard newCapacity > capacity else { return }
+    public func ensure(capacity requested: Int) {
+        guard requested > capacity else { return }
+        // Grow geometrically, so decoding token by token past the capacity rebuilds rarely.
+        let newCapacity = capacity == 0 ? requested : max(requested, 2 * capacity)
         let half = headDim / 2
         var c = [Float](repeating: 0, count: newCapacity * half)
         var s = c
+        // transformers: inv_freq = 1 / theta^(2i/d) in fp32; angle = pos * inv_freq in fp32.
+        let invFreq = (0..<half).map { Float(1.0 / pow(theta, Double(2 * $0) / Double(headDim))) }
         for p in 0..<newCapacity {
             for i in 0..<half {
-                // transformers: inv_freq = 1 / theta^(2i/d) in fp32; angle = pos * inv_freq in fp32.
-                let invFreq = Float(1.0 / pow(theta, Double(2 * i) / Double(headDim)))
-                let angle = Float(p) * invFreq
+                let angle = Float(p) * invFreq[i]
                 c[p * half + i] = Float(cos(Double(angle)))
                 s[p * half + i] = Float(sin(Double(angle)))
             }
