@@ -41,7 +41,7 @@ let package = Package(
         .testTarget(name: "TorusTensorTests", dependencies: ["TorusTensor"]),
         .testTarget(name: "TorusModelTests", dependencies: ["TorusModel", "TorusTensor"]),
         .testTarget(name: "TorusTraceTests", dependencies: ["TorusTrace"]),
-        .testTarget(name: "TorusParallelTests", dependencies: ["TorusParallel"]),
+        .testTarget(name: "TorusParallelTests", dependencies: ["TorusParallel", "TorusTensor"]),
         .testTarget(name: "TorusTrainTests", dependencies: ["TorusTrain", "TorusModel"]),
         .testTarget(name: "TorusIntegrationTests", dependencies: ["TorusModel", "TorusTensor"]),
     ],

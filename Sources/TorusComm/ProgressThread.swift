@@ -13,9 +13,6 @@ public final class ProgressThread: @unchecked Sendable {
     private let interval: useconds_t
     private let lock = NSLock()
     private var running = false
-    private var thread: Thread?
-    /// Iprobe calls made so far.
-    public private(set) var polls = 0
 
     public init(comm: Communicator, intervalMicroseconds: Int = 50) {
         self.comm = comm
@@ -31,7 +28,6 @@ public final class ProgressThread: @unchecked Sendable {
         running = true
         let t = Thread { [weak self] in self?.loop() }
         t.name = "torus-mpi-progress"
-        thread = t
         t.start()
     }
 
@@ -55,7 +51,6 @@ public final class ProgressThread: @unchecked Sendable {
             lock.unlock()
             if !go { break }
             MPI_Iprobe(torus_mpi_any_source(), torus_mpi_any_tag(), comm.handle, &flag, torus_mpi_status_ignore())
-            polls += 1
             usleep(interval)
         }
         lock.lock(); looping = false; lock.unlock()

@@ -58,11 +58,10 @@ public final class RingAttention: SequenceParallelGroup, SequenceParallelAttenti
                             dq: dq.pointer, dk: local.pointer, dv: local.pointer + n * kw,
                             poll: kvRequests + [gradRecv, gradSend].compactMap { $0 })
             try waitAll([gradSend])
+            // At step 0 `accumulated` is still all zeros.
             if let gradRecv {
                 try waitAll([gradRecv])
                 swap(&accumulated, &accumulatedIncoming)
-            } else {
-                accumulated.fill(0)
             }
             VectorMath.add(local.pointer, into: accumulated.pointer, count: local.count)
             // Pass the running gradient on; after the last step it reaches the block's owner.
@@ -71,11 +70,10 @@ public final class RingAttention: SequenceParallelGroup, SequenceParallelAttenti
             swap(&kv, &kvIncoming)
         }
         // Our own block's complete gradient comes back from the previous rank.
-        let home = Tensor(zeros: [2 * n * kw])
+        // (into the buffer not being sent: the last send is from `accumulated`).
+        let home = accumulatedIncoming
         try waitAll([try comm.irecv(home, from: prev, tag: 4000)])
         try waitAll([gradSend])
-        let dk = home.view(offset: 0, shape: [n, kw]), dv = home.view(offset: n * kw, shape: [n, kw])
-        withExtendedLifetime((kv, kvIncoming, accumulated, accumulatedIncoming, local)) {}
-        return (dq, dk, dv)
+        return (dq, home.view(offset: 0, shape: [n, kw]), home.view(offset: n * kw, shape: [n, kw]))
     }
 }

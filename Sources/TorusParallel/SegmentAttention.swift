@@ -10,6 +10,16 @@ import TorusTrace
 struct SegmentAttention {
     let shape: AttentionShape
     let causal: Bool
+    /// Query rows per kernel call: the requests are polled between calls, so transfers keep
+    /// moving during a long segment pair.
+    static let rowsPerPoll = 512
+
+    /// `s` cut into runs of at most `rowsPerPoll` query rows.
+    static func rowGroups(_ s: SequenceSegment) -> [SequenceSegment] {
+        stride(from: 0, to: s.count, by: rowsPerPoll).map {
+            SequenceSegment(start: s.start + $0, count: min(rowsPerPoll, s.count - $0), localRow: s.localRow + $0)
+        }
+    }
 
     /// Whether any key of `k` is visible to some query of `q`.
     func visible(_ q: SequenceSegment, _ k: SequenceSegment) -> Bool {
@@ -26,7 +36,7 @@ struct SegmentAttention {
                  k: UnsafePointer<Float>, v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                  partOut: Tensor, partLSE: Tensor, poll: [Request]) {
         let qw = shape.queryWidth, kw = shape.keyValueWidth, hq = shape.queryHeads
-        for qs in querySegments {
+        for qs in querySegments.flatMap(Self.rowGroups) {
             for ks in keySegments where visible(qs, ks) {
                 Timeline.measure("attention forward \(qs.start)x\(ks.start)") {
                     BlockAttention.forward(q: q + qs.localRow * qw, k: k + ks.localRow * kw, v: v + ks.localRow * kw,
@@ -49,7 +59,7 @@ struct SegmentAttention {
                   dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
                   poll: [Request]) {
         let qw = shape.queryWidth, kw = shape.keyValueWidth, hq = shape.queryHeads
-        for qs in querySegments {
+        for qs in querySegments.flatMap(Self.rowGroups) {
             for ks in keySegments where visible(qs, ks) {
                 Timeline.measure("attention backward \(qs.start)x\(ks.start)") {
                     BlockAttention.backward(q: q + qs.localRow * qw, k: k + ks.localRow * kw, v: v + ks.localRow * kw,
@@ -124,10 +134,10 @@ public class SequenceParallelGroup {
 
     public func resetStatistics() { bytesSent = 0; waitSeconds = 0 }
 
-    func isend(_ t: Tensor, count: Int? = nil, to dest: Int, tag: Int) throws -> Request {
-        let n = count ?? t.count
+    func isend(_ t: Tensor, offset: Int = 0, count: Int? = nil, to dest: Int, tag: Int) throws -> Request {
+        let n = count ?? t.count - offset
         bytesSent += n * 4
-        return try comm.isend(t.pointer, count: n, to: dest, tag: tag, keepAlive: t)
+        return try comm.isend(t.pointer + offset, count: n, to: dest, tag: tag, keepAlive: t)
     }
 
     /// One hop around the ring: receive the previous rank's block into `incoming` while

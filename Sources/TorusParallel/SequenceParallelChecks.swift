@@ -84,10 +84,8 @@ public struct SequenceParallelChecks {
         }
         let errors = ["out": maxError(pOut, local(out)), "lse": maxError(pLSE, local(lse)),
                       "dq": maxError(grads.dq, local(dq)), "dk": maxError(grads.dk, local(dk)), "dv": maxError(grads.dv, local(dv))]
-        var result: [String: Double] = [:]
-        for key in errors.keys.sorted() {
-            result[key] = try comm.allReduce([errors[key] ?? .infinity], op: .max)[0]
-        }
-        return result
+        let keys = errors.keys.sorted()
+        let worst = try comm.allReduce(keys.map { errors[$0] ?? .infinity }, op: .max)
+        return Dictionary(uniqueKeysWithValues: zip(keys, worst))
     }
 }

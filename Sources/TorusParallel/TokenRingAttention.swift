@@ -32,10 +32,7 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
 
     /// Sends `ranges` (offset, count) of `t` to `dest` as separate messages `tag`, `tag+1`, ...
     func sendRanges(_ t: Tensor, _ ranges: [(Int, Int)], to dest: Int, tag: Int) throws -> [Request] {
-        try ranges.enumerated().map { i, r in
-            bytesSent += r.1 * 4
-            return try comm.isend(t.pointer + r.0, count: r.1, to: dest, tag: tag + i, keepAlive: t)
-        }
+        try ranges.enumerated().map { i, r in try isend(t, offset: r.0, count: r.1, to: dest, tag: tag + i) }
     }
 
     func receiveRanges(_ t: Tensor, _ ranges: [(Int, Int)], from source: Int, tag: Int) throws -> [Request] {
@@ -76,8 +73,9 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
                 blocks.forward(querySegments: mySegments, keySegments: mySegments, q: q.pointer, k: k.pointer, v: v.pointer,
                                out: out.pointer, lse: lse.pointer, partOut: partOut, partLSE: partLSE, poll: qRequests)
             } else if hasWork(queryOwner: owner, keyOwner: comm.rank) {
+                // lse -inf marks rows not yet attended: the merge copies into them, and the owner's
+                // merge skips rows that stay -inf, so the output part needs no clearing.
                 let buffer = try partials.outgoing(step: s)
-                buffer.fill(0)
                 (buffer.pointer + n * qw).update(repeating: -.infinity, count: n * hq)
                 blocks.forward(querySegments: layout.segments(rank: owner), keySegments: mySegments, q: heldQ.pointer,
                                k: k.pointer, v: v.pointer, out: buffer.pointer, lse: buffer.pointer + n * qw,

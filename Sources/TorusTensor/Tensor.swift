@@ -59,7 +59,6 @@ public final class Tensor: @unchecked Sendable {
         return view(offset: 0, shape: shape)
     }
 
-    /// A new tensor with a copy of the elements.
     /// A new one-dimensional tensor holding the values of `parts` back to back (a send buffer
     /// of several tensors).
     public static func concatenating(_ parts: [Tensor]) -> Tensor {
@@ -72,6 +71,7 @@ public final class Tensor: @unchecked Sendable {
         return t
     }
 
+    /// A new tensor with a copy of the elements.
     public func copy() -> Tensor {
         let t = Tensor(zeros: shape)
         t.pointer.update(from: pointer, count: count)

@@ -14,7 +14,7 @@ import Testing
         #expect(r.stdout.components(separatedBy: "\n").filter { $0.hasPrefix("ok ") }.count == 12, "\(r.stdout)")
     }
 
-    @Test func badLayoutsAreRefusedBeforeCommunication() throws {
+    @Test func unknownMethodIsRefused() throws {
         let r = try TorusBinary.torus(["check", "attention", "--method", "rings"])
         #expect(r.status != 0 && r.stderr.contains("unknown method 'rings'"), "\(r.output)")
     }
