@@ -53,8 +53,3 @@ public final class AdamW: @unchecked Sendable {
     /// Restores the step count (with moments loaded into the stores by the caller).
     public func restore(step: Int) { self.step = step }
 }
-
-/// Global L2 norm of a gradient buffer, accumulated in Double.
-public func globalNorm(_ store: ParameterStore) -> Double {
-    VectorMath.sumOfSquares(store.flat.pointer, count: store.count).squareRoot()
-}

@@ -113,12 +113,12 @@ public struct ParallelPlan: Sendable {
                 throw PlanError(reason: "the interleaved schedule needs several stages and micro_batches (\(microBatches)) a multiple of the \(pp) stages")
             }
         }
-        let parts = layout == "zigzag" ? 2 * sp : sp
+        let parts = sp == 1 ? 1 : layout == "zigzag" ? 2 * sp : sp
         guard seqLen % parts == 0, seqLen >= parts else {
             throw PlanError(reason: "a sequence of \(seqLen) tokens cannot be split into \(parts) equal \(layout) chunks for \(sp) sequence-parallel ranks")
         }
         let dp = world / (sp * pp)
-        guard globalSequences % dp == 0 else {
+        guard globalSequences >= dp, globalSequences % dp == 0 else {
             throw PlanError(reason: "a global batch of \(globalSequences) sequences does not split over \(dp) data-parallel replicas")
         }
         var hostNames: [String] = []

@@ -24,15 +24,12 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     /// Clip the global gradient norm to this (0 turns clipping off).
     public var clipNorm: Double = 1.0
     public var seed: UInt64 = 0
-    public var logEvery: Int = 10
-    /// Checkpoint every this many steps (0: only at the end).
-    public var checkpointEvery: Int = 0
     /// Compare weights across ranks every this many steps.
     public var checkWeightsEvery: Int = 50
     public var bucketBytes: Int = 32 << 20
     /// Sequence parallelism (nil: every rank holds whole sequences).
     public var sequenceParallel: SequenceParallelOptions?
-    /// Pipeline stages (nil or 1: none). Stages run the GPipe schedule over `microBatches`.
+    /// Pipeline stages (nil or 1: none); they run `pipelineSchedule` over `microBatches`.
     public var pipelineStages: Int?
     /// "gpipe" (default), "1f1b" or "interleaved" (see `PipelineSchedule`).
     public var pipelineSchedule: String?
@@ -44,11 +41,11 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     public var progressMicroseconds: Int?
 
     public init(steps: Int, globalSequences: Int, microBatches: Int = 1, seqLen: Int, schedule: LearningRateSchedule,
-                adamw: AdamWOptions = AdamWOptions(), clipNorm: Double = 1.0, seed: UInt64 = 0, logEvery: Int = 10,
-                checkpointEvery: Int = 0, checkWeightsEvery: Int = 50, bucketBytes: Int = 32 << 20) {
+                adamw: AdamWOptions = AdamWOptions(), clipNorm: Double = 1.0, seed: UInt64 = 0,
+                checkWeightsEvery: Int = 50, bucketBytes: Int = 32 << 20) {
         self.steps = steps; self.globalSequences = globalSequences; self.microBatches = microBatches
         self.seqLen = seqLen; self.schedule = schedule; self.adamw = adamw; self.clipNorm = clipNorm
-        self.seed = seed; self.logEvery = logEvery; self.checkpointEvery = checkpointEvery
+        self.seed = seed
         self.checkWeightsEvery = checkWeightsEvery; self.bucketBytes = bucketBytes
     }
 }

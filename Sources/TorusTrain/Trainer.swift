@@ -46,7 +46,7 @@ public final class Trainer {
     /// The ranks of this stage (all replicas and SP positions): gradient reduction, weight agreement.
     let stageGroup: Communicator
     /// The ranks at this replica and SP position, one per stage: the global gradient norm.
-    let pipelineGroup: Communicator
+    let pipelineGroup: Communicator?
     /// With tied embeddings over several stages: this rank and its peer on the other end of
     /// the pipeline, which hold the same embedding matrix and add their gradients of it.
     let embeddingGroup: Communicator?
@@ -76,15 +76,11 @@ public final class Trainer {
             spMethod = try SequenceParallelMethod(name: spo.method)
             spLayout = try SequenceLayout(kind: kind, ranks: sp, length: options.seqLen)
         }
-        let pp = options.pipelineStages ?? 1
         let plan = try Self.plan(config: model.config, options: options, worldSize: comm.size)
-        let expectedPart = try Self.modelPart(config: model.config, options: options, worldSize: comm.size, rank: comm.rank)
+        let pp = plan.pipelineParallel, dataRanks = plan.dataParallel, grid = plan.coordinates(rank: comm.rank)
+        let expectedPart = plan.part(stage: grid.pp, of: model.config)
         guard model.part == expectedPart else {
             throw TrainError.invalid("rank \(comm.rank) holds \(model.part) of the model; its pipeline stage needs \(expectedPart)")
-        }
-        let dataRanks = comm.size / (sp * pp)
-        guard options.globalSequences >= dataRanks, options.globalSequences % dataRanks == 0 else {
-            throw TrainError.invalid("global batch of \(options.globalSequences) sequences does not split evenly over \(dataRanks) data-parallel replicas")
         }
         guard tokens.count > options.seqLen + 1 else {
             throw TrainError.invalid("the training data has \(tokens.count) tokens; a window needs \(options.seqLen + 1)")
@@ -101,12 +97,11 @@ public final class Trainer {
         self.sampler = BatchSampler(tokenCount: tokens.count, seqLen: options.seqLen, seed: options.seed)
         self.gradients = model.makeGradients()
         self.plan = plan
-        let stageStride = dataRanks * sp, stage = comm.rank / stageStride
+        let stageStride = dataRanks * sp, stage = grid.pp
         let last = stage == pp - 1
         // Gradients of a stage's weights are averaged over the ranks of that stage only.
         self.stageGroup = pp == 1 ? comm : try comm.split(color: stage, key: comm.rank)
-        self.pipelineGroup = pp == 1 ? try comm.split(color: comm.rank, key: 0)
-                                     : try comm.split(color: comm.rank % stageStride, key: stage)
+        self.pipelineGroup = pp == 1 ? nil : try comm.split(color: comm.rank % stageStride, key: stage)
         if pp > 1 && model.config.tieWordEmbeddings {
             let ends = stage == 0 || last
             let group = try comm.split(color: ends ? comm.rank % stageStride : comm.size + comm.rank, key: stage)
@@ -121,7 +116,7 @@ public final class Trainer {
         self.stageChunks = plan.stages[stage].chunks
         self.shards = ShardedGradients(main: gradients)
         self.dataRanks = dataRanks
-        self.dataRank = (comm.rank / sp) % dataRanks
+        self.dataRank = grid.dp
         if let spLayout, let spMethod {
             // Megatron-style order: the ranks of one sequence-parallel group are consecutive.
             let group = try comm.split(color: comm.rank / sp, key: comm.rank % sp)
@@ -131,16 +126,15 @@ public final class Trainer {
         }
     }
 
-    /// The DP x PP x SP plan for `options` on `worldSize` ranks (no hosts).
-    public static func plan(config: LlamaConfig, options: TrainOptions, worldSize: Int) throws -> ParallelPlan {
-        do {
-            return try ParallelPlan.make(model: config, world: worldSize, sequenceParallel: options.sequenceParallel?.size ?? 1,
-                                         pipelineParallel: options.pipelineStages ?? 1,
-                                         layout: options.sequenceParallel?.layout ?? "zigzag", seqLen: options.seqLen,
-                                         globalSequences: options.globalSequences, microBatches: options.microBatches,
-                                         schedule: options.pipelineSchedule ?? "gpipe",
-                                         virtualStages: options.pipelineVirtualStages ?? 1, hosts: nil)
-        } catch { throw TrainError.invalid("\(error)") }
+    /// The DP x PP x SP plan for `options` on `worldSize` ranks (placed on `hosts` when given);
+    /// throws `PlanError` with the reason when it cannot run.
+    public static func plan(config: LlamaConfig, options: TrainOptions, worldSize: Int, hosts: [HostSlots]? = nil) throws -> ParallelPlan {
+        try ParallelPlan.make(model: config, world: worldSize, sequenceParallel: options.sequenceParallel?.size ?? 1,
+                              pipelineParallel: options.pipelineStages ?? 1,
+                              layout: options.sequenceParallel?.layout ?? "zigzag", seqLen: options.seqLen,
+                              globalSequences: options.globalSequences, microBatches: options.microBatches,
+                              schedule: options.pipelineSchedule ?? "gpipe",
+                              virtualStages: options.pipelineVirtualStages ?? 1, hosts: hosts)
     }
 
     /// The part of the model that rank `rank` holds: its pipeline stage's layers (the embedding
@@ -301,7 +295,8 @@ public final class Trainer {
     /// from virtual stage k - 1 (the previous stage, or the last stage's previous piece for
     /// s = 0) and its output goes to k + 1. Tags name the receiving virtual stage and micro-batch.
     /// Sends are nonblocking; the receives of the next `receiveAhead` passes are posted before
-    /// the current pass computes, so activations and their gradients arrive during compute.
+    /// the current pass computes and are polled between passes (a pass itself makes no MPI
+    /// calls, so large transfers move during compute only with `progressMicroseconds`).
     func runPipeline(batches: [(inputs: [Int32], targets: [Int32])], perRank: Int, seqLen: Int, lossScale: Float,
                      attention: SequenceAttention?) throws -> Float {
         let m = batches.count, v = stageChunks.count, last = stages * v - 1
@@ -374,7 +369,7 @@ public final class Trainer {
             let e = gradients.tensor("model.embed_tokens.weight")
             sum -= VectorMath.sumOfSquares(e.pointer, count: e.count)
         }
-        if stages > 1 { sum = try pipelineGroup.allReduce([sum])[0] }
+        if let pipelineGroup { sum = try pipelineGroup.allReduce([sum])[0] }
         return sum.squareRoot()
     }
 
@@ -410,7 +405,7 @@ public final class Trainer {
         guard let outDir else { return }
         let dir = TrainingCheckpoint.directory(out: outDir, step: step)
         let shards = StageShards(config: model.config, plan: plan)
-        let state = TrainerState(step: step, worldSize: comm.size, options: options, dataTokens: tokens.count, loss: 0)
+        let state = TrainerState(step: step, worldSize: comm.size, options: options, dataTokens: tokens.count)
         try CollectiveWrite.directory(dir, comm: comm, subdirectories: ["model"]) { temp in
             if writesStage { try TrainingCheckpoint.writeStage(into: temp, stage: stage, shards: shards, model: model, optimizer: optimizer) }
         } complete: { temp in

@@ -7,7 +7,6 @@ public struct TrainerState: Codable, Equatable, Sendable {
     public var worldSize: Int
     public var options: TrainOptions
     public var dataTokens: Int
-    public var loss: Float
 }
 
 /// Training checkpoints under `<out>/checkpoints/step-NNNNNN/`: `model/` (a Hugging Face

@@ -22,12 +22,8 @@ struct PlanInputs {
         guard let world = np ?? hostList.map({ $0.reduce(0) { $0 + $1.slots } }) else {
             throw ValidationErrorMessage("give --np N (or a hostfile, whose slots then set the number of ranks)")
         }
-        let sp = config.sequenceParallel
-        plan = try ParallelPlan.make(model: config.model, world: world, sequenceParallel: sp?.size ?? 1,
-                                     pipelineParallel: config.pipelineParallel, layout: sp?.layout ?? "zigzag",
-                                     seqLen: config.train.seqLen, globalSequences: config.train.batchSize,
-                                     microBatches: config.train.microBatches, schedule: config.pipelineSchedule,
-                                     virtualStages: config.pipelineVirtualStages, hosts: hostList)
+        // The same plan the trainer makes from the same options.
+        plan = try Trainer.plan(config: config.model, options: config.trainOptions(), worldSize: world, hosts: hostList)
     }
 }
 

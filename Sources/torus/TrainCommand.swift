@@ -32,17 +32,7 @@ struct TrainCommand: ParsableCommand {
         if let steps { cfg.train.steps = steps }
         if let out { cfg.train.out = out }
         let t = cfg.train
-        var options = TrainOptions(
-            steps: t.steps, globalSequences: t.batchSize, microBatches: t.microBatches, seqLen: t.seqLen,
-            schedule: LearningRateSchedule(peak: t.lr, minimum: t.minLR, warmupSteps: t.warmupSteps, totalSteps: t.steps),
-            adamw: AdamWOptions(beta1: Float(t.beta1), beta2: Float(t.beta2), eps: Float(t.eps), weightDecay: Float(t.weightDecay)),
-            clipNorm: t.clipNorm, seed: cfg.seed, logEvery: t.logEvery, checkpointEvery: t.checkpointEvery,
-            checkWeightsEvery: t.checkWeightsEvery, bucketBytes: Int(t.bucketMB * 1_048_576))
-        options.sequenceParallel = cfg.sequenceParallel
-        options.progressMicroseconds = t.progressUs > 0 ? t.progressUs : nil
-        options.pipelineStages = cfg.pipelineParallel > 1 ? cfg.pipelineParallel : nil
-        options.pipelineSchedule = cfg.pipelineParallel > 1 ? cfg.pipelineSchedule : nil
-        options.pipelineVirtualStages = cfg.pipelineParallel > 1 && cfg.pipelineVirtualStages > 1 ? cfg.pipelineVirtualStages : nil
+        let options = cfg.trainOptions()
         // A pipeline stage holds only its own layers (and their gradients and AdamW state).
         let part = try Trainer.modelPart(config: cfg.model, options: options, worldSize: world.size, rank: world.rank)
         let model: LlamaModel
@@ -186,5 +176,24 @@ final class MetricsLog {
 
     func write(_ report: StepReport) throws {
         handle.write(try encoder.encode(report) + Data("\n".utf8))
+    }
+}
+
+extension RunConfig {
+    /// The trainer's options for this config (what `torus train` runs and `torus plan` plans).
+    func trainOptions() -> TrainOptions {
+        let t = train
+        var options = TrainOptions(
+            steps: t.steps, globalSequences: t.batchSize, microBatches: t.microBatches, seqLen: t.seqLen,
+            schedule: LearningRateSchedule(peak: t.lr, minimum: t.minLR, warmupSteps: t.warmupSteps, totalSteps: t.steps),
+            adamw: AdamWOptions(beta1: Float(t.beta1), beta2: Float(t.beta2), eps: Float(t.eps), weightDecay: Float(t.weightDecay)),
+            clipNorm: t.clipNorm, seed: seed, checkWeightsEvery: t.checkWeightsEvery, bucketBytes: Int(t.bucketMB * 1_048_576))
+        options.sequenceParallel = sequenceParallel
+        options.progressMicroseconds = t.progressUs > 0 ? t.progressUs : nil
+        // Defaults stay nil, so checkpoints of runs without them compare equal on resume.
+        options.pipelineStages = pipelineParallel > 1 ? pipelineParallel : nil
+        options.pipelineSchedule = pipelineParallel > 1 || pipelineSchedule != "gpipe" ? pipelineSchedule : nil
+        options.pipelineVirtualStages = pipelineVirtualStages > 1 ? pipelineVirtualStages : nil
+        return options
     }
 }
