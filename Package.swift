@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 let package = Package(
@@ -14,6 +14,9 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        // HTTP serving (TorusHTTP only): the OpenAI-compatible API and Prometheus metrics.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // Open MPI's C API plus static inline getters for the predefined handles that Swift
@@ -31,8 +34,17 @@ let package = Package(
         .target(name: "TorusModel", dependencies: ["TorusTensor"]),
         .target(name: "TorusParallel", dependencies: ["TorusComm", "TorusModel", "TorusTensor", "TorusTrace"]),
         .target(name: "TorusTrain", dependencies: ["TorusComm", "TorusModel", "TorusParallel", "TorusTensor", "TorusTrace"]),
+        // The serving engine: batched model steps over a paged KV cache with prefix caching,
+        // the scheduler, sampling, tokenizers. No HTTP and no MPI.
+        .target(name: "TorusServe", dependencies: ["TorusModel", "TorusTensor", "TorusTrace"]),
+        // The OpenAI-compatible HTTP API and /metrics over the engine.
+        .target(name: "TorusHTTP", dependencies: [
+            "TorusServe", "TorusModel",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+        ]),
         .executableTarget(name: "torus", dependencies: [
-            "TorusComm", "TorusTensor", "TorusModel", "TorusTrain", "TorusParallel", "TorusTrace",
+            "TorusServe", "TorusHTTP", "TorusComm", "TorusTensor", "TorusModel", "TorusTrain", "TorusParallel", "TorusTrace",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Yams", package: "Yams"),
         ]),
@@ -43,6 +55,7 @@ let package = Package(
         .testTarget(name: "TorusTraceTests", dependencies: ["TorusTrace"]),
         .testTarget(name: "TorusParallelTests", dependencies: ["TorusParallel", "TorusTensor"]),
         .testTarget(name: "TorusTrainTests", dependencies: ["TorusTrain", "TorusModel"]),
+        .testTarget(name: "TorusServeTests", dependencies: ["TorusServe", "TorusModel", "TorusTensor"]),
         .testTarget(name: "TorusIntegrationTests", dependencies: ["TorusModel", "TorusTensor"]),
     ],
     swiftLanguageModes: [.v5]

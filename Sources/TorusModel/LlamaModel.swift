@@ -252,9 +252,10 @@ public final class LlamaModel: @unchecked Sendable {
                            embedded: input == nil, output: x, finalRstd: rstd, finalNormed: normed, logitsIfComputed: logits)
     }
 
-    func embed(_ tokens: [Int32]) -> Tensor {
+    /// The embedding rows of `tokens`, into `x` when given (at least `tokens.count` rows).
+    func embed(_ tokens: [Int32], into x: Tensor? = nil) -> Tensor {
         let d = config.hiddenSize
-        let x = Tensor(zeros: [tokens.count, d])
+        let x = x ?? Tensor(zeros: [tokens.count, d])
         for (r, t) in tokens.enumerated() {
             (x.pointer + r * d).update(from: weights.embed.pointer + Int(t) * d, count: d)
         }
@@ -262,47 +263,47 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     /// Logits [rows, vocab] of the hidden states `x` [rows, d] (the final norm, then the head),
-    /// with the normed rows and their rstd for backward.
-    func headLogits(_ x: Tensor, rows: Int) -> (logits: Tensor, normed: Tensor, rstd: Tensor) {
-        let normed = Tensor(zeros: [rows, config.hiddenSize])
-        let rstd = Tensor(zeros: [rows])
+    /// with the normed rows and their rstd for backward. Writes into the given buffers when
+    /// passed (at least `rows` rows each), else into fresh ones.
+    func headLogits(_ x: Tensor, rows: Int, normed: Tensor? = nil, rstd: Tensor? = nil, logits: Tensor? = nil)
+        -> (logits: Tensor, normed: Tensor, rstd: Tensor) {
+        let normed = normed ?? Tensor(zeros: [rows, config.hiddenSize])
+        let rstd = rstd ?? Tensor(zeros: [rows])
         RMSNorm.forward(x: x.pointer, weight: weights.finalNorm.pointer, y: normed.pointer, rstd: rstd.pointer,
                         rows: rows, dim: config.hiddenSize, eps: Float(config.rmsNormEps))
-        let logits = Tensor(zeros: [rows, config.vocabSize])
+        let logits = logits ?? Tensor(zeros: [rows, config.vocabSize])
         Linear.forward(x: normed.pointer, weight: weights.lmHead.pointer, y: logits.pointer,
                        rows: rows, inFeatures: config.hiddenSize, outFeatures: config.vocabSize)
         return (logits, normed, rstd)
     }
 
-    /// One decoder layer. `attend(q, k, v, out, lse)` fills the attention output for the
+    /// One decoder layer over `rows` rows of `x`, written into `b` (fresh buffers when nil);
+    /// the output is `b.out`. `attend(q, k, v, out, lse)` fills the attention output for the
     /// rotated projections of these rows (the caller decides which keys each row sees).
-    func layerForward(_ w: LlamaLayerTensors, x: Tensor, rows: Int, positions: UnsafePointer<Int32>,
+    func layerForward(_ w: LlamaLayerTensors, x: Tensor, rows: Int, positions: UnsafePointer<Int32>, into b: LayerBuffers? = nil,
                       attend: (_ q: Tensor, _ k: Tensor, _ v: Tensor, _ out: Tensor, _ lse: Tensor) throws -> Void) rethrows
         -> (out: Tensor, saved: LayerActivations) {
         let d = config.hiddenSize, f = config.intermediateSize, eps = Float(config.rmsNormEps)
         let qw = shape.queryWidth, kw = shape.keyValueWidth
-        let rstd1 = Tensor(zeros: [rows]), h1 = Tensor(zeros: [rows, d])
-        RMSNorm.forward(x: x.pointer, weight: w.inputNorm.pointer, y: h1.pointer, rstd: rstd1.pointer, rows: rows, dim: d, eps: eps)
-        let q = Tensor(zeros: [rows, qw]), k = Tensor(zeros: [rows, kw]), v = Tensor(zeros: [rows, kw])
-        Linear.forward(x: h1.pointer, weight: w.q.pointer, y: q.pointer, rows: rows, inFeatures: d, outFeatures: qw)
-        Linear.forward(x: h1.pointer, weight: w.k.pointer, y: k.pointer, rows: rows, inFeatures: d, outFeatures: kw)
-        Linear.forward(x: h1.pointer, weight: w.v.pointer, y: v.pointer, rows: rows, inFeatures: d, outFeatures: kw)
-        rotary.apply(q.pointer, rows: rows, heads: shape.queryHeads, positions: positions)
-        rotary.apply(k.pointer, rows: rows, heads: shape.keyValueHeads, positions: positions)
-        let o = Tensor(zeros: [rows, qw]), lse = Tensor(zeros: [rows, shape.queryHeads])
-        try attend(q, k, v, o, lse)
-        let x2 = x.copy()
-        Linear.forward(x: o.pointer, weight: w.o.pointer, y: x2.pointer, rows: rows, inFeatures: qw, outFeatures: d, accumulate: true)
-        let rstd2 = Tensor(zeros: [rows]), h2 = Tensor(zeros: [rows, d])
-        RMSNorm.forward(x: x2.pointer, weight: w.postNorm.pointer, y: h2.pointer, rstd: rstd2.pointer, rows: rows, dim: d, eps: eps)
-        let gate = Tensor(zeros: [rows, f]), up = Tensor(zeros: [rows, f]), act = Tensor(zeros: [rows, f])
-        Linear.forward(x: h2.pointer, weight: w.gate.pointer, y: gate.pointer, rows: rows, inFeatures: d, outFeatures: f)
-        Linear.forward(x: h2.pointer, weight: w.up.pointer, y: up.pointer, rows: rows, inFeatures: d, outFeatures: f)
-        SwiGLU.forward(gate: gate.pointer, up: up.pointer, out: act.pointer, count: rows * f)
-        let x3 = x2.copy()
-        Linear.forward(x: act.pointer, weight: w.down.pointer, y: x3.pointer, rows: rows, inFeatures: f, outFeatures: d, accumulate: true)
-        return (x3, LayerActivations(x: x, rstd1: rstd1, h1: h1, q: q, k: k, v: v, o: o, lse: lse,
-                                     x2: x2, rstd2: rstd2, h2: h2, gate: gate, up: up, act: act))
+        let b = b ?? LayerBuffers(rows: rows, config: config)
+        RMSNorm.forward(x: x.pointer, weight: w.inputNorm.pointer, y: b.h1.pointer, rstd: b.rstd1.pointer, rows: rows, dim: d, eps: eps)
+        Linear.forward(x: b.h1.pointer, weight: w.q.pointer, y: b.q.pointer, rows: rows, inFeatures: d, outFeatures: qw)
+        Linear.forward(x: b.h1.pointer, weight: w.k.pointer, y: b.k.pointer, rows: rows, inFeatures: d, outFeatures: kw)
+        Linear.forward(x: b.h1.pointer, weight: w.v.pointer, y: b.v.pointer, rows: rows, inFeatures: d, outFeatures: kw)
+        rotary.apply(b.q.pointer, rows: rows, heads: shape.queryHeads, positions: positions)
+        rotary.apply(b.k.pointer, rows: rows, heads: shape.keyValueHeads, positions: positions)
+        try attend(b.q, b.k, b.v, b.o, b.lse)
+        b.x2.pointer.update(from: x.pointer, count: rows * d)
+        Linear.forward(x: b.o.pointer, weight: w.o.pointer, y: b.x2.pointer, rows: rows, inFeatures: qw, outFeatures: d, accumulate: true)
+        RMSNorm.forward(x: b.x2.pointer, weight: w.postNorm.pointer, y: b.h2.pointer, rstd: b.rstd2.pointer, rows: rows, dim: d, eps: eps)
+        Linear.forward(x: b.h2.pointer, weight: w.gate.pointer, y: b.gate.pointer, rows: rows, inFeatures: d, outFeatures: f)
+        Linear.forward(x: b.h2.pointer, weight: w.up.pointer, y: b.up.pointer, rows: rows, inFeatures: d, outFeatures: f)
+        SwiGLU.forward(gate: b.gate.pointer, up: b.up.pointer, out: b.act.pointer, count: rows * f)
+        // x may be the previous layer's `out` (serving reuses one set of buffers): it is not read past x2.
+        b.out.pointer.update(from: b.x2.pointer, count: rows * d)
+        Linear.forward(x: b.act.pointer, weight: w.down.pointer, y: b.out.pointer, rows: rows, inFeatures: f, outFeatures: d, accumulate: true)
+        return (b.out, LayerActivations(x: x, rstd1: b.rstd1, h1: b.h1, q: b.q, k: b.k, v: b.v, o: b.o, lse: b.lse,
+                                        x2: b.x2, rstd2: b.rstd2, h2: b.h2, gate: b.gate, up: b.up, act: b.act))
     }
 
     /// Flat offset of the first tensor of layer `l` (or of the final norm for `l == layers`).

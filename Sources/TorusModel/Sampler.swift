@@ -7,11 +7,14 @@ public struct SamplingOptions: Sendable, Equatable {
     public var temperature: Float
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches `topP`.
     public var topP: Float
+    /// Keep only the `topK` most likely tokens before nucleus sampling; 0 keeps all.
+    public var topK: Int
     public var seed: UInt64
 
-    public init(temperature: Float = 0, topP: Float = 1, seed: UInt64 = 0) {
+    public init(temperature: Float = 0, topP: Float = 1, topK: Int = 0, seed: UInt64 = 0) {
         self.temperature = temperature
         self.topP = topP
+        self.topK = topK
         self.seed = seed
     }
 }
@@ -36,10 +39,11 @@ public struct Sampler {
         var m = -Float.infinity
         for j in 0..<vocab { m = max(m, logits[j]) }
         var probs = (0..<vocab).map { (index: $0, p: Double(expf((logits[$0] - m) / options.temperature))) }
-        let total = probs.reduce(0) { $0 + $1.p }
         probs.sort { $0.p > $1.p }
+        let limit = options.topK > 0 ? min(options.topK, probs.count) : probs.count
         var kept = 0, mass = 0.0
-        while kept < probs.count {
+        let total = probs[0..<limit].reduce(0) { $0 + $1.p }
+        while kept < limit {
             mass += probs[kept].p / total
             kept += 1
             if mass >= Double(options.topP) { break }

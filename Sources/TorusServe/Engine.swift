@@ -1,0 +1,287 @@
+import Foundation
+import TorusModel
+import TorusTensor
+
+/// Counters and gauges of the engine, for metrics and tests.
+public struct EngineStats: Sendable, Equatable {
+    public var running = 0
+    public var waiting = 0
+    public var kvUsage = 0.0
+    public var usedBlocks = 0
+    public var promptTokens = 0
+    public var generationTokens = 0
+    public var preemptions = 0
+    public var prefixQueries = 0
+    public var prefixHits = 0
+    public var steps = 0
+    public var finished = 0
+}
+
+/// Receives what the engine measures as it happens (the HTTP layer turns it into Prometheus
+/// series). Called on the engine thread: return quickly.
+public protocol EngineObserver: AnyObject, Sendable {
+    func engineDidStep(_ stats: EngineStats)
+    func requestDidFinish(_ reason: FinishReason, timings: GenerationTimings)
+    /// Gap between two tokens of one request, in seconds.
+    func interTokenLatency(_ seconds: Double)
+}
+
+/// The serving engine: requests in, tokens out, continuous batching on one thread.
+///
+/// Every step the scheduler picks decode tokens and prefill chunks of many requests under a
+/// token budget; they run as one batched model step whose attention reads each sequence's
+/// paged KV blocks; each finished row's logits pick the next token with that request's own
+/// sampler. Submission and abort are thread-safe; the model runs only on the engine thread.
+public final class Engine: @unchecked Sendable {
+    public let model: LlamaModel
+    public let config: EngineConfig
+    /// The longest sequence served.
+    public let maxModelLength: Int
+    public let eosTokenID: Int32?
+    let pool: KVBlockPool
+    let cache: PagedKVCache
+    let scheduler: Scheduler
+    let workspace: StepWorkspace
+    public weak var observer: EngineObserver?
+
+    private let lock = NSCondition()
+    private var incoming: [Sequence] = []
+    private var aborts: Set<Int> = []
+    private var nextID = 0
+    private var stopping = false
+    private var deadReason: String?
+    private var stats = EngineStats()
+    private var thread: Thread?
+    private var waitingCount = 0
+
+    /// Sizes the KV pool from `config.kvCacheBytes` and starts the engine thread.
+    public init(model: LlamaModel, config: EngineConfig, eosTokenID: Int32? = nil) throws {
+        try model.requireWhole(for: "serving")
+        let c = model.config
+        let maxLength = config.maxModelLength ?? c.maxPositionEmbeddings
+        guard maxLength > 0, maxLength <= c.maxPositionEmbeddings else {
+            throw EngineConfigError("max_model_len \(maxLength) must be in 1...\(c.maxPositionEmbeddings) (the model's max_position_embeddings)")
+        }
+        guard config.blockSize > 0, config.blockSize <= 1024 else {
+            throw EngineConfigError("block_size \(config.blockSize) must be in 1...1024")
+        }
+        guard config.limits.maxBatchedTokens > 0, config.limits.maxRunning > 0, config.limits.maxWaiting >= 0 else {
+            throw EngineConfigError("max_num_batched_tokens and max_num_seqs must be positive and max_waiting not negative")
+        }
+        let perBlock = PagedKVCache.bytesPerBlock(config: c, blockSize: config.blockSize)
+        let blocks = config.kvCacheBytes / perBlock
+        let needed = (maxLength + config.blockSize - 1) / config.blockSize
+        guard blocks >= needed else {
+            throw EngineConfigError("kv_cache_memory of \(config.kvCacheBytes >> 20) MiB holds \(blocks) blocks of \(config.blockSize) "
+                + "positions (\(perBlock) bytes each); one sequence of max_model_len \(maxLength) needs \(needed) "
+                + "(\((needed * perBlock + (1 << 20) - 1) >> 20) MiB): raise kv_cache_memory or lower max_model_len")
+        }
+        try model.prepareServing(maxPositions: maxLength)
+        self.model = model
+        self.config = config
+        self.maxModelLength = maxLength
+        self.eosTokenID = eosTokenID
+        pool = KVBlockPool(blockCount: blocks, blockSize: config.blockSize)
+        cache = PagedKVCache(config: c, blockCount: blocks, blockSize: config.blockSize, maxPositions: maxLength)
+        scheduler = Scheduler(limits: config.limits, pool: pool)
+        workspace = StepWorkspace(config: c, rowCapacity: config.limits.maxBatchedTokens, logitCapacity: config.limits.maxRunning)
+        let thread = Thread { [unowned self] in self.loop() }
+        thread.name = "torus-engine"
+        thread.stackSize = 8 << 20
+        self.thread = thread
+        thread.start()
+    }
+
+    /// Blocks in the KV pool.
+    public var blockCount: Int { pool.blockCount }
+
+    /// Queues a request; `emit` receives its events on the engine thread. Returns the id to
+    /// abort it with. Throws when the request cannot be served or the queue is full.
+    @discardableResult
+    public func submit(_ request: GenerationRequest, emit: @escaping @Sendable (GenerationEvent) -> Void) throws -> Int {
+        guard !request.prompt.isEmpty else { throw EngineError.emptyPrompt }
+        let vocab = model.config.vocabSize
+        if let bad = request.prompt.first(where: { $0 < 0 || Int($0) >= vocab }) {
+            throw EngineError.tokenOutOfRange(token: bad, vocab: vocab)
+        }
+        let room = maxModelLength - request.prompt.count
+        if let m = request.maxTokens, m > room || room < 1 {
+            throw EngineError.tooLong(prompt: request.prompt.count, requested: m, limit: maxModelLength)
+        }
+        if room < 1 { throw EngineError.tooLong(prompt: request.prompt.count, requested: 1, limit: maxModelLength) }
+        lock.lock()
+        defer { lock.unlock() }
+        if let deadReason { throw EngineError.dead(deadReason) }
+        guard waitingCount + incoming.count < config.limits.maxWaiting else {
+            throw EngineError.queueFull(limit: config.limits.maxWaiting)
+        }
+        let id = nextID
+        nextID += 1
+        incoming.append(Sequence(id: id, request: request, maxTokens: request.maxTokens ?? room, emit: emit))
+        lock.signal()
+        return id
+    }
+
+    /// Ends a request early (a client went away); its blocks are freed at the next step.
+    public func abort(_ id: Int) {
+        lock.lock()
+        aborts.insert(id)
+        lock.signal()
+        lock.unlock()
+    }
+
+    /// A snapshot of the counters.
+    public var currentStats: EngineStats {
+        lock.lock()
+        defer { lock.unlock() }
+        return stats
+    }
+
+    /// Why the engine stopped, or nil while it serves.
+    public var failure: String? {
+        lock.lock()
+        defer { lock.unlock() }
+        return deadReason
+    }
+
+    /// Marks the engine dead (for example when another rank died): requests fail, new ones
+    /// are refused.
+    public func fail(_ reason: String) {
+        lock.lock()
+        if deadReason == nil { deadReason = reason }
+        lock.signal()
+        lock.unlock()
+    }
+
+    /// Stops the engine thread after aborting every request; returns once it has stopped.
+    public func shutdown() {
+        lock.lock()
+        stopping = true
+        lock.signal()
+        lock.unlock()
+        while let t = thread, !t.isFinished { usleep(1000) }
+    }
+
+    // MARK: - The engine thread
+
+    private func loop() {
+        while true {
+            lock.lock()
+            while incoming.isEmpty && aborts.isEmpty && scheduler.isIdle && !stopping && deadReason == nil { lock.wait() }
+            let fresh = incoming, cancelled = aborts, stop = stopping, dead = deadReason
+            incoming = []
+            aborts = []
+            lock.unlock()
+
+            scheduler.waiting += fresh
+            if let dead {
+                for seq in scheduler.running + scheduler.waiting {
+                    scheduler.remove(seq)
+                    seq.emit(.failed(dead))
+                }
+                publish()
+                lock.lock()
+                while !stopping { lock.wait() }
+                lock.unlock()
+                return
+            }
+            if stop {
+                for seq in scheduler.running + scheduler.waiting { finish(seq, .abort) }
+                publish()
+                return
+            }
+            if !cancelled.isEmpty {
+                for seq in scheduler.running + scheduler.waiting where cancelled.contains(seq.id) { finish(seq, .abort) }
+            }
+            let chunks = scheduler.schedule()
+            for seq in scheduler.unschedulable {
+                seq.emit(.failed("the KV pool of \(pool.blockCount) blocks cannot hold \(seq.tokens.count) positions"))
+            }
+            scheduler.unschedulable = []
+            if chunks.isEmpty { publish(); continue }
+            do {
+                try run(chunks)
+            } catch {
+                fail("a model step failed: \(error)")
+            }
+            publish()
+        }
+    }
+
+    private func publish() {
+        lock.lock()
+        stats.running = scheduler.running.count
+        stats.waiting = scheduler.waiting.count + incoming.count
+        waitingCount = scheduler.waiting.count
+        stats.kvUsage = pool.usage
+        stats.usedBlocks = pool.blockCount - pool.freeCount
+        stats.preemptions = scheduler.preemptions
+        stats.prefixQueries = scheduler.prefixQueries
+        stats.prefixHits = scheduler.prefixHits
+        let snapshot = stats
+        lock.unlock()
+        observer?.engineDidStep(snapshot)
+    }
+
+    private func run(_ chunks: [ScheduledChunk]) throws {
+        var tokens: [Int32] = [], positions: [Int32] = [], logitRows: [Int] = []
+        var rowOffsets: [Int] = []
+        for c in chunks {
+            rowOffsets.append(tokens.count)
+            tokens += c.sequence.tokens[c.start..<(c.start + c.count)]
+            positions += (c.start..<(c.start + c.count)).map(Int32.init)
+            if c.samples { logitRows.append(tokens.count - 1) }
+        }
+        let cache = self.cache
+        let logits = try model.step(tokens: tokens, positions: positions, logitRows: logitRows, workspace: workspace) { l, q, k, v, o, lse in
+            for (c, row) in zip(chunks, rowOffsets) {
+                cache.store(layer: l, blocks: c.sequence.blocks, start: c.start, count: c.count, k: k, v: v, rowOffset: row)
+                cache.attend(layer: l, blocks: c.sequence.blocks, start: c.start, count: c.count, q: q, out: o, lse: lse, rowOffset: row)
+            }
+        }
+        var prompt = 0, generated = 0
+        var logitIndex = 0
+        let vocab = model.config.vocabSize
+        let now = Date()
+        for c in chunks {
+            scheduler.didCompute(c)
+            let seq = c.sequence
+            prompt += max(0, min(c.start + c.count, seq.promptCount) - c.start)
+            guard c.samples else { continue }
+            let row = logits.pointer + logitIndex * vocab
+            logitIndex += 1
+            let token = seq.sampler.next(logits: row, vocab: vocab)
+            let info = seq.request.logprobs.map { Logprobs.of(token: token, logits: row, vocab: vocab, top: $0) }
+            seq.tokens.append(token)
+            generated += 1
+            if seq.timings.firstToken == nil {
+                seq.timings.firstToken = now.timeIntervalSince(seq.arrival)
+            } else if let last = seq.lastTokenTime {
+                observer?.interTokenLatency(now.timeIntervalSince(last))
+            }
+            seq.lastTokenTime = now
+            seq.emit(.token(token, info))
+            if seq.request.stopTokenIDs.contains(token) || (!seq.request.ignoreEOS && token == eosTokenID) {
+                finish(seq, .stop)
+            } else if seq.outputCount >= seq.maxTokens || seq.tokens.count >= maxModelLength {
+                finish(seq, .length)
+            }
+        }
+        lock.lock()
+        stats.steps += 1
+        stats.promptTokens += prompt
+        stats.generationTokens += generated
+        lock.unlock()
+    }
+
+    private func finish(_ seq: Sequence, _ reason: FinishReason) {
+        scheduler.remove(seq)
+        seq.timings.finished = -seq.arrival.timeIntervalSinceNow
+        seq.timings.outputTokens = seq.outputCount
+        lock.lock()
+        stats.finished += 1
+        lock.unlock()
+        observer?.requestDidFinish(reason, timings: seq.timings)
+        seq.emit(.finished(reason, seq.timings))
+    }
+}

@@ -1,0 +1,25 @@
+import TorusModel
+
+/// How the engine sizes its cache and steps.
+public struct EngineConfig: Sendable, Equatable {
+    /// Positions per KV block.
+    public var blockSize: Int
+    /// Memory for KV blocks; the pool gets as many blocks as fit.
+    public var kvCacheBytes: Int
+    /// The longest sequence (prompt plus output) served; at most `max_position_embeddings`.
+    public var maxModelLength: Int?
+    public var limits: SchedulerLimits
+
+    public init(blockSize: Int = 16, kvCacheBytes: Int = 1 << 30, maxModelLength: Int? = nil, limits: SchedulerLimits = .init()) {
+        self.blockSize = blockSize
+        self.kvCacheBytes = kvCacheBytes
+        self.maxModelLength = maxModelLength
+        self.limits = limits
+    }
+}
+
+/// A serving configuration the model cannot run with, naming the setting.
+public struct EngineConfigError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,123 @@
+import Foundation
+import TorusModel
+
+/// What one generation asks of the engine: token ids in, how to choose and when to stop.
+public struct GenerationRequest: Sendable {
+    public var prompt: [Int32]
+    /// New tokens at most; nil means up to the context limit.
+    public var maxTokens: Int?
+    public var sampling: SamplingOptions
+    public var stopTokenIDs: Set<Int32>
+    /// Keep going past the tokenizer's end-of-sequence token.
+    public var ignoreEOS: Bool
+    /// Top-k log-probabilities to return with every token (nil: none; 0: the chosen token's only).
+    public var logprobs: Int?
+    /// Only requests with the same salt share cached KV blocks.
+    public var cacheSalt: String?
+
+    public init(prompt: [Int32], maxTokens: Int? = nil, sampling: SamplingOptions = .init(), stopTokenIDs: Set<Int32> = [],
+                ignoreEOS: Bool = false, logprobs: Int? = nil, cacheSalt: String? = nil) {
+        self.prompt = prompt
+        self.maxTokens = maxTokens
+        self.sampling = sampling
+        self.stopTokenIDs = stopTokenIDs
+        self.ignoreEOS = ignoreEOS
+        self.logprobs = logprobs
+        self.cacheSalt = cacheSalt
+    }
+}
+
+/// Why a generation ended (OpenAI's `finish_reason`, plus aborts).
+public enum FinishReason: String, Sendable {
+    case stop, length, abort
+}
+
+/// The log-probability of a chosen token and of the most likely alternatives.
+public struct TokenLogprobs: Sendable, Equatable {
+    public var logprob: Float
+    /// Most likely first.
+    public var top: [(token: Int32, logprob: Float)]
+
+    public static func == (a: TokenLogprobs, b: TokenLogprobs) -> Bool {
+        a.logprob == b.logprob && a.top.map(\.token) == b.top.map(\.token) && a.top.map(\.logprob) == b.top.map(\.logprob)
+    }
+}
+
+/// What the engine reports for one request, in order.
+public enum GenerationEvent: Sendable {
+    case token(Int32, TokenLogprobs?)
+    /// The last event of a request that ran.
+    case finished(FinishReason, GenerationTimings)
+    /// The engine failed; the last event.
+    case failed(String)
+}
+
+/// When things happened to one request (seconds since its arrival), for the latency metrics.
+public struct GenerationTimings: Sendable {
+    public var queued: Double = 0
+    public var firstToken: Double?
+    public var finished: Double = 0
+    public var promptTokens = 0
+    public var outputTokens = 0
+    public var cachedTokens = 0
+    public var preemptions = 0
+}
+
+/// Refusals at submission.
+public enum EngineError: Error, CustomStringConvertible, Equatable {
+    /// The waiting queue is full; try again later.
+    case queueFull(limit: Int)
+    /// The prompt (plus the requested output) does not fit the context.
+    case tooLong(prompt: Int, requested: Int, limit: Int)
+    case emptyPrompt
+    case tokenOutOfRange(token: Int32, vocab: Int)
+    /// The engine has stopped after a failure (or was shut down).
+    case dead(String)
+
+    public var description: String {
+        switch self {
+        case let .queueFull(limit): return "the server is busy: \(limit) requests are already waiting"
+        case let .tooLong(prompt, requested, limit):
+            return "This model's maximum context length is \(limit) tokens. However, you requested \(prompt + requested) tokens "
+                + "(\(prompt) in the messages, \(requested) in the completion). Please reduce the length of the messages or completion."
+        case .emptyPrompt: return "the prompt is empty"
+        case let .tokenOutOfRange(token, vocab): return "token id \(token) is outside the vocabulary [0, \(vocab))"
+        case let .dead(why): return "the engine is not running: \(why)"
+        }
+    }
+}
+
+/// One request inside the engine: its tokens (prompt, then output), how many have keys and
+/// values in the cache, and its blocks.
+final class Sequence {
+    let id: Int
+    let request: GenerationRequest
+    let arrival: Date
+    var tokens: [Int32]
+    let promptCount: Int
+    let maxTokens: Int
+    /// Tokens whose keys and values are in the cache.
+    var computed = 0
+    var blocks: [Int32] = []
+    /// Hashes of the full blocks registered so far.
+    var blockHashes: [UInt64] = []
+    var sampler: Sampler
+    var timings = GenerationTimings()
+    var scheduledOnce = false
+    let emit: @Sendable (GenerationEvent) -> Void
+    var lastTokenTime: Date?
+
+    init(id: Int, request: GenerationRequest, maxTokens: Int, emit: @escaping @Sendable (GenerationEvent) -> Void) {
+        self.id = id
+        self.request = request
+        self.arrival = Date()
+        self.tokens = request.prompt
+        self.promptCount = request.prompt.count
+        self.maxTokens = maxTokens
+        self.sampler = Sampler(options: request.sampling)
+        self.emit = emit
+        timings.promptTokens = request.prompt.count
+    }
+
+    var outputCount: Int { tokens.count - promptCount }
+}

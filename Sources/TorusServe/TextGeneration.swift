@@ -1,0 +1,133 @@
+import Foundation
+import TorusModel
+
+/// What a text generation reports, in order.
+public enum TextEvent: Sendable {
+    /// New text (possibly empty while a character or a possible stop string is held back) and
+    /// the tokens chosen since the last event, with their log-probabilities when asked for.
+    case delta(text: String, tokens: [Int32], logprobs: [TokenLogprobs])
+    case finished(FinishReason, GenerationTimings)
+    case failed(String)
+}
+
+/// One generation as text: runs a request on the engine, turns its tokens into text with the
+/// tokenizer, and ends it at the first stop string (which is not part of the output).
+public final class TextGeneration: @unchecked Sendable {
+    public let id: Int
+    public let events: AsyncStream<TextEvent>
+    private let engine: Engine
+
+    private init(id: Int, events: AsyncStream<TextEvent>, engine: Engine) {
+        self.id = id
+        self.events = events
+        self.engine = engine
+    }
+
+    /// Submits `request`; throws what `Engine.submit` throws. Cancelling the task that reads
+    /// `events` (a client that went away) aborts the request and frees its blocks.
+    public static func start(engine: Engine, request: GenerationRequest, tokenizer: any TextTokenizer,
+                             stop: [String] = []) throws -> TextGeneration {
+        let (stream, continuation) = AsyncStream<TextEvent>.makeStream(bufferingPolicy: .unbounded)
+        let state = StopState(tokenizer: tokenizer, prompt: request.prompt, stop: stop.filter { !$0.isEmpty })
+        let id = try engine.submit(request) { [weak engine] event in
+            for e in state.handle(event) {
+                continuation.yield(e)
+                switch e {
+                case .finished, .failed: continuation.finish()
+                case .delta: break
+                }
+            }
+            if state.stoppedByString, !state.abortSent {
+                state.abortSent = true
+                if let id = state.engineID { engine?.abort(id) }
+            }
+        }
+        state.setID(id)
+        continuation.onTermination = { [weak engine] termination in
+            if case .cancelled = termination { engine?.abort(id) }
+        }
+        return TextGeneration(id: id, events: stream, engine: engine)
+    }
+
+    /// Ends the generation early.
+    public func cancel() { engine.abort(id) }
+}
+
+/// Detokenization and stop strings of one generation (touched by the engine thread only,
+/// apart from the id set once after submission).
+final class StopState: @unchecked Sendable {
+    private var detokenizer: IncrementalDetokenizer
+    private let stop: [String]
+    private let holdBack: Int
+    private var text = ""
+    private var sentScalars = 0
+    private var pendingTokens: [Int32] = []
+    private var pendingLogprobs: [TokenLogprobs] = []
+    private(set) var stoppedByString = false
+    var abortSent = false
+    private var done = false
+    private let idLock = NSLock()
+    private var id: Int?
+
+    init(tokenizer: any TextTokenizer, prompt: [Int32], stop: [String]) {
+        detokenizer = IncrementalDetokenizer(tokenizer: tokenizer, context: prompt)
+        self.stop = stop
+        holdBack = max(0, (stop.map { $0.unicodeScalars.count }.max() ?? 0) - 1)
+    }
+
+    func setID(_ id: Int) { idLock.lock(); self.id = id; idLock.unlock() }
+    var engineID: Int? { idLock.lock(); defer { idLock.unlock() }; return id }
+
+    func handle(_ event: GenerationEvent) -> [TextEvent] {
+        guard !done else { return [] }
+        switch event {
+        case let .token(token, info):
+            guard !stoppedByString else { return [] }
+            pendingTokens.append(token)
+            if let info { pendingLogprobs.append(info) }
+            let piece = detokenizer.push(token)
+            text += piece
+            if !stop.isEmpty, !piece.isEmpty, cutAtStop() {
+                stoppedByString = true
+                return [flushDelta(all: true)]
+            }
+            return [flushDelta(all: false)]
+        case let .finished(reason, timings):
+            done = true
+            if !stoppedByString { text += detokenizer.flush() }
+            var out: [TextEvent] = []
+            let last = flushDelta(all: true)
+            if case let .delta(t, toks, _) = last, !t.isEmpty || !toks.isEmpty { out.append(last) }
+            out.append(.finished(stoppedByString ? .stop : reason, timings))
+            return out
+        case let .failed(message):
+            done = true
+            return [.failed(message)]
+        }
+    }
+
+    /// Cuts `text` before the first stop string in it; true when one was found.
+    private func cutAtStop() -> Bool {
+        // Only the tail can hold a stop string that was not there before.
+        let from = text.unicodeScalars.index(text.unicodeScalars.startIndex, offsetBy: sentScalars)
+        var best: String.Index?
+        for s in stop {
+            if let r = text.range(of: s, range: from..<text.endIndex), best.map({ r.lowerBound < $0 }) ?? true { best = r.lowerBound }
+        }
+        guard let cut = best else { return false }
+        text = String(text[..<cut])
+        return true
+    }
+
+    private func flushDelta(all: Bool) -> TextEvent {
+        let scalars = text.unicodeScalars
+        let end = all ? scalars.count : max(sentScalars, scalars.count - holdBack)
+        let from = min(sentScalars, end)
+        let start = scalars.index(scalars.startIndex, offsetBy: from)
+        let stopAt = scalars.index(scalars.startIndex, offsetBy: end)
+        let piece = String(String.UnicodeScalarView(scalars[start..<stopAt]))
+        sentScalars = end
+        defer { pendingTokens = []; pendingLogprobs = [] }
+        return .delta(text: piece, tokens: pendingTokens, logprobs: pendingLogprobs)
+    }
+}
