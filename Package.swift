@@ -17,6 +17,8 @@ let package = Package(
         // HTTP serving (TorusHTTP only): the OpenAI-compatible API and Prometheus metrics.
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
     ],
     targets: [
         // Open MPI's C API plus static inline getters for the predefined handles that Swift
@@ -42,6 +44,8 @@ let package = Package(
             "TorusServe", "TorusModel",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "torus", dependencies: [
             "TorusServe", "TorusHTTP", "TorusComm", "TorusTensor", "TorusModel", "TorusTrain", "TorusParallel", "TorusTrace",

@@ -181,7 +181,23 @@ public enum HFCheckpoint {
         object["eos_token_id"] = NSNull()
         let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
         try write(data, to: path)
+        // Torus models read bytes: the directory carries the byte tokenizer so that transformers,
+        // vLLM and `vllm bench serve` load it as it is.
+        if c.vocabSize >= ByteTokenizer.vocabularyFloor {
+            let dir = (path as NSString).deletingLastPathComponent
+            try write(Data(TokenizerJSON.byteTokenizerJSON().utf8), to: (dir as NSString).appendingPathComponent("tokenizer.json"))
+            let tokenizerConfig: [String: Any] = [
+                "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": c.maxPositionEmbeddings,
+                "clean_up_tokenization_spaces": false, "added_tokens_decoder": [String: Any](),
+                "bos_token": NSNull(), "eos_token": NSNull(), "chat_template": chatMLJinja,
+            ]
+            try write(try JSONSerialization.data(withJSONObject: tokenizerConfig, options: [.prettyPrinted, .sortedKeys]),
+                      to: (dir as NSString).appendingPathComponent("tokenizer_config.json"))
+        }
     }
+
+    /// The ChatML template in Jinja, as Hugging Face tokenizers carry it.
+    public static let chatMLJinja = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 
     static func write(_ data: Data, to path: String) throws {
         do { try data.write(to: URL(fileURLWithPath: path)) } catch {

@@ -15,6 +15,7 @@ public struct EngineStats: Sendable, Equatable {
     public var prefixHits = 0
     public var steps = 0
     public var finished = 0
+    public init() {}
 }
 
 /// Receives what the engine measures as it happens (the HTTP layer turns it into Prometheus
@@ -126,6 +127,14 @@ public final class Engine: @unchecked Sendable {
     public func abort(_ id: Int) {
         lock.lock()
         aborts.insert(id)
+        lock.signal()
+        lock.unlock()
+    }
+
+    /// Aborts every request (shutdown).
+    public func abortAll() {
+        lock.lock()
+        aborts.formUnion(0..<nextID)
         lock.signal()
         lock.unlock()
     }
@@ -260,12 +269,14 @@ public final class Engine: @unchecked Sendable {
                 observer?.interTokenLatency(now.timeIntervalSince(last))
             }
             seq.lastTokenTime = now
-            seq.emit(.token(token, info))
+            var reason: FinishReason?
             if seq.request.stopTokenIDs.contains(token) || (!seq.request.ignoreEOS && token == eosTokenID) {
-                finish(seq, .stop)
+                reason = .stop
             } else if seq.outputCount >= seq.maxTokens || seq.tokens.count >= maxModelLength {
-                finish(seq, .length)
+                reason = .length
             }
+            seq.emit(.token(token, info, finishing: reason))
+            if let reason { finish(seq, reason) }
         }
         lock.lock()
         stats.steps += 1

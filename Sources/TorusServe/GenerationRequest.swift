@@ -45,7 +45,8 @@ public struct TokenLogprobs: Sendable, Equatable {
 
 /// What the engine reports for one request, in order.
 public enum GenerationEvent: Sendable {
-    case token(Int32, TokenLogprobs?)
+    /// A chosen token; `finishing` is set when it is the request's last (a `.finished` follows).
+    case token(Int32, TokenLogprobs?, finishing: FinishReason?)
     /// The last event of a request that ran.
     case finished(FinishReason, GenerationTimings)
     /// The engine failed; the last event.

@@ -4,8 +4,9 @@ import TorusModel
 /// What a text generation reports, in order.
 public enum TextEvent: Sendable {
     /// New text (possibly empty while a character or a possible stop string is held back) and
-    /// the tokens chosen since the last event, with their log-probabilities when asked for.
-    case delta(text: String, tokens: [Int32], logprobs: [TokenLogprobs])
+    /// the tokens chosen since the last event, with their log-probabilities when asked for;
+    /// `finish` is set on the generation's last delta.
+    case delta(text: String, tokens: [Int32], logprobs: [TokenLogprobs], finish: FinishReason?)
     case finished(FinishReason, GenerationTimings)
     case failed(String)
 }
@@ -66,6 +67,7 @@ final class StopState: @unchecked Sendable {
     private(set) var stoppedByString = false
     var abortSent = false
     private var done = false
+    private var finishSent = false
     private let idLock = NSLock()
     private var id: Int?
 
@@ -81,7 +83,7 @@ final class StopState: @unchecked Sendable {
     func handle(_ event: GenerationEvent) -> [TextEvent] {
         guard !done else { return [] }
         switch event {
-        case let .token(token, info):
+        case let .token(token, info, finishing):
             guard !stoppedByString else { return [] }
             pendingTokens.append(token)
             if let info { pendingLogprobs.append(info) }
@@ -89,17 +91,25 @@ final class StopState: @unchecked Sendable {
             text += piece
             if !stop.isEmpty, !piece.isEmpty, cutAtStop() {
                 stoppedByString = true
-                return [flushDelta(all: true)]
+                return [flushDelta(all: true, finish: .stop)]
             }
-            return [flushDelta(all: false)]
+            if let finishing {
+                text += detokenizer.flush()
+                if !stop.isEmpty, cutAtStop() {
+                    stoppedByString = true
+                    return [flushDelta(all: true, finish: .stop)]
+                }
+                finishSent = true
+                return [flushDelta(all: true, finish: finishing)]
+            }
+            return [flushDelta(all: false, finish: nil)]
         case let .finished(reason, timings):
             done = true
-            if !stoppedByString { text += detokenizer.flush() }
-            var out: [TextEvent] = []
-            let last = flushDelta(all: true)
-            if case let .delta(t, toks, _) = last, !t.isEmpty || !toks.isEmpty { out.append(last) }
-            out.append(.finished(stoppedByString ? .stop : reason, timings))
-            return out
+            let final: FinishReason = stoppedByString ? .stop : reason
+            guard !stoppedByString && !finishSent else { return [.finished(final, timings)] }
+            // An abort: whatever is held back goes out with the finish reason.
+            text += detokenizer.flush()
+            return [flushDelta(all: true, finish: final), .finished(final, timings)]
         case let .failed(message):
             done = true
             return [.failed(message)]
@@ -119,15 +129,27 @@ final class StopState: @unchecked Sendable {
         return true
     }
 
-    private func flushDelta(all: Bool) -> TextEvent {
+    /// Scalars at the end of the text that begin some stop string (held back until the next
+    /// token shows whether the stop string completes), as llama.cpp's server does.
+    private func partialStopLength() -> Int {
+        guard holdBack > 0 else { return 0 }
+        let tail = Array(text.unicodeScalars.suffix(holdBack))
+        for length in stride(from: tail.count, to: 0, by: -1) {
+            let suffix = tail[(tail.count - length)...]
+            if stop.contains(where: { $0.unicodeScalars.starts(with: suffix) }) { return length }
+        }
+        return 0
+    }
+
+    private func flushDelta(all: Bool, finish: FinishReason?) -> TextEvent {
         let scalars = text.unicodeScalars
-        let end = all ? scalars.count : max(sentScalars, scalars.count - holdBack)
+        let end = all ? scalars.count : max(sentScalars, scalars.count - partialStopLength())
         let from = min(sentScalars, end)
         let start = scalars.index(scalars.startIndex, offsetBy: from)
         let stopAt = scalars.index(scalars.startIndex, offsetBy: end)
         let piece = String(String.UnicodeScalarView(scalars[start..<stopAt]))
         sentScalars = end
         defer { pendingTokens = []; pendingLogprobs = [] }
-        return .delta(text: piece, tokens: pendingTokens, logprobs: pendingLogprobs)
+        return .delta(text: piece, tokens: pendingTokens, logprobs: pendingLogprobs, finish: finish)
     }
 }

@@ -57,7 +57,8 @@ struct RunConfig {
     /// Virtual stages per pipeline stage (interleaved schedule).
     var pipelineVirtualStages = 1
 
-    static let topLevelKeys = ["model", "seed", "train", "data", "sequence_parallel", "pipeline_parallel"]
+    /// `serve:` belongs to `torus serve` (ServeSection); training ignores it.
+    static let topLevelKeys = ["model", "seed", "train", "data", "sequence_parallel", "pipeline_parallel", "serve"]
     static let sequenceParallelKeys = ["size", "method", "layout"]
 
     static func load(path: String) throws -> RunConfig {

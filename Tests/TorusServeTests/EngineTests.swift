@@ -34,7 +34,7 @@ enum ServeFixture {
         var tokens: [Int32] = [], reason: FinishReason?, logprobs: [TokenLogprobs] = []
         for await e in stream {
             switch e {
-            case let .token(t, lp): tokens.append(t); if let lp { logprobs.append(lp) }
+            case let .token(t, lp, _): tokens.append(t); if let lp { logprobs.append(lp) }
             case let .finished(r, _): reason = r
             case let .failed(m): Issue.record("engine failed: \(m)")
             }
@@ -226,7 +226,7 @@ enum ServeFixture {
     func collectText(_ g: TextGeneration) async -> (text: String, reason: FinishReason?) {
         var text = "", reason: FinishReason?
         for await e in g.events {
-            if case let .delta(t, _, _) = e { text += t }
+            if case let .delta(t, _, _, _) = e { text += t }
             if case let .finished(r, _) = e { reason = r }
         }
         return (text, reason)

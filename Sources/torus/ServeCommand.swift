@@ -1,0 +1,92 @@
+import ArgumentParser
+import Foundation
+import TorusHTTP
+import TorusModel
+import TorusServe
+
+struct ServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "serve",
+        abstract: "Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming, /metrics).")
+
+    @Option(help: "YAML config with a serve: section (flags override it).") var config: String?
+    @Option(help: "Hugging Face model directory (serve.model).") var model: String?
+    @Option(help: "Name clients pass as 'model' (default: the directory's name).") var servedModelName: String?
+    @Option(help: "Address to bind (default 127.0.0.1).") var host: String?
+    @Option(help: "Port (0 picks a free one; default 8000).") var port: Int?
+    @Option(help: "Require 'Authorization: Bearer KEY' on /v1/* (also TORUS_API_KEY).") var apiKey: String?
+    @Option(help: "Positions per KV block.") var blockSize: Int?
+    @Option(help: "Memory for the KV cache, MiB.") var kvCacheMemoryMb: Int?
+    @Option(help: "Longest prompt + output (default: max_position_embeddings).") var maxModelLen: Int?
+    @Option(help: "Rows per model step (prefill chunk budget).") var maxNumBatchedTokens: Int?
+    @Option(help: "Sequences running at once.") var maxNumSeqs: Int?
+    @Option(help: "Requests queued before 429.") var maxWaiting: Int?
+    @Option(help: "Chat template: chatml or llama3 (default: detected from tokenizer_config.json).") var chatTemplate: String?
+
+    func run() throws {
+        var s = try config.map { try ServeSection.load(path: $0) } ?? ServeSection()
+        if let model { s.model = model }
+        if let servedModelName { s.servedModelName = servedModelName }
+        if let host { s.host = host }
+        if let port { s.port = port }
+        if let blockSize { s.blockSize = blockSize }
+        if let kvCacheMemoryMb { s.kvCacheMemoryMB = kvCacheMemoryMb }
+        if let maxModelLen { s.maxModelLen = maxModelLen }
+        if let maxNumBatchedTokens { s.maxNumBatchedTokens = maxNumBatchedTokens }
+        if let maxNumSeqs { s.maxNumSeqs = maxNumSeqs }
+        if let maxWaiting { s.maxWaiting = maxWaiting }
+        if let chatTemplate { s.chatTemplate = chatTemplate }
+        guard let dir = s.model else { throw ValidationError("give the model directory: --model DIR or serve.model in --config") }
+        let env = ProcessInfo.processInfo.environment
+        let key = apiKey ?? s.apiKeyEnv.flatMap { env[$0] } ?? env["TORUS_API_KEY"]
+        if let name = s.apiKeyEnv, env[name] == nil {
+            throw ValidationErrorMessage("serve.api_key_env names \(name), which is not set in the environment")
+        }
+        let template: ChatTemplate?
+        if let t = s.chatTemplate {
+            guard let named = ChatTemplate(rawValue: t) else {
+                throw ValidationError("--chat-template \(t): known templates are \(ChatTemplate.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            template = named
+        } else {
+            template = ModelTokenizer.chatTemplate(directory: dir).flatMap(ChatTemplate.detect(jinja:))
+        }
+
+        let loaded = try HFCheckpoint.load(directory: dir)
+        let tokenizer = try ModelTokenizer.load(directory: dir, vocabularySize: loaded.config.vocabSize)
+        let engine = try Engine(model: loaded, config: s.engineConfig, eosTokenID: tokenizer.eosTokenID)
+        let name = s.servedModelName ?? URL(fileURLWithPath: dir).standardizedFileURL.lastPathComponent
+        let served = ServedModel(engine: engine, tokenizer: tokenizer, name: name, root: dir, chatTemplate: template)
+        let options = HTTPOptions(host: s.host, port: s.port, apiKey: key, maxBodyBytes: s.maxBodyMB << 20,
+                                  shutdownGraceSeconds: s.shutdownGraceS)
+        let server = HTTPServer(model: served, options: options)
+        let kvMiB = (engine.blockCount * PagedKVCache.bytesPerBlock(config: loaded.config, blockSize: s.blockSize)) >> 20
+        let summary = "model \(name) from \(dir), \(engine.blockCount) KV blocks of \(s.blockSize) (\(kvMiB) MiB), "
+            + "max_model_len \(engine.maxModelLength), chat template \(template?.rawValue ?? "none")"
+            + (key == nil ? "" : ", API key required")
+        let host = s.host
+        let outcome = ServeOutcome()
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            do {
+                try await server.run { port in
+                    warn("serve: listening on http://\(host):\(port) (\(summary))")
+                }
+            } catch {
+                outcome.set(error)
+            }
+            done.signal()
+        }
+        done.wait()
+        engine.shutdown()
+        if let error = outcome.error { throw ValidationErrorMessage("serve: \(error)") }
+        warn("serve: stopped")
+    }
+}
+
+/// The server task's error, handed back to the command's thread.
+final class ServeOutcome: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: Error?
+    func set(_ e: Error) { lock.lock(); stored = e; lock.unlock() }
+    var error: Error? { lock.lock(); defer { lock.unlock() }; return stored }
+}

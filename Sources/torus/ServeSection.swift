@@ -1,0 +1,80 @@
+import Foundation
+import TorusHTTP
+import TorusServe
+import Yams
+
+/// The `serve:` section of a YAML config (every key optional; CLI flags override):
+///
+///     serve:
+///       model: runs/m                 # Hugging Face model directory
+///       served_model_name: torus-tiny # the `model` clients pass (default: the directory's name)
+///       host: 127.0.0.1
+///       port: 8000
+///       api_key_env: TORUS_API_KEY    # environment variable holding the API key
+///       block_size: 16                # positions per KV block
+///       kv_cache_memory_mb: 1024      # memory for KV blocks
+///       max_model_len: 4096           # longest prompt + output
+///       max_num_batched_tokens: 2048  # rows per step (chunked prefill budget)
+///       max_num_seqs: 64              # running sequences
+///       max_waiting: 1024             # queued requests before 429
+///       chat_template: chatml         # chatml | llama3 (else detected from tokenizer_config.json)
+///       max_body_mb: 64
+///       shutdown_grace_s: 10
+struct ServeSection {
+    var model: String?
+    var servedModelName: String?
+    var host = "127.0.0.1"
+    var port = 8000
+    var apiKeyEnv: String?
+    var blockSize = 16
+    var kvCacheMemoryMB = 1024
+    var maxModelLen: Int?
+    var maxNumBatchedTokens = 2048
+    var maxNumSeqs = 64
+    var maxWaiting = 1024
+    var chatTemplate: String?
+    var maxBodyMB = 64
+    var shutdownGraceS = 10.0
+
+    static let keys = ["model", "served_model_name", "host", "port", "api_key_env", "block_size", "kv_cache_memory_mb",
+                       "max_model_len", "max_num_batched_tokens", "max_num_seqs", "max_waiting", "chat_template",
+                       "max_body_mb", "shutdown_grace_s"]
+
+    /// The `serve:` section of `path` (defaults when the file has none).
+    static func load(path: String) throws -> ServeSection {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw ConfigError(file: path, message: "cannot read the file")
+        }
+        let root: Any?
+        do { root = try Yams.load(yaml: text) } catch { throw ConfigError(file: path, message: "not valid YAML: \(error)") }
+        guard let map = root as? [String: Any] else { throw ConfigError(file: path, message: "the top level must be a mapping") }
+        var s = ServeSection()
+        guard let section = map["serve"] else { return s }
+        guard let m = section as? [String: Any] else { throw ConfigError(file: path, message: "'serve' must be a mapping") }
+        try RunConfig.checkKeys(m, known: keys, section: "serve", file: path)
+        let r = RunConfig.Reader(file: path)
+        if m["model"] != nil { s.model = try r.string(m, "model", section: "serve") }
+        if m["served_model_name"] != nil { s.servedModelName = try r.string(m, "served_model_name", section: "serve") }
+        if m["host"] != nil { s.host = try r.string(m, "host", section: "serve") }
+        if m["port"] != nil { s.port = try r.int(m, "port", section: "serve", min: 0) }
+        if m["api_key_env"] != nil { s.apiKeyEnv = try r.string(m, "api_key_env", section: "serve") }
+        if m["block_size"] != nil { s.blockSize = try r.int(m, "block_size", section: "serve", min: 1) }
+        if m["kv_cache_memory_mb"] != nil { s.kvCacheMemoryMB = try r.int(m, "kv_cache_memory_mb", section: "serve", min: 1) }
+        if m["max_model_len"] != nil { s.maxModelLen = try r.int(m, "max_model_len", section: "serve", min: 1) }
+        if m["max_num_batched_tokens"] != nil { s.maxNumBatchedTokens = try r.int(m, "max_num_batched_tokens", section: "serve", min: 1) }
+        if m["max_num_seqs"] != nil { s.maxNumSeqs = try r.int(m, "max_num_seqs", section: "serve", min: 1) }
+        if m["max_waiting"] != nil { s.maxWaiting = try r.int(m, "max_waiting", section: "serve", min: 0) }
+        if m["chat_template"] != nil { s.chatTemplate = try r.string(m, "chat_template", section: "serve") }
+        if m["max_body_mb"] != nil { s.maxBodyMB = try r.int(m, "max_body_mb", section: "serve", min: 1) }
+        if m["shutdown_grace_s"] != nil { s.shutdownGraceS = try r.double(m, "shutdown_grace_s", section: "serve") }
+        if let t = s.chatTemplate, ChatTemplate(rawValue: t) == nil {
+            throw ConfigError(file: path, message: "'serve.chat_template' is '\(t)'; known: \(ChatTemplate.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return s
+    }
+
+    var engineConfig: EngineConfig {
+        EngineConfig(blockSize: blockSize, kvCacheBytes: kvCacheMemoryMB << 20, maxModelLength: maxModelLen,
+                     limits: SchedulerLimits(maxBatchedTokens: maxNumBatchedTokens, maxRunning: maxNumSeqs, maxWaiting: maxWaiting))
+    }
+}
