@@ -33,3 +33,23 @@ torus_export_env() {
     export OPENBLAS_CORETYPE=SkylakeX
   fi
 }
+
+# The Python the server tests drive Torus with: the official openai client, prometheus_client
+# and tokenizers from PyPI in .venv-test (ignored by git). When PyPI cannot be reached those
+# tests skip with a message.
+torus_ensure_test_python() {
+  local venv=.venv-test
+  local check='import openai, prometheus_client, tokenizers'
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "$check" 2>/dev/null; then return 0; fi
+  command -v python3 >/dev/null 2>&1 || { echo "launch: no python3; the openai client tests will be skipped" >&2; return 0; }
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null 2>&1 || true
+  fi
+  echo "launch: installing openai, prometheus_client and tokenizers into $venv" >&2
+  if ! { python3 -m venv "$venv" && timeout 600 "$venv/bin/pip" install -q openai prometheus_client tokenizers; } >&2; then
+    echo "launch: could not install the test Python packages; the openai client tests will be skipped" >&2
+  fi
+  return 0
+}

@@ -22,10 +22,12 @@ struct CompletionRequest {
     var stream: Bool
     var includeUsage: Bool
     var cacheSalt: String?
+    /// vLLM's extension: log-probability entries name tokens as "token_id:N".
+    var tokensAsIDs: Bool
 
     static let known: Set<String> = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
                                      "top_k", "seed", "stop", "stop_token_ids", "ignore_eos", "n", "logprobs", "top_logprobs",
-                                     "echo", "stream", "stream_options", "cache_salt", "user"]
+                                     "echo", "stream", "stream_options", "cache_salt", "user", "return_tokens_as_token_ids"]
 
     /// Parses and checks a request body against the served model.
     static func parse(_ body: JSONValue, kind: Kind, model: ServedModel) throws -> CompletionRequest {
@@ -97,7 +99,8 @@ struct CompletionRequest {
                                       seed: seed.map { UInt64(bitPattern: Int64($0)) } ?? UInt64.random(in: 0...UInt64.max)),
             seeded: seed != nil, stop: stop, stopTokenIDs: Set(stopIDs), ignoreEOS: try f.bool("ignore_eos") ?? false,
             n: n, logprobs: logprobs, echo: kind == .completion ? (try f.bool("echo") ?? false) : false,
-            stream: stream, includeUsage: includeUsage, cacheSalt: try f.string("cache_salt"))
+            stream: stream, includeUsage: includeUsage, cacheSalt: try f.string("cache_salt"),
+            tokensAsIDs: try f.bool("return_tokens_as_token_ids") ?? false)
     }
 
     /// The engine request of choice `choice` of prompt `index` (each choice its own seed).

@@ -57,7 +57,7 @@ struct CompletionResponder: Sendable {
         let generations = try start()
         var texts = Array(repeating: "", count: generations.count)
         var reasons = Array(repeating: FinishReason.abort, count: generations.count)
-        var logprobs = Array(repeating: LogprobsBuilder(tokenizer: model.tokenizer), count: generations.count)
+        var logprobs = Array(repeating: LogprobsBuilder(tokenizer: model.tokenizer, tokensAsIDs: request.tokensAsIDs), count: generations.count)
         var outputTokens = 0
         for (i, g) in generations.enumerated() {
             for await event in g.events {
@@ -133,7 +133,7 @@ struct CompletionResponder: Sendable {
         var outputTokens = 0
         var roleSent = Array(repeating: false, count: choices)
         var finishSent = Array(repeating: false, count: choices)
-        var builders = Array(repeating: LogprobsBuilder(tokenizer: model.tokenizer), count: choices)
+        var builders = Array(repeating: LogprobsBuilder(tokenizer: model.tokenizer, tokensAsIDs: request.tokensAsIDs), count: choices)
         var textLength = Array(repeating: 0, count: choices)
         if request.echo {
             for i in 0..<choices {
@@ -150,7 +150,7 @@ struct CompletionResponder: Sendable {
                 guard !text.isEmpty || finish != nil || (request.logprobs != nil && !tokens.isEmpty) else { continue }
                 var lp: JSONValue?
                 if request.logprobs != nil {
-                    builders[i] = LogprobsBuilder(tokenizer: model.tokenizer)
+                    builders[i] = LogprobsBuilder(tokenizer: model.tokenizer, tokensAsIDs: request.tokensAsIDs)
                     builders[i].add(tokens: tokens, logprobs: lps, textOffset: textLength[i])
                     lp = request.kind == .chat ? builders[i].chat : builders[i].completion
                 }
@@ -205,8 +205,12 @@ struct LogprobsBuilder {
     var tokens: [Int32] = []
     var values: [TokenLogprobs] = []
     var offsets: [Int] = []
+    let tokensAsIDs: Bool
 
-    init(tokenizer: any TextTokenizer) { self.tokenizer = tokenizer }
+    init(tokenizer: any TextTokenizer, tokensAsIDs: Bool) {
+        self.tokenizer = tokenizer
+        self.tokensAsIDs = tokensAsIDs
+    }
 
     mutating func add(tokens: [Int32], logprobs: [TokenLogprobs], textOffset: Int) {
         guard logprobs.count == tokens.count else { return }
@@ -215,7 +219,7 @@ struct LogprobsBuilder {
         offsets += Array(repeating: textOffset, count: tokens.count)
     }
 
-    func text(_ t: Int32) -> String { tokenizer.decode([t]) }
+    func text(_ t: Int32) -> String { tokensAsIDs ? "token_id:\(t)" : tokenizer.decode([t]) }
 
     var completion: JSONValue {
         .object([

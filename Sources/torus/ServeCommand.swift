@@ -21,6 +21,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Sequences running at once.") var maxNumSeqs: Int?
     @Option(help: "Requests queued before 429.") var maxWaiting: Int?
     @Option(help: "Chat template: chatml or llama3 (default: detected from tokenizer_config.json).") var chatTemplate: String?
+    @Option(help: "Largest request body, MiB.") var maxBodyMb: Int?
 
     func run() throws {
         var s = try config.map { try ServeSection.load(path: $0) } ?? ServeSection()
@@ -35,6 +36,7 @@ struct ServeCommand: ParsableCommand {
         if let maxNumSeqs { s.maxNumSeqs = maxNumSeqs }
         if let maxWaiting { s.maxWaiting = maxWaiting }
         if let chatTemplate { s.chatTemplate = chatTemplate }
+        if let maxBodyMb { s.maxBodyMB = maxBodyMb }
         guard let dir = s.model else { throw ValidationError("give the model directory: --model DIR or serve.model in --config") }
         let env = ProcessInfo.processInfo.environment
         let key = apiKey ?? s.apiKeyEnv.flatMap { env[$0] } ?? env["TORUS_API_KEY"]

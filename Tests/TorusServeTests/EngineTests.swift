@@ -199,6 +199,13 @@ enum ServeFixture {
         #expect(throws: EngineError.emptyPrompt) { try engine.submit(GenerationRequest(prompt: [], maxTokens: 1)) { _ in } }
     }
 
+    @Test func aPoolTooSmallForOneSequenceIsRefusedWithTheSetting() {
+        #expect(throws: EngineConfigError.self) { try ServeFixture.engine(kvBytes: 1 << 16) }
+        do { _ = try ServeFixture.engine(kvBytes: 1 << 16) } catch {
+            #expect("\(error)".contains("kv_cache_memory") && "\(error)".contains("max_model_len 256"), "\(error)")
+        }
+    }
+
     @Test func stopStringsEndTheTextAndAreRemoved() async throws {
         let engine = try ServeFixture.engine()
         defer { engine.shutdown() }

@@ -1,0 +1,66 @@
+import Foundation
+import Testing
+import TorusModel
+
+/// `torus serve` driven over real sockets: the official `openai` client, httpx and Prometheus'
+/// parser (Tests/serve/openai_client_test.py), and the CLI's refusals.
+@Suite(.serialized) struct ServeTests {
+    static func modelDirectory() throws -> String {
+        let dir = NSTemporaryDirectory() + "torus-serve-model-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        // Larger initial weights than transformers' default: peaked logits, so greedy choices are
+        // rarely near-ties.
+        try """
+        model:
+          hidden_size: 64
+          intermediate_size: 96
+          num_hidden_layers: 2
+          num_attention_heads: 4
+          num_key_value_heads: 2
+          vocab_size: 256
+          max_position_embeddings: 512
+          initializer_range: 0.15
+        seed: 5
+        """.write(toFile: dir + "/model.yaml", atomically: true, encoding: .utf8)
+        let r = try TorusBinary.torus(["init", "--config", dir + "/model.yaml", "--out", dir + "/m"])
+        guard r.status == 0 else { throw ServerStartError(log: r.output) }
+        return dir + "/m"
+    }
+
+    @Test(.enabled(if: ClientPython.executable != nil, Comment(rawValue: ClientPython.skipMessage)))
+    func openAIClientAgainstTheServer() throws {
+        let model = try Self.modelDirectory()
+        let python = try #require(ClientPython.executable)
+        let server = try ServerProcess(TorusBinary.path, ["serve", "--model", model, "--port", "0", "--served-model-name", "tiny",
+                                                          "--api-key", "sk-test", "--chat-template", "chatml", "--max-body-mb", "1",
+                                                          "--max-model-len", "512", "--kv-cache-memory-mb", "64"],
+                                       environment: ["TORUS_NO_REEXEC": "1"])
+        let busy = try ServerProcess(TorusBinary.path, ["serve", "--model", model, "--port", "0", "--max-waiting", "0"],
+                                     environment: ["TORUS_NO_REEXEC": "1"])
+        defer { busy.stop(); server.stop() }
+        let r = try TorusBinary.run(python, [ClientPython.repository + "/Tests/serve/openai_client_test.py", "--base", server.base,
+                                             "--key", "sk-test", "--torus", TorusBinary.path, "--model-dir", model, "--name", "tiny",
+                                             "--max-len", "512", "--pid", String(server.pid), "--busy-base", busy.base], timeout: 300)
+        #expect(r.status == 0, "\(r.output)\n--- server log ---\n\(server.log)")
+        #expect(r.stdout.contains(" passed, 0 failed"), "\(r.stdout)")
+        // The script ends with SIGTERM: the server stopped by itself.
+        #expect(server.waitForExit(timeout: 15) != nil, "\(server.log)")
+        #expect(server.log.contains("serve: stopped"), "\(server.log)")
+    }
+
+    @Test func serveRefusesBadSettingsWithTheReason() throws {
+        let model = try Self.modelDirectory()
+        let long = try TorusBinary.torus(["serve", "--model", model, "--max-model-len", "100000", "--port", "0"], timeout: 60)
+        #expect(long.status != 0 && long.stderr.contains("max_position_embeddings"), "\(long.output)")
+        let template = try TorusBinary.torus(["serve", "--model", model, "--chat-template", "jinja2", "--port", "0"], timeout: 60)
+        #expect(template.status != 0 && template.stderr.contains("chatml"), "\(template.output)")
+        let missing = try TorusBinary.torus(["serve", "--model", model + "-nope", "--port", "0"], timeout: 60)
+        #expect(missing.status != 0 && missing.stderr.contains("config.json"), "\(missing.output)")
+        try "{\"model\": {\"type\": \"WordPiece\"".write(toFile: model + "/tokenizer.json", atomically: true, encoding: .utf8)
+        let broken = try TorusBinary.torus(["serve", "--model", model, "--port", "0"], timeout: 60)
+        #expect(broken.status != 0 && broken.stderr.contains("tokenizer.json") && broken.stderr.contains("not valid JSON"), "\(broken.output)")
+        try "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}".write(toFile: model + "/tokenizer.json", atomically: true, encoding: .utf8)
+        let wordPiece = try TorusBinary.torus(["serve", "--model", model, "--port", "0"], timeout: 60)
+        #expect(wordPiece.status != 0 && wordPiece.stderr.contains("WordPiece"), "\(wordPiece.output)")
+    }
+}
