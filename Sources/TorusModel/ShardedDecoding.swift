@@ -56,12 +56,13 @@ extension LlamaModel {
         guard positions.count == localTokens.count else {
             throw ModelInputError.shapeMismatch("\(localTokens.count) local tokens for \(positions.count) local positions")
         }
-        // Keep each layer's rotated K, V (in local row order, segment by segment) as the forward runs.
-        let recorder = CachingAttention(inner: attention, cache: cache)
         // Rows in local order; `append` joins consecutive positions into one segment.
         for p in positions { _ = try cache.append(start: Int(p), count: 1) }
-        let pass = try forward(tokens: localTokens, batch: 1, seqLen: localTokens.count, keepActivations: false, attention: recorder,
-                               head: false)
+        // Keep each layer's rotated K, V (in local row order, segment by segment) as the forward runs.
+        let output = try prefillLayers(localTokens: localTokens, attention: attention) { l, k, v in
+            cache.keys[l].pointer.update(from: k.pointer, count: k.count)
+            cache.values[l].pointer.update(from: v.pointer, count: v.count)
+        }
         // The rank holding the last position runs the head on that row alone and shares its logits.
         let last = Int32(positions.max() ?? 0)
         let lastGlobal = try group.allGather([Float(last)]).map { Int($0[0]) }.max() ?? 0
@@ -69,7 +70,7 @@ extension LlamaModel {
         if let row = positions.firstIndex(of: Int32(lastGlobal)) {
             let d = config.hiddenSize
             mine[0] = 1
-            mine.replaceSubrange(1..., with: headLogits(pass.output.view(offset: row * d, shape: [1, d]), rows: 1).logits.array)
+            mine.replaceSubrange(1..., with: headLogits(output.view(offset: row * d, shape: [1, d]), rows: 1).logits.array)
         }
         guard let owner = try group.allGather(mine).first(where: { $0[0] == 1 }) else {
             throw ModelInputError.shapeMismatch("no rank holds the last prompt position")
@@ -125,28 +126,44 @@ extension LlamaModel {
     }
 }
 
-/// Passes attention through to the sequence-parallel method and copies each layer's local
-/// keys and values into the cache (rows in local order, which `prefillSharded` registered).
+/// Passes attention through to the sequence-parallel method and hands each layer's local
+/// keys and values (rows in local order) to `store` first.
 final class CachingAttention: SequenceAttention {
     let inner: SequenceAttention
-    let cache: ShardedKVCache
+    let store: (_ layer: Int, _ k: Tensor, _ v: Tensor) -> Void
     var layer = 0
 
-    init(inner: SequenceAttention, cache: ShardedKVCache) {
+    init(inner: SequenceAttention, store: @escaping (_ layer: Int, _ k: Tensor, _ v: Tensor) -> Void) {
         self.inner = inner
-        self.cache = cache
+        self.store = store
     }
 
     var localPositions: [Int32] { inner.localPositions }
 
     func forward(q: Tensor, k: Tensor, v: Tensor) throws -> (out: Tensor, lse: Tensor) {
-        cache.keys[layer].pointer.update(from: k.pointer, count: k.count)
-        cache.values[layer].pointer.update(from: v.pointer, count: v.count)
+        store(layer, k, v)
         layer += 1
         return try inner.forward(q: q, k: k, v: v)
     }
 
     func backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor) throws -> (dq: Tensor, dk: Tensor, dv: Tensor) {
         throw ModelInputError.shapeMismatch("prefill has no backward pass")
+    }
+}
+
+extension LlamaModel {
+    /// The decoder layers over this rank's rows of one sequence split across ranks (no head):
+    /// `attention` computes exact causal attention with the other ranks, and `store` receives
+    /// every layer's rotated keys and values of the local rows (local order) to keep them.
+    /// Returns the hidden states of the local rows.
+    public func prefillLayers(localTokens: [Int32], attention: SequenceAttention,
+                              store: @escaping (_ layer: Int, _ k: Tensor, _ v: Tensor) -> Void) throws -> Tensor {
+        try requireWhole(for: "sequence-parallel prefill")
+        guard attention.localPositions.count == localTokens.count else {
+            throw ModelInputError.shapeMismatch("\(localTokens.count) local tokens for \(attention.localPositions.count) local positions")
+        }
+        let recorder = CachingAttention(inner: attention, store: store)
+        return try forward(tokens: localTokens, batch: 1, seqLen: localTokens.count, keepActivations: false, attention: recorder,
+                           head: false).output
     }
 }

@@ -39,10 +39,10 @@ public final class Engine: @unchecked Sendable {
     /// The longest sequence served.
     public let maxModelLength: Int
     public let eosTokenID: Int32?
-    let pool: KVBlockPool
-    let cache: PagedKVCache
+    let pools: [KVBlockPool]
     let scheduler: Scheduler
-    let workspace: StepWorkspace
+    let executor: StepExecutor
+    let group: ServeGroup
     public weak var observer: EngineObserver?
 
     private let lock = NSCondition()
@@ -55,8 +55,32 @@ public final class Engine: @unchecked Sendable {
     private var thread: Thread?
     private var waitingCount = 0
 
-    /// Sizes the KV pool from `config.kvCacheBytes` and starts the engine thread.
-    public init(model: LlamaModel, config: EngineConfig, eosTokenID: Int32? = nil) throws {
+    /// Sizes the KV pool from `config.kvCacheBytes` and starts the engine thread. With a
+    /// `group` of several ranks this is rank 0's engine: every step's plan goes to the other
+    /// ranks (which run `Engine.serveWorker`), and prompts of at least `prefillThreshold`
+    /// tokens are prefilled across them.
+    public init(model: LlamaModel, config: EngineConfig, eosTokenID: Int32? = nil, group: ServeGroup = SingleRankGroup(),
+                prefillThreshold: Int? = nil) throws {
+        guard group.rank == 0 else { throw EngineConfigError("the engine runs on rank 0; other ranks run Engine.serveWorker") }
+        let (maxLength, blocks) = try Self.check(model: model, config: config)
+        self.model = model
+        self.config = config
+        self.maxModelLength = maxLength
+        self.eosTokenID = eosTokenID
+        self.group = group
+        pools = (0..<group.size).map { _ in KVBlockPool(blockCount: blocks, blockSize: config.blockSize) }
+        scheduler = Scheduler(limits: config.limits, pools: pools, prefillThreshold: prefillThreshold,
+                              prefillGranularity: group.prefillGranularity, prefillPositions: { try group.prefillPositions(length: $0) })
+        executor = Self.makeExecutor(model: model, config: config, blocks: blocks, maxLength: maxLength, group: group)
+        let thread = Thread { [unowned self] in self.loop() }
+        thread.name = "torus-engine"
+        thread.stackSize = 8 << 20
+        self.thread = thread
+        thread.start()
+    }
+
+    /// The longest sequence and the blocks per rank, or the setting that is wrong.
+    static func check(model: LlamaModel, config: EngineConfig) throws -> (maxLength: Int, blocks: Int) {
         try model.requireWhole(for: "serving")
         let c = model.config
         let maxLength = config.maxModelLength ?? c.maxPositionEmbeddings
@@ -78,23 +102,31 @@ public final class Engine: @unchecked Sendable {
                 + "(\((needed * perBlock + (1 << 20) - 1) >> 20) MiB): raise kv_cache_memory or lower max_model_len")
         }
         try model.prepareServing(maxPositions: maxLength)
-        self.model = model
-        self.config = config
-        self.maxModelLength = maxLength
-        self.eosTokenID = eosTokenID
-        pool = KVBlockPool(blockCount: blocks, blockSize: config.blockSize)
-        cache = PagedKVCache(config: c, blockCount: blocks, blockSize: config.blockSize, maxPositions: maxLength)
-        scheduler = Scheduler(limits: config.limits, pool: pool)
-        workspace = StepWorkspace(config: c, rowCapacity: config.limits.maxBatchedTokens, logitCapacity: config.limits.maxRunning)
-        let thread = Thread { [unowned self] in self.loop() }
-        thread.name = "torus-engine"
-        thread.stackSize = 8 << 20
-        self.thread = thread
-        thread.start()
+        return (maxLength, blocks)
     }
 
-    /// Blocks in the KV pool.
-    public var blockCount: Int { pool.blockCount }
+    static func makeExecutor(model: LlamaModel, config: EngineConfig, blocks: Int, maxLength: Int, group: ServeGroup) -> StepExecutor {
+        let cache = PagedKVCache(config: model.config, blockCount: blocks, blockSize: config.blockSize, maxPositions: maxLength,
+                                 maxRows: config.limits.maxBatchedTokens)
+        let workspace = StepWorkspace(config: model.config, rowCapacity: config.limits.maxBatchedTokens,
+                                      logitCapacity: config.limits.maxRunning)
+        return StepExecutor(model: model, cache: cache, workspace: workspace, group: group)
+    }
+
+    /// The loop of a rank other than 0: runs every plan rank 0 sends until it says stop.
+    public static func serveWorker(model: LlamaModel, config: EngineConfig, group: ServeGroup) throws {
+        let (maxLength, blocks) = try check(model: model, config: config)
+        let executor = makeExecutor(model: model, config: config, blocks: blocks, maxLength: maxLength, group: group)
+        while true {
+            let words = try group.exchangePlan([])
+            guard let plan = StepPlan(words: words) else { throw EngineConfigError("rank \(group.rank): a malformed step plan arrived") }
+            if plan.kind == .stop { return }
+            _ = try executor.execute(plan)
+        }
+    }
+
+    /// Blocks in each rank's KV pool.
+    public var blockCount: Int { pools[0].blockCount }
 
     /// Queues a request; `emit` receives its events on the engine thread. Returns the id to
     /// abort it with. Throws when the request cannot be served or the queue is full.
@@ -118,7 +150,7 @@ public final class Engine: @unchecked Sendable {
         }
         let id = nextID
         nextID += 1
-        incoming.append(Sequence(id: id, request: request, maxTokens: request.maxTokens ?? room, emit: emit))
+        incoming.append(Sequence(id: id, request: request, maxTokens: request.maxTokens ?? room, ranks: group.size, emit: emit))
         lock.signal()
         return id
     }
@@ -189,6 +221,7 @@ public final class Engine: @unchecked Sendable {
                     seq.emit(.failed(dead))
                 }
                 publish()
+                stopWorkers()
                 lock.lock()
                 while !stopping { lock.wait() }
                 lock.unlock()
@@ -197,19 +230,34 @@ public final class Engine: @unchecked Sendable {
             if stop {
                 for seq in scheduler.running + scheduler.waiting { finish(seq, .abort) }
                 publish()
+                stopWorkers()
                 return
             }
             if !cancelled.isEmpty {
                 for seq in scheduler.running + scheduler.waiting where cancelled.contains(seq.id) { finish(seq, .abort) }
             }
-            let chunks = scheduler.schedule()
+            let step = scheduler.schedule()
             for seq in scheduler.unschedulable {
-                seq.emit(.failed("the KV pool of \(pool.blockCount) blocks cannot hold \(seq.tokens.count) positions"))
+                seq.emit(.failed("the KV pool of \(pools[0].blockCount) blocks per rank cannot hold \(seq.tokens.count) positions"))
             }
             scheduler.unschedulable = []
-            if chunks.isEmpty { publish(); continue }
             do {
-                try run(chunks)
+                switch step {
+                case .idle:
+                    publish()
+                    continue
+                case let .batch(chunks):
+                    try run(chunks)
+                case let .prefill(seq, length, blocks):
+                    var plan = StepPlan(kind: .prefill)
+                    plan.prefillTokens = Array(seq.tokens[0..<length])
+                    plan.prefillBlocks = blocks
+                    _ = try group.exchangePlan(plan.encoded())
+                    _ = try executor.execute(plan)
+                    lock.lock()
+                    stats.promptTokens += length
+                    lock.unlock()
+                }
             } catch {
                 fail("a model step failed: \(error)")
             }
@@ -217,13 +265,22 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
+    /// Tells the other ranks to leave their loops (once).
+    private var workersStopped = false
+    private func stopWorkers() {
+        guard group.size > 1, !workersStopped else { return }
+        workersStopped = true
+        _ = try? group.exchangePlan(StepPlan.stop.encoded())
+    }
+
     private func publish() {
         lock.lock()
         stats.running = scheduler.running.count
         stats.waiting = scheduler.waiting.count + incoming.count
         waitingCount = scheduler.waiting.count
-        stats.kvUsage = pool.usage
-        stats.usedBlocks = pool.blockCount - pool.freeCount
+        let total = pools.reduce(0) { $0 + $1.blockCount }, free = pools.reduce(0) { $0 + $1.freeCount }
+        stats.kvUsage = 1 - Double(free) / Double(total)
+        stats.usedBlocks = total - free
         stats.preemptions = scheduler.preemptions
         stats.prefixQueries = scheduler.prefixQueries
         stats.prefixHits = scheduler.prefixHits
@@ -233,21 +290,16 @@ public final class Engine: @unchecked Sendable {
     }
 
     private func run(_ chunks: [ScheduledChunk]) throws {
-        var tokens: [Int32] = [], positions: [Int32] = [], logitRows: [Int] = []
-        var rowOffsets: [Int] = []
+        var plan = StepPlan(kind: .batch)
         for c in chunks {
-            rowOffsets.append(tokens.count)
-            tokens += c.sequence.tokens[c.start..<(c.start + c.count)]
-            positions += (c.start..<(c.start + c.count)).map(Int32.init)
-            if c.samples { logitRows.append(tokens.count - 1) }
+            plan.chunks.append(.init(rowOffset: plan.tokens.count, count: c.count, start: c.start, appender: c.appender,
+                                     appendRow: c.appendRow, kv: c.kv))
+            plan.tokens += c.sequence.tokens[c.start..<(c.start + c.count)]
+            plan.positions += (c.start..<(c.start + c.count)).map(Int32.init)
+            if c.samples { plan.logitRows.append(Int32(plan.tokens.count - 1)) }
         }
-        let cache = self.cache
-        let logits = try model.step(tokens: tokens, positions: positions, logitRows: logitRows, workspace: workspace) { l, q, k, v, o, lse in
-            for (c, row) in zip(chunks, rowOffsets) {
-                cache.store(layer: l, blocks: c.sequence.blocks, start: c.start, count: c.count, k: k, v: v, rowOffset: row)
-                cache.attend(layer: l, blocks: c.sequence.blocks, start: c.start, count: c.count, q: q, out: o, lse: lse, rowOffset: row)
-            }
-        }
+        if group.size > 1 { _ = try group.exchangePlan(plan.encoded()) }
+        guard let logits = try executor.execute(plan) else { throw EngineConfigError("rank 0 computed no logits") }
         var prompt = 0, generated = 0
         var logitIndex = 0
         let vocab = model.config.vocabSize

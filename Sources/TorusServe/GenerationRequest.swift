@@ -89,7 +89,8 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
 }
 
 /// One request inside the engine: its tokens (prompt, then output), how many have keys and
-/// values in the cache, and its blocks.
+/// values in the cache, and where those live (one rank's blocks, or every rank's after a
+/// prefill across ranks).
 final class Sequence {
     let id: Int
     let request: GenerationRequest
@@ -99,8 +100,13 @@ final class Sequence {
     let maxTokens: Int
     /// Tokens whose keys and values are in the cache.
     var computed = 0
-    var blocks: [Int32] = []
-    /// Hashes of the full blocks registered so far.
+    /// Per rank: blocks and the positions they hold.
+    var kv: [RankKV]
+    /// The rank that stores this sequence's new rows.
+    var appender = 0
+    /// Whether the prompt was prefilled across the ranks (no prefix caching then).
+    var sharded = false
+    /// Hashes of the full blocks registered so far (one-rank sequences).
     var blockHashes: [UInt64] = []
     var sampler: Sampler
     var timings = GenerationTimings()
@@ -108,17 +114,19 @@ final class Sequence {
     let emit: @Sendable (GenerationEvent) -> Void
     var lastTokenTime: Date?
 
-    init(id: Int, request: GenerationRequest, maxTokens: Int, emit: @escaping @Sendable (GenerationEvent) -> Void) {
+    init(id: Int, request: GenerationRequest, maxTokens: Int, ranks: Int, emit: @escaping @Sendable (GenerationEvent) -> Void) {
         self.id = id
         self.request = request
         self.arrival = Date()
         self.tokens = request.prompt
         self.promptCount = request.prompt.count
         self.maxTokens = maxTokens
+        self.kv = Array(repeating: RankKV(), count: ranks)
         self.sampler = Sampler(options: request.sampling)
         self.emit = emit
         timings.promptTokens = request.prompt.count
     }
 
     var outputCount: Int { tokens.count - promptCount }
+    var holdsBlocks: Bool { kv.contains { !$0.blocks.isEmpty } }
 }

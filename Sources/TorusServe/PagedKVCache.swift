@@ -1,8 +1,9 @@
 import TorusModel
 import TorusTensor
 
-/// The memory of a paged KV cache: for every layer, keys and values of `blockCount` blocks of
-/// `blockSize` positions, and scratch space to line up one sequence's blocks for attention.
+/// The memory of one rank's paged KV cache: for every layer, keys and values of `blockCount`
+/// blocks of `blockSize` rows, scratch space to line up a sequence's blocks for attention, and
+/// buffers for partial attention results.
 public final class PagedKVCache: @unchecked Sendable {
     public let blockCount: Int
     public let blockSize: Int
@@ -12,13 +13,15 @@ public final class PagedKVCache: @unchecked Sendable {
     let values: [Tensor]
     let scratchK: Tensor   // [maxPositions, Hkv*dh]
     let scratchV: Tensor
+    let partOut: Tensor    // [maxRows, Hq*dh]
+    let partLSE: Tensor    // [maxRows, Hq]
 
     /// Bytes one block takes over all layers (keys and values).
     public static func bytesPerBlock(config: LlamaConfig, blockSize: Int) -> Int {
         2 * config.numHiddenLayers * blockSize * config.attentionShape.keyValueWidth * MemoryLayout<Float>.size
     }
 
-    public init(config: LlamaConfig, blockCount: Int, blockSize: Int, maxPositions: Int) {
+    public init(config: LlamaConfig, blockCount: Int, blockSize: Int, maxPositions: Int, maxRows: Int) {
         self.blockCount = blockCount
         self.blockSize = blockSize
         self.maxPositions = maxPositions
@@ -28,18 +31,17 @@ public final class PagedKVCache: @unchecked Sendable {
         values = (0..<config.numHiddenLayers).map { _ in Tensor(zeros: [blockCount * blockSize, kw]) }
         scratchK = Tensor(zeros: [maxPositions, kw])
         scratchV = Tensor(zeros: [maxPositions, kw])
+        partOut = Tensor(zeros: [maxRows, shape.queryWidth])
+        partLSE = Tensor(zeros: [maxRows, shape.queryHeads])
     }
 
-    /// Bytes of KV blocks held.
-    public var bytes: Int { 2 * keys.count * blockCount * blockSize * shape.keyValueWidth * 4 }
-
-    /// Stores the keys and values of `count` rows (at `rowOffset` of `k`, `v`) for positions
-    /// `start..<start + count` of a sequence whose blocks are `blocks`.
-    func store(layer: Int, blocks: [Int32], start: Int, count: Int, k: Tensor, v: Tensor, rowOffset: Int) {
+    /// Stores `count` rows of keys and values (from row `rowOffset` of `k`, `v`) at local rows
+    /// `localRow..<localRow+count` of a sequence whose blocks are `blocks`.
+    func store(layer: Int, blocks: [Int32], localRow: Int, count: Int, k: Tensor, v: Tensor, rowOffset: Int) {
         let kw = shape.keyValueWidth
-        var p = start, r = rowOffset
-        while p < start + count {
-            let inBlock = p % blockSize, n = min(blockSize - inBlock, start + count - p)
+        var p = localRow, r = rowOffset
+        while p < localRow + count {
+            let inBlock = p % blockSize, n = min(blockSize - inBlock, localRow + count - p)
             let dst = (Int(blocks[p / blockSize]) * blockSize + inBlock) * kw
             (keys[layer].pointer + dst).update(from: k.pointer + r * kw, count: n * kw)
             (values[layer].pointer + dst).update(from: v.pointer + r * kw, count: n * kw)
@@ -48,29 +50,51 @@ public final class PagedKVCache: @unchecked Sendable {
         }
     }
 
-    /// Attention of `count` query rows (at `rowOffset` of `q`, positions `start..<start+count`)
-    /// against positions `0..<start+count` of the sequence in `blocks`, into `out` and `lse`.
-    func attend(layer: Int, blocks: [Int32], start: Int, count: Int, q: Tensor, out: Tensor, lse: Tensor, rowOffset: Int) {
-        let kw = shape.keyValueWidth, length = start + count
-        let used = (length + blockSize - 1) / blockSize
-        // Blocks that follow each other in the pool are attended in place; else line them up.
-        let contiguous = (0..<used).allSatisfy { blocks[$0] == blocks[0] + Int32($0) }
-        let kBase: UnsafePointer<Float>, vBase: UnsafePointer<Float>
-        if contiguous {
-            kBase = UnsafePointer(keys[layer].pointer + Int(blocks[0]) * blockSize * kw)
-            vBase = UnsafePointer(values[layer].pointer + Int(blocks[0]) * blockSize * kw)
-        } else {
-            for i in 0..<used {
-                let n = min(blockSize, length - i * blockSize)
-                let src = Int(blocks[i]) * blockSize * kw
-                (scratchK.pointer + i * blockSize * kw).update(from: keys[layer].pointer + src, count: n * kw)
-                (scratchV.pointer + i * blockSize * kw).update(from: values[layer].pointer + src, count: n * kw)
-            }
-            kBase = UnsafePointer(scratchK.pointer)
-            vBase = UnsafePointer(scratchV.pointer)
+    /// Keys and values of local rows `from..<from+count`: in place when their blocks follow
+    /// each other in the pool, else copied into the scratch space.
+    private func rows(layer: Int, blocks: [Int32], from: Int, count: Int) -> (k: UnsafePointer<Float>, v: UnsafePointer<Float>) {
+        let kw = shape.keyValueWidth
+        let first = from / blockSize, last = (from + count - 1) / blockSize
+        let base = Int(blocks[first]) * blockSize + from % blockSize
+        if (first...last).allSatisfy({ blocks[$0] == blocks[first] + Int32($0 - first) }) {
+            return (UnsafePointer(keys[layer].pointer + base * kw), UnsafePointer(values[layer].pointer + base * kw))
         }
-        BlockAttention.forward(q: q.pointer + rowOffset * shape.queryWidth, k: kBase, v: vBase, queryCount: count, keyCount: length,
-                               shape: shape, mask: AttentionMask(causal: true, queryOffset: start, keyOffset: 0),
-                               out: out.pointer + rowOffset * shape.queryWidth, lse: lse.pointer + rowOffset * shape.queryHeads)
+        var p = from, out = 0
+        while p < from + count {
+            let inBlock = p % blockSize, n = min(blockSize - inBlock, from + count - p)
+            let src = (Int(blocks[p / blockSize]) * blockSize + inBlock) * kw
+            (scratchK.pointer + out * kw).update(from: keys[layer].pointer + src, count: n * kw)
+            (scratchV.pointer + out * kw).update(from: values[layer].pointer + src, count: n * kw)
+            p += n
+            out += n
+        }
+        return (UnsafePointer(scratchK.pointer), UnsafePointer(scratchV.pointer))
+    }
+
+    /// Attention of `count` query rows (rows `rowOffset...` of `q`, at positions
+    /// `start..<start+count`) against this rank's part of the sequence (`kv`), causal by
+    /// position, into `out` and `lse` (a row that sees no key here gets lse = -inf, out = 0).
+    func attend(layer: Int, kv: RankKV, start: Int, count: Int, q: Tensor, out: Tensor, lse: Tensor, rowOffset: Int) {
+        let qw = shape.queryWidth, hq = shape.queryHeads
+        let o = out.pointer + rowOffset * qw, l = lse.pointer + rowOffset * hq
+        let visible = kv.segments.filter { $0.start <= start + count - 1 }
+        guard !visible.isEmpty else {
+            o.update(repeating: 0, count: count * qw)
+            l.update(repeating: -.infinity, count: count * hq)
+            return
+        }
+        for (i, s) in visible.enumerated() {
+            let (k, v) = rows(layer: layer, blocks: kv.blocks, from: s.localRow, count: s.count)
+            let mask = AttentionMask(causal: true, queryOffset: start, keyOffset: s.start)
+            let q0 = UnsafePointer(q.pointer + rowOffset * qw)
+            if i == 0 {
+                BlockAttention.forward(q: q0, k: k, v: v, queryCount: count, keyCount: s.count, shape: shape, mask: mask, out: o, lse: l)
+            } else {
+                BlockAttention.forward(q: q0, k: k, v: v, queryCount: count, keyCount: s.count, shape: shape, mask: mask,
+                                       out: partOut.pointer, lse: partLSE.pointer)
+                AttentionMerge.merge(out: o, lse: l, otherOut: partOut.pointer, otherLSE: partLSE.pointer,
+                                     rows: count, heads: hq, headDim: shape.headDim)
+            }
+        }
     }
 }

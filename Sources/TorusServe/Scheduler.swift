@@ -4,7 +4,7 @@ public struct SchedulerLimits: Sendable, Equatable {
     public var maxBatchedTokens: Int
     /// Sequences running at once.
     public var maxRunning: Int
-    /// Requests waiting to start; more are refused (HTTP 429/503).
+    /// Requests waiting to start; more are refused (HTTP 429).
     public var maxWaiting: Int
 
     public init(maxBatchedTokens: Int = 2048, maxRunning: Int = 64, maxWaiting: Int = 1024) {
@@ -14,23 +14,45 @@ public struct SchedulerLimits: Sendable, Equatable {
     }
 }
 
-/// The rows one sequence contributes to a step: tokens `start..<start+count`.
+/// The rows one sequence contributes to a batched step: tokens `start..<start+count`.
 struct ScheduledChunk {
     let sequence: Sequence
     let start: Int
     let count: Int
+    /// Where the rows' keys and values go: the appender's local row, and every rank's
+    /// blocks and segments including these rows.
+    let appender: Int
+    let appendRow: Int
+    let kv: [RankKV]
     /// The chunk ends at the sequence's last token: its logits choose the next token.
     var samples: Bool { start + count == sequence.tokens.count }
+}
+
+/// What one step runs.
+enum ScheduledStep {
+    case idle
+    case batch([ScheduledChunk])
+    /// The first `length` prompt tokens of a sequence, split across the ranks.
+    case prefill(Sequence, length: Int, blocks: [[Int32]])
 }
 
 /// vLLM v1's scheduling, FCFS: each step has a token budget; running sequences go first (one
 /// decode token, or their next prefill chunk), then waiting ones, unless a sequence had to be
 /// preempted this step. When blocks run out the last running sequence is preempted: its blocks
 /// are freed and it goes back to the front of the queue, to be recomputed (often from the
-/// prefix cache) later.
+/// prefix cache) later. With several ranks, a prompt of at least `prefillThreshold` tokens at
+/// the head of the queue gets a step of its own that prefills it across the ranks; shorter
+/// sequences live on one rank (chosen by their first block, so repeats find their cache).
 final class Scheduler {
     let limits: SchedulerLimits
-    let pool: KVBlockPool
+    /// One pool per rank (rank 0 keeps the books for all).
+    let pools: [KVBlockPool]
+    let blockSize: Int
+    /// Prompts this long or longer are prefilled across the ranks (nil: never).
+    let prefillThreshold: Int?
+    /// Positions held by each rank when `length` positions are prefilled across the ranks.
+    let prefillPositions: (Int) throws -> [[Int]]
+    let prefillGranularity: Int
     var running: [Sequence] = []
     var waiting: [Sequence] = []
     /// Counters for metrics.
@@ -40,15 +62,21 @@ final class Scheduler {
     /// Sequences that cannot fit even in an empty pool, for the engine to fail.
     var unschedulable: [Sequence] = []
 
-    init(limits: SchedulerLimits, pool: KVBlockPool) {
+    init(limits: SchedulerLimits, pools: [KVBlockPool], prefillThreshold: Int? = nil, prefillGranularity: Int = 1,
+         prefillPositions: @escaping (Int) throws -> [[Int]] = { [Array(0..<$0)] }) {
         self.limits = limits
-        self.pool = pool
+        self.pools = pools
+        self.blockSize = pools[0].blockSize
+        self.prefillThreshold = pools.count > 1 ? prefillThreshold : nil
+        self.prefillGranularity = prefillGranularity
+        self.prefillPositions = prefillPositions
     }
 
     var isIdle: Bool { running.isEmpty && waiting.isEmpty }
+    var ranks: Int { pools.count }
 
-    /// The chunks of the next step (empty when nothing can run).
-    func schedule() -> [ScheduledChunk] {
+    func schedule() -> ScheduledStep {
+        if let step = admitAcrossRanks() { return step }
         var budget = limits.maxBatchedTokens
         var chunks: [ScheduledChunk] = []
         var preempted = false
@@ -56,61 +84,125 @@ final class Scheduler {
         while i < running.count && budget > 0 {
             let seq = running[i]
             let count = min(seq.tokens.count - seq.computed, budget)
-            var fits = grow(seq, to: seq.computed + count)
+            var fits = grow(seq, rows: count)
             while !fits {
                 let victim = running.removeLast()
                 preempt(victim)
                 preempted = true
                 if victim === seq { break }
-                fits = grow(seq, to: seq.computed + count)
+                fits = grow(seq, rows: count)
             }
             guard fits else { break }
-            chunks.append(ScheduledChunk(sequence: seq, start: seq.computed, count: count))
+            chunks.append(chunk(seq, count: count))
             budget -= count
             i += 1
         }
-        guard !preempted else { return chunks }
-        while let seq = waiting.first, budget > 0, running.count < limits.maxRunning {
-            // Prefix cache: full blocks only, never the last prompt token (its logits are needed).
-            let full = (seq.tokens.count - 1) / pool.blockSize
-            let hashes = BlockHash.chain(tokens: seq.tokens, blockSize: pool.blockSize, count: full, salt: seq.request.cacheSalt)
-            let hit = pool.takeCached(hashes: hashes, tokens: seq.tokens)
-            seq.blocks = hit
-            seq.blockHashes = Array(hashes.prefix(hit.count))
-            seq.computed = hit.count * pool.blockSize
-            let count = min(seq.tokens.count - seq.computed, budget)
-            guard grow(seq, to: seq.computed + count) else {
-                // Give the cached blocks back: a waiting sequence holds nothing.
-                release(seq)
-                if running.isEmpty && chunks.isEmpty {
+        if !preempted {
+            while let seq = waiting.first, budget > 0, running.count < limits.maxRunning, !isLong(seq) {
+                let owner = ownerRank(seq)
+                seq.appender = owner
+                // Prefix cache: full blocks only, never the last prompt token (its logits are needed).
+                let full = (seq.tokens.count - 1) / blockSize
+                let hashes = BlockHash.chain(tokens: seq.tokens, blockSize: blockSize, count: full, salt: seq.request.cacheSalt)
+                let hit = pools[owner].takeCached(hashes: hashes, tokens: seq.tokens)
+                seq.kv[owner] = RankKV(blocks: hit, segments: hit.isEmpty ? [] : [KVSegment(start: 0, count: hit.count * blockSize, localRow: 0)])
+                seq.blockHashes = Array(hashes.prefix(hit.count))
+                seq.computed = hit.count * blockSize
+                let count = min(seq.tokens.count - seq.computed, budget)
+                guard grow(seq, rows: count) else {
+                    // Give the cached blocks back: a waiting sequence holds nothing.
+                    release(seq)
+                    if running.isEmpty && chunks.isEmpty {
+                        // Every block is free and still too few: the startup check rules this out.
+                        waiting.removeFirst()
+                        unschedulable.append(seq)
+                        continue
+                    }
+                    break
+                }
+                prefixQueries += seq.tokens.count
+                prefixHits += seq.computed
+                seq.timings.cachedTokens = max(seq.timings.cachedTokens, seq.computed)
+                admit(seq)
+                chunks.append(chunk(seq, count: count))
+                budget -= count
+            }
+        }
+        return chunks.isEmpty ? .idle : .batch(chunks)
+    }
+
+    /// A long prompt at the head of the queue: a step of its own that prefills all but its last
+    /// few tokens across the ranks (the rest, and its logits, come in the next batched step).
+    private func admitAcrossRanks() -> ScheduledStep? {
+        guard let seq = waiting.first, isLong(seq), running.count < limits.maxRunning else { return nil }
+        let g = prefillGranularity
+        let length = ((seq.tokens.count - 1) / g) * g
+        guard let positions = try? prefillPositions(length), positions.count == ranks else { return nil }
+        var taken: [[Int32]] = []
+        for (r, pool) in pools.enumerated() {
+            // The appender (last rank) also needs room for the rest of the prompt.
+            let rows = positions[r].count + (r == ranks - 1 ? seq.tokens.count - length : 0)
+            guard let blocks = pool.allocate(pool.blocksFor(positions: rows)) else {
+                for (q, b) in taken.enumerated() { pools[q].release(b) }
+                if running.isEmpty {
                     // Every block is free and still too few: the startup check rules this out.
                     waiting.removeFirst()
                     unschedulable.append(seq)
-                    continue
                 }
-                break
+                // Running sequences go on; the long prompt waits at the head of the queue.
+                return nil
             }
-            prefixQueries += seq.tokens.count
-            prefixHits += seq.computed
-            seq.timings.cachedTokens = max(seq.timings.cachedTokens, seq.computed)
-            waiting.removeFirst()
-            running.append(seq)
-            if !seq.scheduledOnce {
-                seq.scheduledOnce = true
-                seq.timings.queued = -seq.arrival.timeIntervalSinceNow
-            }
-            chunks.append(ScheduledChunk(sequence: seq, start: seq.computed, count: count))
-            budget -= count
+            taken.append(blocks)
         }
-        return chunks
+        for r in 0..<ranks {
+            var kv = RankKV(blocks: taken[r])
+            for p in positions[r] { kv.append(start: p, count: 1) }
+            seq.kv[r] = kv
+        }
+        seq.sharded = true
+        seq.appender = ranks - 1
+        seq.computed = length
+        prefixQueries += seq.tokens.count
+        admit(seq)
+        return .prefill(seq, length: length, blocks: taken)
     }
 
-    /// Gives `seq` blocks for `positions` positions; false when the pool has too few free.
-    private func grow(_ seq: Sequence, to positions: Int) -> Bool {
-        let need = pool.blocksFor(positions: positions) - seq.blocks.count
+    private func isLong(_ seq: Sequence) -> Bool {
+        guard let t = prefillThreshold, seq.computed == 0, !seq.holdsBlocks else { return false }
+        return seq.tokens.count >= t && seq.tokens.count > prefillGranularity
+    }
+
+    /// One-rank sequences live where their first block's hash points, so a repeated prompt
+    /// finds its cached blocks.
+    private func ownerRank(_ seq: Sequence) -> Int {
+        guard ranks > 1 else { return 0 }
+        let first = seq.tokens.prefix(blockSize)
+        return Int(BlockHash.of(tokens: first, parent: nil, salt: seq.request.cacheSalt) % UInt64(ranks))
+    }
+
+    private func admit(_ seq: Sequence) {
+        waiting.removeFirst()
+        running.append(seq)
+        if !seq.scheduledOnce {
+            seq.scheduledOnce = true
+            seq.timings.queued = -seq.arrival.timeIntervalSinceNow
+        }
+    }
+
+    /// The chunk of the next `count` tokens, recording their rows on the appender.
+    private func chunk(_ seq: Sequence, count: Int) -> ScheduledChunk {
+        let row = seq.kv[seq.appender].rows
+        seq.kv[seq.appender].append(start: seq.computed, count: count)
+        return ScheduledChunk(sequence: seq, start: seq.computed, count: count, appender: seq.appender, appendRow: row, kv: seq.kv)
+    }
+
+    /// Gives the appender blocks for `rows` more rows; false when its pool has too few free.
+    private func grow(_ seq: Sequence, rows: Int) -> Bool {
+        let pool = pools[seq.appender]
+        let need = pool.blocksFor(positions: seq.kv[seq.appender].rows + rows) - seq.kv[seq.appender].blocks.count
         guard need > 0 else { return true }
         guard let fresh = pool.allocate(need) else { return false }
-        seq.blocks += fresh
+        seq.kv[seq.appender].blocks += fresh
         return true
     }
 
@@ -121,24 +213,28 @@ final class Scheduler {
         waiting.insert(seq, at: 0)
     }
 
-    /// Frees a sequence's blocks (their cached content stays reusable) and forgets its progress.
+    /// Frees a sequence's blocks on every rank (their cached content stays reusable) and
+    /// forgets its progress.
     func release(_ seq: Sequence) {
-        pool.release(seq.blocks)
-        seq.blocks = []
+        for (r, pool) in pools.enumerated() { pool.release(seq.kv[r].blocks) }
+        seq.kv = Array(repeating: RankKV(), count: ranks)
         seq.blockHashes = []
         seq.computed = 0
+        seq.sharded = false
     }
 
-    /// After a step computed `chunk`: registers the sequence's newly full blocks for reuse.
+    /// After a step computed `chunk`: registers a one-rank sequence's newly full blocks for reuse.
     func didCompute(_ chunk: ScheduledChunk) {
         let seq = chunk.sequence
         seq.computed = chunk.start + chunk.count
-        let full = seq.computed / pool.blockSize
+        guard !seq.sharded else { return }
+        let pool = pools[seq.appender], blocks = seq.kv[seq.appender].blocks
+        let full = seq.computed / blockSize
         while seq.blockHashes.count < full {
             let i = seq.blockHashes.count
-            let range = (i * pool.blockSize)..<((i + 1) * pool.blockSize)
+            let range = (i * blockSize)..<((i + 1) * blockSize)
             let h = BlockHash.of(tokens: seq.tokens[range], parent: seq.blockHashes.last, salt: seq.request.cacheSalt)
-            pool.register(block: seq.blocks[i], hash: h, tokens: seq.tokens[range])
+            pool.register(block: blocks[i], hash: h, tokens: seq.tokens[range])
             seq.blockHashes.append(h)
         }
     }

@@ -2,6 +2,8 @@ import ArgumentParser
 import Foundation
 import TorusHTTP
 import TorusModel
+import TorusComm
+import TorusParallel
 import TorusServe
 
 struct ServeCommand: ParsableCommand {
@@ -22,6 +24,9 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Requests queued before 429.") var maxWaiting: Int?
     @Option(help: "Chat template: chatml or llama3 (default: detected from tokenizer_config.json).") var chatTemplate: String?
     @Option(help: "Largest request body, MiB.") var maxBodyMb: Int?
+    @Option(help: "Under mpirun: prefill long prompts across the ranks with ring or tokenring.") var sequenceParallel: String?
+    @Option(help: "Layout of a prompt over the ranks: zigzag or contiguous.") var spLayout: String?
+    @Option(help: "Prompts of at least this many tokens are prefilled across the ranks.") var spThreshold: Int?
 
     func run() throws {
         var s = try config.map { try ServeSection.load(path: $0) } ?? ServeSection()
@@ -37,6 +42,9 @@ struct ServeCommand: ParsableCommand {
         if let maxWaiting { s.maxWaiting = maxWaiting }
         if let chatTemplate { s.chatTemplate = chatTemplate }
         if let maxBodyMb { s.maxBodyMB = maxBodyMb }
+        if let sequenceParallel { s.spMethod = sequenceParallel }
+        if let spLayout { s.spLayout = spLayout }
+        if let spThreshold { s.spThreshold = spThreshold }
         guard let dir = s.model else { throw ValidationError("give the model directory: --model DIR or serve.model in --config") }
         let env = ProcessInfo.processInfo.environment
         let key = apiKey ?? s.apiKeyEnv.flatMap { env[$0] } ?? env["TORUS_API_KEY"]
@@ -55,23 +63,52 @@ struct ServeCommand: ParsableCommand {
 
         let loaded = try HFCheckpoint.load(directory: dir)
         let tokenizer = try ModelTokenizer.load(directory: dir, vocabularySize: loaded.config.vocabSize)
-        let engine = try Engine(model: loaded, config: s.engineConfig, eosTokenID: tokenizer.eosTokenID)
+        // Under mpirun every rank runs the steps; rank 0 also runs HTTP and the scheduler.
+        let group: ServeGroup
+        if MPIRuntime.launchedByMPIRun {
+            let world = try MPIRuntime.world()
+            let method = try SequenceParallelMethod(name: s.spMethod)
+            guard let layout = SequenceLayoutKind(rawValue: s.spLayout) else { throw SequenceParallelError.unknownLayout(s.spLayout) }
+            group = world.size > 1 ? MPIServeGroup(comm: world, method: method, layout: layout) : SingleRankGroup()
+            if world.rank > 0 {
+                warn("serve: rank \(world.rank) of \(world.size) runs the steps rank 0 plans (pid \(getpid()))")
+                do {
+                    try Engine.serveWorker(model: loaded, config: s.engineConfig, group: group)
+                } catch {
+                    warn("torus serve: rank \(world.rank) of \(world.size): \(error)")
+                    world.abort(code: 1)
+                }
+                return
+            }
+        } else {
+            group = SingleRankGroup()
+        }
+        let engine: Engine
+        do {
+            engine = try Engine(model: loaded, config: s.engineConfig, eosTokenID: tokenizer.eosTokenID, group: group,
+                                prefillThreshold: s.spThreshold)
+        } catch {
+            // The other ranks wait for plans: end the job rather than leave them waiting.
+            if let mpi = group as? MPIServeGroup { warn("torus serve: rank 0: \(error)"); mpi.comm.abort(code: 1) }
+            throw error
+        }
         let name = s.servedModelName ?? URL(fileURLWithPath: dir).standardizedFileURL.lastPathComponent
         let served = ServedModel(engine: engine, tokenizer: tokenizer, name: name, root: dir, chatTemplate: template)
         let options = HTTPOptions(host: s.host, port: s.port, apiKey: key, maxBodyBytes: s.maxBodyMB << 20,
                                   shutdownGraceSeconds: s.shutdownGraceS)
         let server = HTTPServer(model: served, options: options)
         let kvMiB = (engine.blockCount * PagedKVCache.bytesPerBlock(config: loaded.config, blockSize: s.blockSize)) >> 20
-        let summary = "model \(name) from \(dir), \(engine.blockCount) KV blocks of \(s.blockSize) (\(kvMiB) MiB), "
+        let ranks = group.size > 1 ? ", \(group.size) ranks (prompts of \(s.spThreshold)+ tokens prefilled with \(s.spMethod), \(s.spLayout))" : ""
+        let summary = "model \(name) from \(dir), \(engine.blockCount) KV blocks of \(s.blockSize) (\(kvMiB) MiB)\(group.size > 1 ? " per rank" : ""), "
             + "max_model_len \(engine.maxModelLength), chat template \(template?.rawValue ?? "none")"
-            + (key == nil ? "" : ", API key required")
+            + (key == nil ? "" : ", API key required") + ranks
         let host = s.host
         let outcome = ServeOutcome()
         let done = DispatchSemaphore(value: 0)
         Task {
             do {
                 try await server.run { port in
-                    warn("serve: listening on http://\(host):\(port) (\(summary))")
+                    warn("serve: listening on http://\(host):\(port) (pid \(getpid()), \(summary))")
                 }
             } catch {
                 outcome.set(error)

@@ -20,6 +20,10 @@ import Yams
 ///       chat_template: chatml         # chatml | llama3 (else detected from tokenizer_config.json)
 ///       max_body_mb: 64
 ///       shutdown_grace_s: 10
+///       sequence_parallel:            # under mpirun: long prompts prefilled across the ranks
+///         method: ring                # ring | tokenring
+///         layout: zigzag              # zigzag | contiguous
+///         threshold: 4096             # prompts of at least this many tokens
 struct ServeSection {
     var model: String?
     var servedModelName: String?
@@ -35,10 +39,13 @@ struct ServeSection {
     var chatTemplate: String?
     var maxBodyMB = 64
     var shutdownGraceS = 10.0
+    var spMethod = "ring"
+    var spLayout = "zigzag"
+    var spThreshold = 4096
 
     static let keys = ["model", "served_model_name", "host", "port", "api_key_env", "block_size", "kv_cache_memory_mb",
                        "max_model_len", "max_num_batched_tokens", "max_num_seqs", "max_waiting", "chat_template",
-                       "max_body_mb", "shutdown_grace_s"]
+                       "max_body_mb", "shutdown_grace_s", "sequence_parallel"]
 
     /// The `serve:` section of `path` (defaults when the file has none).
     static func load(path: String) throws -> ServeSection {
@@ -67,6 +74,19 @@ struct ServeSection {
         if m["chat_template"] != nil { s.chatTemplate = try r.string(m, "chat_template", section: "serve") }
         if m["max_body_mb"] != nil { s.maxBodyMB = try r.int(m, "max_body_mb", section: "serve", min: 1) }
         if m["shutdown_grace_s"] != nil { s.shutdownGraceS = try r.double(m, "shutdown_grace_s", section: "serve") }
+        if let sp = m["sequence_parallel"] {
+            guard let sp = sp as? [String: Any] else { throw ConfigError(file: path, message: "'serve.sequence_parallel' must be a mapping") }
+            try RunConfig.checkKeys(sp, known: ["method", "layout", "threshold"], section: "serve.sequence_parallel", file: path)
+            if sp["method"] != nil { s.spMethod = try r.string(sp, "method", section: "serve.sequence_parallel") }
+            if sp["layout"] != nil { s.spLayout = try r.string(sp, "layout", section: "serve.sequence_parallel") }
+            if sp["threshold"] != nil { s.spThreshold = try r.int(sp, "threshold", section: "serve.sequence_parallel", min: 2) }
+            guard ["ring", "tokenring"].contains(s.spMethod) else {
+                throw ConfigError(file: path, message: "'serve.sequence_parallel.method' is '\(s.spMethod)'; known: ring, tokenring")
+            }
+            guard ["zigzag", "contiguous"].contains(s.spLayout) else {
+                throw ConfigError(file: path, message: "'serve.sequence_parallel.layout' is '\(s.spLayout)'; known: zigzag, contiguous")
+            }
+        }
         if let t = s.chatTemplate, ChatTemplate(rawValue: t) == nil {
             throw ConfigError(file: path, message: "'serve.chat_template' is '\(t)'; known: \(ChatTemplate.allCases.map(\.rawValue).joined(separator: ", "))")
         }

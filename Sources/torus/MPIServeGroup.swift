@@ -1,0 +1,67 @@
+import Foundation
+import TorusComm
+import TorusModel
+import TorusParallel
+import TorusServe
+import TorusTensor
+
+/// The ranks of `mpirun ... torus serve` as the engine's serving group: step plans go from
+/// rank 0 to each rank by point-to-point messages (a waiting rank polls with growing sleeps, so
+/// an idle server does not spin its cores), attention partials meet in an all-gather, and long
+/// prompts are prefilled with Ring Attention or TokenRing over the given layout.
+final class MPIServeGroup: ServeGroup {
+    let comm: Communicator
+    let method: SequenceParallelMethod
+    let layout: SequenceLayoutKind
+    private static let headerTag = 30_001, planTag = 30_002
+
+    init(comm: Communicator, method: SequenceParallelMethod, layout: SequenceLayoutKind) {
+        self.comm = comm
+        self.method = method
+        self.layout = layout
+    }
+
+    var rank: Int { comm.rank }
+    var size: Int { comm.size }
+
+    func exchangePlan(_ words: [Int32]) throws -> [Int32] {
+        if rank == 0 {
+            var header = [Float(bitPattern: UInt32(words.count))]
+            let payload = words.map { Float(bitPattern: UInt32(bitPattern: $0)) }
+            for r in 1..<size {
+                try header.withUnsafeMutableBufferPointer { try comm.send($0.baseAddress!, count: 1, to: r, tag: Self.headerTag) }
+                if !payload.isEmpty {
+                    try payload.withUnsafeBufferPointer { try comm.send($0.baseAddress!, count: $0.count, to: r, tag: Self.planTag) }
+                }
+            }
+            return words
+        }
+        let header = Tensor(zeros: [1])
+        let request = try comm.irecv(header, from: 0, tag: Self.headerTag)
+        var pause: useconds_t = 20
+        while try !request.test() {
+            usleep(pause)
+            pause = min(1000, pause * 2)
+        }
+        let count = Int(header[0].bitPattern)
+        guard count > 0 else { return [] }
+        var payload = [Float](repeating: 0, count: count)
+        try payload.withUnsafeMutableBufferPointer { try comm.recv($0.baseAddress!, count: count, from: 0, tag: Self.planTag) }
+        return payload.map { Int32(bitPattern: $0.bitPattern) }
+    }
+
+    func allGather(_ input: UnsafePointer<Float>, count: Int, into output: UnsafeMutablePointer<Float>) throws {
+        try comm.allGather(input, count: count, into: output)
+    }
+
+    var prefillGranularity: Int { layout == .zigzag ? 2 * size : size }
+
+    func prefillPositions(length: Int) throws -> [[Int]] {
+        let l = try SequenceLayout(kind: layout, ranks: size, length: length)
+        return (0..<size).map { l.positions(rank: $0) }
+    }
+
+    func prefillAttention(length: Int, shape: AttentionShape) throws -> SequenceAttention {
+        try method.make(comm: comm, layout: SequenceLayout(kind: layout, ranks: size, length: length), shape: shape, causal: true)
+    }
+}
