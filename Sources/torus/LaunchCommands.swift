@@ -42,8 +42,9 @@ struct PlanCommand: ParsableCommand {
 
 struct LaunchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "launch",
-        abstract: "Plan a training job, print the plan and the exact mpirun command, and run it.")
+        abstract: "Plan a training job (or, with --serve, a server), print the plan and the exact mpirun command, and run it.")
     @Option(help: "YAML config.") var config: String
+    @Flag(help: "Start `torus serve` with the config's serve: section on the ranks instead of training.") var serve = false
     @Option(help: "Number of ranks (default: the hostfile's slots).") var np: Int?
     @Option(help: "Open MPI hostfile (lines 'host slots=N').") var hostfile: String?
     @Flag(help: "Print the plan and the mpirun command without running it.") var dryRun = false
@@ -58,9 +59,34 @@ struct LaunchCommand: ParsableCommand {
     }
 
     func run() throws {
-        let inputs = try PlanInputs(configPath: config, np: np, hostfile: hostfile)
-        for line in inputs.plan.lines() { print(line) }
-        let command = mpirunCommand(plan: inputs.plan)
+        let command: [String]
+        if serve {
+            let s = try ServeSection.load(path: config)
+            var hosts: [String] = []
+            if let hostfile {
+                guard let text = try? String(contentsOfFile: hostfile, encoding: .utf8) else {
+                    throw ValidationErrorMessage("hostfile \(hostfile) does not exist or cannot be read")
+                }
+                hosts = try HostSlots.parse(hostfile: text, path: hostfile).flatMap { h in Array(repeating: h.host, count: h.slots) }
+            }
+            guard let world = np ?? (hosts.isEmpty ? nil : hosts.count) else {
+                throw ValidationErrorMessage("give --np N (or a hostfile, whose slots then set the number of ranks)")
+            }
+            guard s.model != nil else { throw ValidationErrorMessage("config \(config): serve.model (the model directory) is required with --serve") }
+            print("serve plan: \(world) rank(s); rank 0\(hosts.first.map { " on \($0)" } ?? "") runs HTTP on \(s.host):\(s.port) and the scheduler; "
+                  + (world > 1 ? "prompts of \(s.spThreshold)+ tokens are prefilled across all ranks with \(s.spMethod) (\(s.spLayout)), "
+                     + "each rank keeping its positions' KV; shorter ones run on one rank each" : "one rank serves alone"))
+            let perHost = hosts.isEmpty ? world : Dictionary(grouping: hosts, by: { $0 }).values.map(\.count).max() ?? world
+            // --enable-recovery: a dead rank does not take rank 0 down at once, so its watchdog can
+            // report 503 on /health and end the job naming the rank.
+            command = mpirunCommand(world: world, perHost: perHost, program: ["serve", "--config", config], mpirunFlags: ["--enable-recovery"])
+        } else {
+            let inputs = try PlanInputs(configPath: config, np: np, hostfile: hostfile)
+            for line in inputs.plan.lines() { print(line) }
+            let plan = inputs.plan
+            let perHost = plan.hosts.map { h in plan.rankHosts.filter { $0 == h }.count }.max() ?? plan.world
+            command = mpirunCommand(world: plan.world, perHost: perHost, program: ["train", "--config", config])
+        }
         print("mpirun command: " + command.map(shellQuote).joined(separator: " "))
         if dryRun { return }
         fflush(stdout)
@@ -75,20 +101,20 @@ struct LaunchCommand: ParsableCommand {
         }
     }
 
-    func mpirunCommand(plan: ParallelPlan) -> [String] {
+    func mpirunCommand(world: Int, perHost: Int, program: [String], mpirunFlags: [String] = []) -> [String] {
         let cores = BLASEnvironment.availableCores
-        let perHost = plan.hosts.map { h in plan.rankHosts.filter { $0 == h }.count }.max() ?? plan.world
-        var args = ["mpirun", "-np", String(plan.world)]
+        var args = ["mpirun", "-np", String(world)]
         if let hostfile { args += ["--hostfile", hostfile] }
         if getuid() == 0 { args.append("--allow-run-as-root") }
         args += ["--map-by", "slot"]
-        if hostfile == nil && plan.world > cores { args.append("--oversubscribe") }
+        if hostfile == nil && world > cores { args.append("--oversubscribe") }
         // Bind each rank to a core when they fit; otherwise let the OS schedule.
         args += ["--bind-to", bindTo == "auto" ? (perHost <= cores ? "core" : "none") : bindTo]
         if let core = BLASEnvironment.preferredCoreType() { args += ["-x", "OPENBLAS_CORETYPE=\(core)"] }
         args += ["-x", "OPENBLAS_NUM_THREADS=\(blasThreads ?? max(1, cores / max(1, perHost)))"]
+        args += mpirunFlags
         args += extra
-        args += [executablePath(), "train", "--config", config]
+        args += [executablePath()] + program
         return args
     }
 

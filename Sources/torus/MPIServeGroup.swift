@@ -13,12 +13,56 @@ final class MPIServeGroup: ServeGroup {
     let comm: Communicator
     let method: SequenceParallelMethod
     let layout: SequenceLayoutKind
-    private static let headerTag = 30_001, planTag = 30_002
+    private static let headerTag = 30_001, planTag = 30_002, heartbeatTag = 30_003
+    /// A rank silent this long is taken for dead.
+    static let heartbeatTimeout = 1.5
 
     init(comm: Communicator, method: SequenceParallelMethod, layout: SequenceLayoutKind) {
         self.comm = comm
         self.method = method
         self.layout = layout
+    }
+
+    /// Ranks other than 0: a thread that tells rank 0 "alive" every 100 ms, even mid-step.
+    func startHeartbeat() {
+        let comm = self.comm
+        let thread = Thread {
+            var beat: [Float] = [1]
+            while true {
+                let sent = (try? beat.withUnsafeMutableBufferPointer { try comm.send($0.baseAddress!, count: 1, to: 0, tag: Self.heartbeatTag) }) != nil
+                if !sent { return }
+                usleep(100_000)
+            }
+        }
+        thread.name = "torus-heartbeat"
+        thread.start()
+    }
+
+    /// Rank 0: a thread that calls `onSilent(rank)` once when a rank has sent no heartbeat for
+    /// `heartbeatTimeout` seconds (it died, or its host is gone).
+    func watchHeartbeats(onSilent: @escaping @Sendable (Int) -> Void) {
+        let comm = self.comm, size = self.size
+        let thread = Thread {
+            var last = [Date](repeating: Date(), count: size)
+            let buffers = (0..<size).map { _ in Tensor(zeros: [1]) }
+            var pending: [Int: Request] = [:]
+            while true {
+                for r in 1..<size {
+                    if pending[r] == nil { pending[r] = try? comm.irecv(buffers[r], from: r, tag: Self.heartbeatTag) }
+                    if let req = pending[r], (try? req.test()) == true {
+                        last[r] = Date()
+                        pending[r] = nil
+                    }
+                    if Date().timeIntervalSince(last[r]) > Self.heartbeatTimeout {
+                        onSilent(r)
+                        return
+                    }
+                }
+                usleep(20_000)
+            }
+        }
+        thread.name = "torus-watchdog"
+        thread.start()
     }
 
     var rank: Int { comm.rank }

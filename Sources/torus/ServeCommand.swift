@@ -72,6 +72,7 @@ struct ServeCommand: ParsableCommand {
             group = world.size > 1 ? MPIServeGroup(comm: world, method: method, layout: layout) : SingleRankGroup()
             if world.rank > 0 {
                 warn("serve: rank \(world.rank) of \(world.size) runs the steps rank 0 plans (pid \(getpid()))")
+                (group as? MPIServeGroup)?.startHeartbeat()
                 do {
                     try Engine.serveWorker(model: loaded, config: s.engineConfig, group: group)
                 } catch {
@@ -91,6 +92,17 @@ struct ServeCommand: ParsableCommand {
             // The other ranks wait for plans: end the job rather than leave them waiting.
             if let mpi = group as? MPIServeGroup { warn("torus serve: rank 0: \(error)"); mpi.comm.abort(code: 1) }
             throw error
+        }
+        if let mpi = group as? MPIServeGroup {
+            // A rank that stops beating: /health turns 503, then the job ends naming the rank.
+            mpi.watchHeartbeats { rank in
+                let why = "rank \(rank) of \(mpi.size) stopped responding (no heartbeat for \(MPIServeGroup.heartbeatTimeout) s)"
+                engine.fail(why)
+                warn("serve: \(why); /health reports 503; ending the job in 3 s")
+                Thread.sleep(forTimeInterval: 3)
+                warn("serve: ending the job: \(why)")
+                mpi.comm.abort(code: 1)
+            }
         }
         let name = s.servedModelName ?? URL(fileURLWithPath: dir).standardizedFileURL.lastPathComponent
         let served = ServedModel(engine: engine, tokenizer: tokenizer, name: name, root: dir, chatTemplate: template)

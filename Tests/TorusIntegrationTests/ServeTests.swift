@@ -77,6 +77,51 @@ import TorusModel
         #expect(server.waitForExit(timeout: 20) == 0, "\(server.log)")
     }
 
+    /// A killed rank: rank 0's watchdog misses its heartbeat, /health turns 503, and the job ends
+    /// with a message naming the rank (mpirun with --enable-recovery, as `torus launch --serve`
+    /// runs it, so that the death does not take rank 0 down first).
+    @Test func aKilledRankTurnsHealthTo503AndEndsTheJobNamingIt() throws {
+        let model = try Self.modelDirectory()
+        let mpirun = ["/usr/bin/mpirun", "/usr/local/bin/mpirun"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "mpirun"
+        let server = try ServerProcess(mpirun, TorusBinary.rootFlags + ["--enable-recovery", "--oversubscribe", "-np", "2", TorusBinary.path,
+                                                                         "serve", "--model", model, "--port", "0", "--kv-cache-memory-mb", "16"],
+                                       environment: ["TORUS_NO_REEXEC": "1"])
+        defer { server.stop() }
+        let worker = try #require(server.log.split(separator: "\n").first { $0.contains("rank 1 of 2") }
+            .flatMap { $0.components(separatedBy: "(pid ").last?.prefix(while: \.isNumber) }.flatMap { Int32($0) })
+        #expect(try Self.healthStatus(server.base) == 200)
+        kill(worker, SIGKILL)
+        var seen: [Int] = []
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline, seen.last != 503 {
+            seen.append((try? Self.healthStatus(server.base)) ?? 0)
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        #expect(seen.last == 503, "health answers after the kill: \(seen)\n\(server.log)")
+        #expect(server.waitForExit(timeout: 20) != nil, "\(server.log)")
+        #expect(server.log.contains("rank 1 of 2 stopped responding"), "\(server.log)")
+    }
+
+    /// The HTTP status of GET /health (throws when nothing answers).
+    static func healthStatus(_ base: String) throws -> Int {
+        let r = try TorusBinary.run("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "2", base + "/health"], timeout: 10)
+        return Int(r.stdout) ?? 0
+    }
+
+    @Test func launchServePrintsThePlanAndTheCommand() throws {
+        let dir = NSTemporaryDirectory() + "torus-launch-serve-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try "serve:\n  model: runs/m\n  port: 8123\n  sequence_parallel: {method: tokenring, layout: contiguous, threshold: 2048}\n"
+            .write(toFile: dir + "/serve.yaml", atomically: true, encoding: .utf8)
+        let r = try TorusBinary.torus(["launch", "--serve", "--config", dir + "/serve.yaml", "--np", "4", "--dry-run"])
+        #expect(r.status == 0, "\(r.output)")
+        #expect(r.stdout.contains("prompts of 2048+ tokens are prefilled across all ranks with tokenring (contiguous)"), "\(r.stdout)")
+        #expect(r.stdout.contains("--enable-recovery") && r.stdout.contains("serve --config"), "\(r.stdout)")
+        try "serve:\n  model: runs/m\n  sequence_parallel: {method: ulysses}\n".write(toFile: dir + "/bad.yaml", atomically: true, encoding: .utf8)
+        let bad = try TorusBinary.torus(["launch", "--serve", "--config", dir + "/bad.yaml", "--np", "2", "--dry-run"])
+        #expect(bad.status != 0 && bad.stderr.contains("serve.sequence_parallel.method"), "\(bad.output)")
+    }
+
     @Test func serveRefusesBadSettingsWithTheReason() throws {
         let model = try Self.modelDirectory()
         let long = try TorusBinary.torus(["serve", "--model", model, "--max-model-len", "100000", "--port", "0"], timeout: 60)
