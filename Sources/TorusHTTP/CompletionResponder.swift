@@ -42,7 +42,7 @@ struct CompletionResponder: Sendable {
             switch e {
             case .queueFull: return APIError(.tooManyRequests, e.description, retryAfter: 1)
             case .dead: return APIError(.serviceUnavailable, e.description, retryAfter: 5)
-            case .tooLong, .emptyPrompt: return APIError.badRequest(e.description, param: "prompt")
+            case .tooLong, .emptyPrompt, .tooLongForOneRank: return APIError.badRequest(e.description, param: "prompt")
             case .tokenOutOfRange: return APIError.badRequest(e.description, param: "prompt")
             }
         default: return APIError(.internalServerError, "\(error)")
@@ -146,8 +146,10 @@ struct CompletionResponder: Sendable {
         for await (i, event) in events {
             switch event {
             case let .delta(text, tokens, lps, finish):
-                // Chunks carry text; a token that completes no character yet waits for the next.
-                guard !text.isEmpty || finish != nil || (request.logprobs != nil && !tokens.isEmpty) else { continue }
+                // One chunk per token, as vLLM sends them: a token that completes no character yet
+                // (or may start a stop string) goes out with empty text, so time to first token is
+                // the first token's time.
+                guard !text.isEmpty || finish != nil || !tokens.isEmpty else { continue }
                 var lp: JSONValue?
                 if request.logprobs != nil {
                     builders[i] = LogprobsBuilder(tokenizer: model.tokenizer, tokensAsIDs: request.tokensAsIDs)

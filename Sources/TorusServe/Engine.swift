@@ -62,7 +62,7 @@ public final class Engine: @unchecked Sendable {
     public init(model: LlamaModel, config: EngineConfig, eosTokenID: Int32? = nil, group: ServeGroup = SingleRankGroup(),
                 prefillThreshold: Int? = nil) throws {
         guard group.rank == 0 else { throw EngineConfigError("the engine runs on rank 0; other ranks run Engine.serveWorker") }
-        let (maxLength, blocks) = try Self.check(model: model, config: config)
+        let (maxLength, blocks) = try Self.check(model: model, config: config, ranks: group.size)
         self.model = model
         self.config = config
         self.maxModelLength = maxLength
@@ -80,7 +80,7 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// The longest sequence and the blocks per rank, or the setting that is wrong.
-    static func check(model: LlamaModel, config: EngineConfig) throws -> (maxLength: Int, blocks: Int) {
+    static func check(model: LlamaModel, config: EngineConfig, ranks: Int) throws -> (maxLength: Int, blocks: Int) {
         try model.requireWhole(for: "serving")
         let c = model.config
         let maxLength = config.maxModelLength ?? c.maxPositionEmbeddings
@@ -95,11 +95,14 @@ public final class Engine: @unchecked Sendable {
         }
         let perBlock = PagedKVCache.bytesPerBlock(config: c, blockSize: config.blockSize)
         let blocks = config.kvCacheBytes / perBlock
-        let needed = (maxLength + config.blockSize - 1) / config.blockSize
+        // One rank holds a whole sequence; with several, each holds its share of a long one.
+        let share = (maxLength + ranks - 1) / ranks
+        let needed = (share + config.blockSize - 1) / config.blockSize
         guard blocks >= needed else {
             throw EngineConfigError("kv_cache_memory of \(config.kvCacheBytes >> 20) MiB holds \(blocks) blocks of \(config.blockSize) "
-                + "positions (\(perBlock) bytes each); one sequence of max_model_len \(maxLength) needs \(needed) "
-                + "(\((needed * perBlock + (1 << 20) - 1) >> 20) MiB): raise kv_cache_memory or lower max_model_len")
+                + "positions (\(perBlock) bytes each); \(ranks > 1 ? "a rank's share (\(share) positions) of " : "")one sequence of "
+                + "max_model_len \(maxLength) needs \(needed) (\((needed * perBlock + (1 << 20) - 1) >> 20) MiB): raise kv_cache_memory "
+                + "or lower max_model_len")
         }
         try model.prepareServing(maxPositions: maxLength)
         return (maxLength, blocks)
@@ -115,7 +118,7 @@ public final class Engine: @unchecked Sendable {
 
     /// The loop of a rank other than 0: runs every plan rank 0 sends until it says stop.
     public static func serveWorker(model: LlamaModel, config: EngineConfig, group: ServeGroup) throws {
-        let (maxLength, blocks) = try check(model: model, config: config)
+        let (maxLength, blocks) = try check(model: model, config: config, ranks: group.size)
         let executor = makeExecutor(model: model, config: config, blocks: blocks, maxLength: maxLength, group: group)
         while true {
             let words = try group.exchangePlan([])
@@ -142,6 +145,13 @@ public final class Engine: @unchecked Sendable {
             throw EngineError.tooLong(prompt: request.prompt.count, requested: m, limit: maxModelLength)
         }
         if room < 1 { throw EngineError.tooLong(prompt: request.prompt.count, requested: 1, limit: maxModelLength) }
+        // With several ranks each pool holds a share of max_model_len: the rank that keeps this
+        // request's rows must be able to hold them all.
+        let rows = scheduler.rowsOnOneRank(promptLength: request.prompt.count, maxTokens: request.maxTokens ?? room)
+        let capacity = pools[0].blockCount * pools[0].blockSize
+        if rows > capacity {
+            throw EngineError.tooLongForOneRank(rows: rows, capacity: capacity, ranks: group.size)
+        }
         lock.lock()
         defer { lock.unlock() }
         if let deadReason { throw EngineError.dead(deadReason) }
@@ -247,7 +257,13 @@ public final class Engine: @unchecked Sendable {
                     publish()
                     continue
                 case let .batch(chunks):
+                    let t0 = Date()
                     try run(chunks)
+                    if Self.logSteps {
+                        let rows = chunks.reduce(0) { $0 + $1.count }
+                        FileHandle.standardError.write(Data(String(format: "step: %d chunks, %d rows, %.1f ms\n", chunks.count, rows,
+                                                                   -t0.timeIntervalSinceNow * 1000).utf8))
+                    }
                 case let .prefill(seq, length, blocks):
                     var plan = StepPlan(kind: .prefill)
                     plan.prefillTokens = Array(seq.tokens[0..<length])
@@ -264,6 +280,8 @@ public final class Engine: @unchecked Sendable {
             publish()
         }
     }
+
+    static let logSteps = ProcessInfo.processInfo.environment["TORUS_LOG_STEPS"] != nil
 
     /// Tells the other ranks to leave their loops (once).
     private var workersStopped = false

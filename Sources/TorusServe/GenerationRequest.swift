@@ -74,6 +74,8 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
     case tokenOutOfRange(token: Int32, vocab: Int)
     /// The engine has stopped after a failure (or was shut down).
     case dead(String)
+    /// The rows one rank would keep for this request exceed its KV pool.
+    case tooLongForOneRank(rows: Int, capacity: Int, ranks: Int)
 
     public var description: String {
         switch self {
@@ -84,6 +86,9 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
         case .emptyPrompt: return "the prompt is empty"
         case let .tokenOutOfRange(token, vocab): return "token id \(token) is outside the vocabulary [0, \(vocab))"
         case let .dead(why): return "the engine is not running: \(why)"
+        case let .tooLongForOneRank(rows, capacity, ranks):
+            return "this request needs \(rows) KV positions on one rank but a rank's pool holds \(capacity) "
+                + "(\(ranks) ranks; prompts below the sequence-parallel threshold stay on one rank): lower max_tokens or the prompt"
         }
     }
 }

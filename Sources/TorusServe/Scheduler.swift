@@ -167,6 +167,16 @@ final class Scheduler {
         return .prefill(seq, length: length, blocks: taken)
     }
 
+    /// The most KV rows one rank keeps for a request (the appender's share).
+    func rowsOnOneRank(promptLength: Int, maxTokens: Int) -> Int {
+        guard let t = prefillThreshold, promptLength >= t, promptLength > prefillGranularity,
+              let positions = try? prefillPositions(((promptLength - 1) / prefillGranularity) * prefillGranularity) else {
+            return promptLength + maxTokens
+        }
+        let length = ((promptLength - 1) / prefillGranularity) * prefillGranularity
+        return (positions.last?.count ?? 0) + promptLength - length + maxTokens
+    }
+
     private func isLong(_ seq: Sequence) -> Bool {
         guard let t = prefillThreshold, seq.computed == 0, !seq.holdsBlocks else { return false }
         return seq.tokens.count >= t && seq.tokens.count > prefillGranularity
