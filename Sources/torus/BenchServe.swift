@@ -17,6 +17,9 @@ struct BenchServe: ParsableCommand {
     @Option(help: "Mean output length, tokens.") var outputLen: Int = 64
     @Option(help: "Lengths are uniform in [len*(1-r), len*(1+r)].") var rangeRatio: Double = 0
     @Option(help: "Vocabulary to draw random prompt token ids from.") var vocab: Int = 256
+    @Flag(help: "Draw prompt tokens from printable ASCII (32-126), so that prompts are text any byte tokenizer round-trips.") var ascii = false
+    @Option(help: "Requests from a JSONL file of {\"prompt\": text, \"output_tokens\": N} (vllm bench serve's custom dataset) instead of random ones.") var dataset: String?
+    @Option(help: "Write the request set as such a JSONL file (needs --ascii), for vllm bench serve --dataset-name custom.") var saveDataset: String?
     @Option(help: "Requests per second (Poisson arrivals); inf sends all at once.") var requestRate: String = "inf"
     @Option(help: "Requests in flight at most.") var maxConcurrency: Int?
     @Option(help: "Seed of the request set and the arrivals.") var seed: UInt64 = 0
@@ -28,6 +31,7 @@ struct BenchServe: ParsableCommand {
         if !(0..<1).contains(rangeRatio) { throw ValidationError("--range-ratio must be in [0, 1)") }
         if requestRate != "inf", Double(requestRate).map({ $0 <= 0 }) ?? true { throw ValidationError("--request-rate must be positive or inf") }
         if let c = maxConcurrency, c < 1 { throw ValidationError("--max-concurrency must be positive") }
+        if saveDataset != nil && !ascii { throw ValidationError("--save-dataset needs --ascii (text prompts)") }
     }
 
     struct Outcome {
@@ -47,9 +51,19 @@ struct BenchServe: ParsableCommand {
             let lo = max(1, Int(Double(mean) * (1 - rangeRatio))), hi = max(lo, Int(Double(mean) * (1 + rangeRatio)))
             return lo + Int(rng.next() % UInt64(hi - lo + 1))
         }
-        let requests: [(prompt: [Int], output: Int)] = (0..<numPrompts).map { _ in
+        var requests: [(prompt: Prompt, output: Int)] = (0..<numPrompts).map { _ in
             let n = length(inputLen)
-            return ((0..<n).map { _ in Int(rng.next() % UInt64(vocab)) }, length(outputLen))
+            let ids = (0..<n).map { _ in ascii ? 32 + Int(rng.next() % 95) : Int(rng.next() % UInt64(vocab)) }
+            return (ascii ? .text(String(decoding: ids.map(UInt8.init), as: UTF8.self)) : .ids(ids), length(outputLen))
+        }
+        if let dataset { requests = try Self.load(dataset: dataset, limit: numPrompts) }
+        if let saveDataset {
+            let lines = requests.compactMap { r -> String? in
+                guard case let .text(t) = r.prompt,
+                      let d = try? JSONSerialization.data(withJSONObject: ["prompt": t, "output_tokens": r.output], options: [.sortedKeys]) else { return nil }
+                return String(decoding: d, as: UTF8.self)
+            }
+            try (lines.joined(separator: "\n") + "\n").write(toFile: saveDataset, atomically: true, encoding: .utf8)
         }
         var arrivals: [Double] = []
         var t = 0.0
@@ -58,9 +72,10 @@ struct BenchServe: ParsableCommand {
             arrivals.append(t)
             if let rate { t += -log(max(1e-12, rng.nextUniform())) / rate }
         }
-        print("bench serve: \(numPrompts) requests to \(base) (model \(model)), input \(inputLen) / output \(outputLen) tokens "
-              + "(range ratio \(rangeRatio)), rate \(requestRate), max concurrency \(maxConcurrency.map(String.init) ?? "none"), seed \(seed)")
-        let results = Results(count: requests.count)
+        print("bench serve: \(requests.count) requests to \(base) (model \(model)), "
+              + (dataset.map { "from \($0)" } ?? "input \(inputLen) / output \(outputLen) tokens (range ratio \(rangeRatio))") + ", rate \(requestRate), max concurrency \(maxConcurrency.map(String.init) ?? "none"), seed \(seed)")
+        let total = requests.count
+        let results = Results(count: total)
         let slots = DispatchSemaphore(value: maxConcurrency ?? requests.count)
         let group = DispatchGroup()
         let start = Date()
@@ -72,8 +87,8 @@ struct BenchServe: ParsableCommand {
             let thread = Thread {
                 let o = Self.send(client: client, model: model, prompt: r.prompt, maxTokens: r.output)
                 let done = results.store(o, at: i)
-                if done % max(1, requests.count / 10) == 0 {
-                    FileHandle.standardError.write(Data(String(format: "bench serve: %d/%d done (%.1f s)\n", done, requests.count,
+                if done % max(1, total / 10) == 0 {
+                    FileHandle.standardError.write(Data(String(format: "bench serve: %d/%d done (%.1f s)\n", done, total,
                                                                Date().timeIntervalSince(start)).utf8))
                 }
                 slots.signal()
@@ -87,10 +102,33 @@ struct BenchServe: ParsableCommand {
         report(results.all, duration: duration)
     }
 
-    static func send(client: StreamingHTTPClient, model: String, prompt: [Int], maxTokens: Int) -> Outcome {
+    /// A prompt as token ids or as text.
+    enum Prompt {
+        case ids([Int])
+        case text(String)
+        var json: Any { switch self { case let .ids(i): return i; case let .text(t): return t } }
+    }
+
+    /// Requests of a JSONL file with "prompt" (text) and "output_tokens".
+    static func load(dataset path: String, limit: Int) throws -> [(prompt: Prompt, output: Int)] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw ValidationErrorMessage("--dataset \(path) does not exist or cannot be read")
+        }
+        var out: [(prompt: Prompt, output: Int)] = []
+        for (i, line) in text.split(separator: "\n").enumerated() where !line.trimmingCharacters(in: .whitespaces).isEmpty {
+            guard let obj = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any],
+                  let prompt = obj["prompt"] as? String else {
+                throw ValidationErrorMessage("--dataset \(path) line \(i + 1): expected {\"prompt\": text, \"output_tokens\": N}")
+            }
+            out.append((.text(prompt), obj["output_tokens"] as? Int ?? 128))
+            if out.count == limit { break }
+        }
+        return out
+    }
+
+    static func send(client: StreamingHTTPClient, model: String, prompt: Prompt, maxTokens: Int) -> Outcome {
         var o = Outcome()
-        o.promptTokens = prompt.count
-        let body: [String: Any] = ["model": model, "prompt": prompt, "max_tokens": maxTokens, "temperature": 0, "stream": true,
+        let body: [String: Any] = ["model": model, "prompt": prompt.json, "max_tokens": maxTokens, "temperature": 0, "stream": true,
                                    "ignore_eos": true, "stream_options": ["include_usage": true]]
         guard let data = try? JSONSerialization.data(withJSONObject: body) else { o.error = "cannot encode"; return o }
         let st = Date()
@@ -104,6 +142,7 @@ struct BenchServe: ParsableCommand {
                     last = now
                 } else if let usage = obj["usage"] as? [String: Any] {
                     o.outputTokens = usage["completion_tokens"] as? Int ?? 0
+                    o.promptTokens = usage["prompt_tokens"] as? Int ?? 0
                 }
             }
             o.latency = Date().timeIntervalSince(st)
