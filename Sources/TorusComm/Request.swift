@@ -41,6 +41,16 @@ public final class Request: @unchecked Sendable {
         finish()
     }
 
+    /// Cancels an operation that may never complete (a receive no one will match) and
+    /// releases it.
+    public func cancel() throws {
+        if isComplete { return }
+        try check(MPI_Cancel(&handle), "MPI_Cancel(\(call))", rank: rank)
+        try check(MPI_Wait(&handle, torus_mpi_status_ignore()), "MPI_Wait(cancelled \(call))", rank: rank)
+        isComplete = true
+        keepAlive = nil
+    }
+
     private func finish() {
         isComplete = true
         keepAlive = nil

@@ -17,6 +17,37 @@ final class MPIServeGroup: ServeGroup {
     /// A rank silent this long is taken for dead.
     static let heartbeatTimeout = 1.5
 
+    private let stateLock = NSLock()
+    private var stopping = false
+    private var backgroundThreads: [DispatchSemaphore] = []
+
+    private var isStopping: Bool { stateLock.lock(); defer { stateLock.unlock() }; return stopping }
+
+    /// Starts `body` on a thread that `stopBackgroundThreads` waits for.
+    private func background(_ name: String, _ body: @escaping () -> Void) {
+        let done = DispatchSemaphore(value: 0)
+        stateLock.lock()
+        backgroundThreads.append(done)
+        stateLock.unlock()
+        let thread = Thread {
+            body()
+            done.signal()
+        }
+        thread.name = name
+        thread.start()
+    }
+
+    /// Stops the heartbeat and watchdog threads and waits for them (before MPI is finalised, and
+    /// on rank 0 before the other ranks are told to stop, so their silence is not taken for death).
+    func stopBackgroundThreads() {
+        stateLock.lock()
+        stopping = true
+        let threads = backgroundThreads
+        backgroundThreads = []
+        stateLock.unlock()
+        for t in threads { t.wait() }
+    }
+
     init(comm: Communicator, method: SequenceParallelMethod, layout: SequenceLayoutKind) {
         self.comm = comm
         self.method = method
@@ -26,27 +57,26 @@ final class MPIServeGroup: ServeGroup {
     /// Ranks other than 0: a thread that tells rank 0 "alive" every 100 ms, even mid-step.
     func startHeartbeat() {
         let comm = self.comm
-        let thread = Thread {
+        background("torus-heartbeat") { [unowned self] in
             var beat: [Float] = [1]
-            while true {
+            while !self.isStopping {
                 let sent = (try? beat.withUnsafeMutableBufferPointer { try comm.send($0.baseAddress!, count: 1, to: 0, tag: Self.heartbeatTag) }) != nil
                 if !sent { return }
                 usleep(100_000)
             }
         }
-        thread.name = "torus-heartbeat"
-        thread.start()
     }
 
     /// Rank 0: a thread that calls `onSilent(rank)` once when a rank has sent no heartbeat for
     /// `heartbeatTimeout` seconds (it died, or its host is gone).
     func watchHeartbeats(onSilent: @escaping @Sendable (Int) -> Void) {
         let comm = self.comm, size = self.size
-        let thread = Thread {
+        background("torus-watchdog") { [unowned self] in
             var last = [Date](repeating: Date(), count: size)
             let buffers = (0..<size).map { _ in Tensor(zeros: [1]) }
             var pending: [Int: Request] = [:]
-            while true {
+            defer { for r in pending.values { try? r.cancel() } }
+            while !self.isStopping {
                 for r in 1..<size {
                     if pending[r] == nil { pending[r] = try? comm.irecv(buffers[r], from: r, tag: Self.heartbeatTag) }
                     if let req = pending[r], (try? req.test()) == true {
@@ -61,8 +91,6 @@ final class MPIServeGroup: ServeGroup {
                 usleep(20_000)
             }
         }
-        thread.name = "torus-watchdog"
-        thread.start()
     }
 
     var rank: Int { comm.rank }

@@ -79,6 +79,7 @@ struct ServeCommand: ParsableCommand {
                     warn("torus serve: rank \(world.rank) of \(world.size): \(error)")
                     world.abort(code: 1)
                 }
+                (group as? MPIServeGroup)?.stopBackgroundThreads()
                 return
             }
         } else {
@@ -128,6 +129,7 @@ struct ServeCommand: ParsableCommand {
             done.signal()
         }
         done.wait()
+        (group as? MPIServeGroup)?.stopBackgroundThreads()
         engine.shutdown()
         if let error = outcome.error { throw ValidationErrorMessage("serve: \(error)") }
         warn("serve: stopped")
