@@ -31,14 +31,28 @@ struct DataPrepare: ParsableCommand {
 
 struct DataSynth: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "synth",
-        abstract: "Write the built-in synthetic QA corpus: train.tokens, heldout.tokens, heldout.jsonl.")
+        abstract: "Write a built-in synthetic corpus: train.tokens, heldout.tokens, heldout.jsonl (qa: short facts; rag: 6-10 retrieved documents per question).")
+    @Option(help: "Corpus: qa or rag.") var kind: String = "qa"
     @Option(help: "Output directory.") var out: String
     @Option(help: "Training examples.") var train: Int = 20000
     @Option(help: "Held-out examples.") var heldout: Int = 200
     @Option(help: "Seed.") var seed: UInt64 = 0
 
     func run() throws {
+        guard ["qa", "rag"].contains(kind) else { throw ValidationError("--kind must be qa or rag, not '\(kind)'") }
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        if kind == "rag" {
+            let corpus = RAGCorpus(seed: seed)
+            let tokenizer = ByteTokenizer()
+            try TokenFile.write(tokenizer.encode(corpus.text(count: train, split: "train")), to: out + "/train.tokens")
+            try TokenFile.write(tokenizer.encode(corpus.text(count: heldout, split: "heldout")), to: out + "/heldout.tokens")
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            let lines = try (0..<heldout).map { String(decoding: try encoder.encode(corpus.example($0, split: "heldout")), as: UTF8.self) }
+            try (lines.joined(separator: "\n") + "\n").write(toFile: out + "/heldout.jsonl", atomically: true, encoding: .utf8)
+            print("wrote \(out)/train.tokens (\(train) RAG examples), heldout.tokens and heldout.jsonl (\(heldout) questions with their documents)")
+            return
+        }
         let corpus = SyntheticCorpus(seed: seed)
         let tokenizer = ByteTokenizer()
         try TokenFile.write(tokenizer.encode(corpus.text(count: train, split: "train")), to: out + "/train.tokens")

@@ -102,6 +102,17 @@ struct TrainCommand: ParsableCommand {
                 let held = try loadTokens(heldout, cfg: cfg, split: "heldout", vocab: model.config.vocabSize)
                 let loss = try model.windowedLoss(tokens: held, seqLen: t.seqLen, batch: 4).meanLoss
                 print(String(format: "heldout: loss %.4f, perplexity %.3f over %d tokens", loss, exp(loss), held.count))
+                if heldout == "synth_rag" {
+                    let corpus = RAGCorpus(seed: cfg.seed)
+                    let limit = model.config.maxPositionEmbeddings - 16
+                    let examples = (0..<60).map { corpus.example($0, split: "heldout") }.filter { $0.prompt.utf8.count <= limit }
+                    for kind in ["single", "friend", "previous"] {
+                        let subset = examples.filter { $0.kind == kind }.map(\.qa)
+                        guard !subset.isEmpty else { continue }
+                        let acc = try QAEvaluation.evaluate(model: model, examples: subset)
+                        print(String(format: "heldout RAG QA (%@): answer accuracy %.1f%% (%d/%d)", kind, 100 * acc.accuracy, acc.correct, acc.total))
+                    }
+                }
                 if heldout == "synth" {
                     let corpus = SyntheticCorpus(seed: cfg.seed)
                     let limit = model.config.maxPositionEmbeddings - 16
@@ -140,6 +151,10 @@ struct TrainCommand: ParsableCommand {
         if source == "synth" {
             let count = split == "train" ? cfg.data.synthExamples : 200
             return ByteTokenizer().encode(SyntheticCorpus(seed: cfg.seed).text(count: count, split: split))
+        }
+        if source == "synth_rag" {
+            let count = split == "train" ? cfg.data.synthExamples : 40
+            return ByteTokenizer().encode(RAGCorpus(seed: cfg.seed).text(count: count, split: split))
         }
         return try readTokens(path: source, vocab: vocab)
     }

@@ -1,0 +1,219 @@
+import Foundation
+import TorusTensor
+
+/// One retrieval-augmented question: retrieved documents (chunks, in prompt order) and a
+/// question about them.
+public struct RAGExample: Codable, Equatable, Sendable {
+    /// Each document as it stands in the prompt ("Doc: ...\n"); the same document has the same
+    /// text in every prompt, so its KV can be reused.
+    public var documents: [String]
+    /// "Q: ...\nA:"
+    public var question: String
+    public var answer: String
+    /// "single": one document answers; "friend": two documents (a friend's facts);
+    /// "previous": a document that refers to "the person in the previous document".
+    public var kind: String
+    /// Documents needed to answer.
+    public var hops: Int
+
+    /// What the model is prompted with.
+    public var prompt: String { documents.joined() + question }
+    /// The same question in the plain QA shape.
+    public var qa: QAExample { QAExample(prompt: prompt, answer: answer, hops: hops) }
+}
+
+/// A RAG-shaped synthetic corpus: a world of people, each described by a document of several
+/// facts plus filler that answers nothing (150-400 bytes); some people have a friend (named in
+/// their document) and some a sister, described by a document that only says "the person in
+/// the previous document" and so means something only right after that person's document.
+/// A prompt holds 6-10 documents (the answering ones plus distractors, shuffled, a sister's
+/// document kept right after its person's) and a question. Names are random syllables, so
+/// answers must be read from the documents. The same world and seed give the same documents
+/// in every prompt, so documents recur across requests.
+public struct RAGCorpus: Sendable {
+    static let cities = ["Tarsa", "Molvik", "Queren", "Adlo", "Bexhal", "Corin", "Dunmar", "Elsby", "Fenwick", "Galto",
+                         "Hollin", "Istra", "Jorvale", "Kesh", "Lunde", "Marrow"]
+    static let colors = ["red", "green", "blue", "amber", "violet", "silver", "olive", "teal", "ochre", "white", "crimson", "grey"]
+    static let jobs = ["baker", "pilot", "tailor", "judge", "miner", "farmer", "poet", "smith", "nurse", "clerk", "sailor", "mason"]
+    static let pets = ["cat", "dog", "parrot", "goat", "horse", "rabbit", "owl", "tortoise"]
+    static let fillers = [
+        "On quiet evenings {N} walks along the old canal and counts the boats.",
+        "The harvest festival was loud that year, and nobody slept before midnight.",
+        "{N} once spent a whole winter repairing a broken clock without success.",
+        "Travelers say the roads in the north are muddy for most of the spring.",
+        "{N} keeps a notebook of recipes collected from neighbours.",
+        "A storm last autumn knocked down the bridge near the mill.",
+        "{N} prefers tea without sugar and reads the newspaper every morning.",
+        "The market square is crowded on Saturdays, when the fishermen return.",
+        "{N} has never learned to swim, which surprises most people.",
+        "Many families in the valley grow beans, onions and cabbages.",
+        "{N} sings in a small choir that meets twice a month.",
+        "The library closes early during the summer months.",
+    ]
+    static let consonants = Array("bdfgklmnprstvz")
+    static let vowels = Array("aeiou")
+
+    /// One person of a world and the documents about them.
+    public struct Person: Sendable {
+        public var name: String
+        public var city: String, job: String, color: String, pet: String
+        public var friend: Int?
+        public var sister: Sister?
+        /// "Doc: ...\n"
+        public var document: String
+    }
+
+    public struct Sister: Sendable {
+        public var name: String
+        public var job: String, city: String
+        public var document: String
+    }
+
+    public let seed: UInt64
+    public init(seed: UInt64) { self.seed = seed }
+
+    static func name(_ g: inout SeededGenerator) -> String {
+        var s = ""
+        for _ in 0..<(2 + Int(g.next() % 2)) {
+            s.append(consonants[Int(g.next() % UInt64(consonants.count))])
+            s.append(vowels[Int(g.next() % UInt64(vowels.count))])
+        }
+        return s.prefix(1).uppercased() + s.dropFirst()
+    }
+
+    static func pick<T>(_ list: [T], _ g: inout SeededGenerator) -> T { list[Int(g.next() % UInt64(list.count))] }
+
+    static func shuffle<T>(_ a: inout [T], _ g: inout SeededGenerator) {
+        guard a.count > 1 else { return }
+        for i in stride(from: a.count - 1, to: 0, by: -1) { a.swapAt(i, Int(g.next() % UInt64(i + 1))) }
+    }
+
+    /// A world of `count` people with distinct names (world `index` of `split`).
+    public func world(_ index: Int, split: String, count: Int) -> [Person] {
+        var g = SeededGenerator(seed: seed ^ (split == "train" ? 0x7A61_0000 : 0x4E1D_0000_0000) &+ UInt64(index) &* 0x9E37_79B9_7F4A_7C15)
+        var names = Set<String>()
+        func fresh() -> String {
+            while true { let n = Self.name(&g); if names.insert(n).inserted { return n } }
+        }
+        var people = (0..<count).map { _ in
+            Person(name: fresh(), city: Self.pick(Self.cities, &g), job: Self.pick(Self.jobs, &g), color: Self.pick(Self.colors, &g),
+                   pet: Self.pick(Self.pets, &g), friend: nil, sister: nil, document: "")
+        }
+        for i in people.indices {
+            if g.next() % 2 == 0 { people[i].friend = (i + 1 + Int(g.next() % UInt64(count - 1))) % count }
+            if g.next() % 3 == 0 {
+                let s = fresh(), job = Self.pick(Self.jobs, &g), city = Self.pick(Self.cities, &g)
+                var facts = ["The person in the previous document has a sister named \(s).", "\(s) works as a \(job).",
+                             "\(s) lives in \(city)."]
+                facts.append(Self.filler("\(s)", &g))
+                people[i].sister = Sister(name: s, job: job, city: city, document: "Doc: " + facts.joined(separator: " ") + "\n")
+            }
+        }
+        for i in people.indices {
+            let p = people[i], n = p.name
+            var facts = ["\(n) lives in \(p.city).", "\(n) works as a \(p.job).", "\(n) likes the color \(p.color).",
+                         "\(n) keeps a \(p.pet)."]
+            if let f = p.friend { facts.append("\(n) is a friend of \(people[f].name).") }
+            Self.shuffle(&facts, &g)
+            var text = facts.joined(separator: " ")
+            // Filler that answers nothing, up to 150-400 bytes.
+            let target = 150 + Int(g.next() % 200)
+            var unused = Self.fillers
+            Self.shuffle(&unused, &g)
+            while text.utf8.count < target, let f = unused.popLast() { text += " " + f.replacingOccurrences(of: "{N}", with: n) }
+            people[i].document = "Doc: " + text + "\n"
+        }
+        return people
+    }
+
+    static func filler(_ name: String, _ g: inout SeededGenerator) -> String {
+        pick(fillers, &g).replacingOccurrences(of: "{N}", with: name)
+    }
+
+    /// Question `index` over world `world` (people `count`): the answering documents plus
+    /// distractors, 6-10 documents in all, shuffled.
+    public func example(_ index: Int, split: String, world worldIndex: Int, people: [Person]) -> RAGExample {
+        var g = SeededGenerator(seed: seed ^ 0x0DE5_7100 &+ UInt64(worldIndex) &* 0x9E37_79B9 &+ UInt64(index) &* 0x2545_F491_4F6C_DD1D
+                                ^ (split == "train" ? 0 : 0xFFFF_0000_0000))
+        let roll = g.next() % 10
+        var kind = roll < 5 ? "single" : roll < 8 ? "friend" : "previous"
+        let withFriend = people.indices.filter { people[$0].friend != nil }
+        let withSister = people.indices.filter { people[$0].sister != nil }
+        if kind == "friend" && withFriend.isEmpty { kind = "single" }
+        if kind == "previous" && withSister.isEmpty { kind = "single" }
+        var needed: [Int] = [], question = "", answer = "", hops = 1
+        switch kind {
+        case "friend":
+            let a = Self.pick(withFriend, &g), f = people[a].friend ?? a
+            needed = [a, f]
+            hops = 2
+            if g.next() % 2 == 0 { (question, answer) = ("Where does the friend of \(people[a].name) live?", people[f].city) }
+            else { (question, answer) = ("What does the friend of \(people[a].name) work as?", people[f].job) }
+        case "previous":
+            let a = Self.pick(withSister, &g)
+            needed = [a]
+            hops = 2
+            let s = people[a].sister ?? Sister(name: "", job: "", city: "", document: "")
+            if g.next() % 2 == 0 { (question, answer) = ("What does the sister of \(people[a].name) work as?", s.job) }
+            else { (question, answer) = ("Where does the sister of \(people[a].name) live?", s.city) }
+        default:
+            let a = Self.pick(Array(people.indices), &g)
+            needed = [a]
+            switch g.next() % 4 {
+            case 0: (question, answer) = ("Where does \(people[a].name) live?", people[a].city)
+            case 1: (question, answer) = ("What does \(people[a].name) work as?", people[a].job)
+            case 2: (question, answer) = ("What color does \(people[a].name) like?", people[a].color)
+            default: (question, answer) = ("What pet does \(people[a].name) keep?", people[a].pet)
+            }
+        }
+        // Units of documents: a person's document, followed by their sister's when that is needed
+        // or comes along with a distractor.
+        let total = 6 + Int(g.next() % 5)
+        var candidates = Array(people.indices.filter { !needed.contains($0) })
+        Self.shuffle(&candidates, &g)
+        func unit(_ i: Int) -> [String] {
+            // The asked-about person's sister document always follows them; a distractor's does
+            // in one world out of two (a fixed choice per person, so documents recur as units).
+            let p = people[i]
+            guard let s = p.sister else { return [p.document] }
+            if kind == "previous" && needed.first == i { return [p.document, s.document] }
+            return (UInt64(i) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(worldIndex)) % 2 == 0 ? [p.document, s.document] : [p.document]
+        }
+        var units = needed.map(unit)
+        var count = units.reduce(0) { $0 + $1.count }
+        while count < total, let next = candidates.popLast() {
+            let u = unit(next)
+            if count + u.count > 10 { continue }
+            units.append(u)
+            count += u.count
+        }
+        Self.shuffle(&units, &g)
+        return RAGExample(documents: units.flatMap { $0 }, question: "Q: \(question)\nA:", answer: answer, kind: kind, hops: hops)
+    }
+
+    /// The standard split: world w holds `peoplePerWorld` people and `questionsPerWorld` questions.
+    public static let peoplePerWorld = 12
+    public static let questionsPerWorld = 8
+
+    /// Example `index` of `split`, with the world it belongs to.
+    public func example(_ index: Int, split: String) -> RAGExample {
+        let w = index / Self.questionsPerWorld
+        return example(index % Self.questionsPerWorld, split: split, world: w, people: world(w, split: split, count: Self.peoplePerWorld))
+    }
+
+    /// Training text: `count` examples with their answers, separated by blank lines.
+    public func text(count: Int, split: String) -> String {
+        var out = ""
+        var w = -1
+        var people: [Person] = []
+        for i in 0..<count {
+            if i / Self.questionsPerWorld != w {
+                w = i / Self.questionsPerWorld
+                people = world(w, split: split, count: Self.peoplePerWorld)
+            }
+            let e = example(i % Self.questionsPerWorld, split: split, world: w, people: people)
+            out += e.prompt + " " + e.answer + "\n\n"
+        }
+        return out
+    }
+}

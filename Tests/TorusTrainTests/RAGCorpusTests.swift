@@ -1,0 +1,52 @@
+import Foundation
+import Testing
+import TorusTrain
+
+@Suite struct RAGCorpusTests {
+    let corpus = RAGCorpus(seed: 3)
+
+    @Test func promptsHoldSixToTenDocumentsOfTheRightSizeAndTheAnswer() {
+        var kinds: [String: Int] = [:]
+        for i in 0..<200 {
+            let e = corpus.example(i, split: "heldout")
+            kinds[e.kind, default: 0] += 1
+            #expect((6...10).contains(e.documents.count), "\(e.documents.count) documents")
+            for d in e.documents {
+                #expect(d.hasPrefix("Doc: ") && d.hasSuffix("\n"))
+                #expect((150...420).contains(d.utf8.count), "document of \(d.utf8.count) bytes: \(d)")
+            }
+            #expect(e.question.hasPrefix("Q: ") && e.question.hasSuffix("\nA:"))
+            #expect(e.documents.contains { $0.contains(e.answer) }, "answer \(e.answer) in no document")
+            #expect(e.prompt == e.documents.joined() + e.question)
+        }
+        #expect(kinds["single", default: 0] > 60 && kinds["friend", default: 0] > 30 && kinds["previous", default: 0] > 20, "\(kinds)")
+    }
+
+    /// A "previous" question's sister document stands right after its person's document, and the
+    /// asked-about name appears in no other document of the prompt as the person described.
+    @Test func aSisterDocumentFollowsItsPerson() {
+        var seen = 0
+        for i in 0..<200 {
+            let e = corpus.example(i, split: "train")
+            guard e.kind == "previous" else { continue }
+            seen += 1
+            let name = e.question.components(separatedBy: "sister of ").last?.components(separatedBy: " ").first?
+                .trimmingCharacters(in: CharacterSet(charactersIn: "?")) ?? ""
+            let own = e.documents.firstIndex { $0.contains("\(name) lives in") }
+            #expect(own != nil, "\(name)")
+            if let own {
+                #expect(own + 1 < e.documents.count && e.documents[own + 1].contains("previous document") && e.documents[own + 1].contains(e.answer))
+            }
+        }
+        #expect(seen > 10)
+    }
+
+    @Test func documentsRecurAcrossQuestionsOfOneWorldAndSplitsDiffer() {
+        let a = Set((0..<RAGCorpus.questionsPerWorld).flatMap { corpus.example($0, split: "heldout").documents })
+        let all = (0..<RAGCorpus.questionsPerWorld).flatMap { corpus.example($0, split: "heldout").documents }
+        #expect(all.count > a.count, "no document recurs within a world")
+        #expect(corpus.example(5, split: "heldout") == RAGCorpus(seed: 3).example(5, split: "heldout"))
+        #expect(corpus.example(5, split: "heldout") != corpus.example(5, split: "train"))
+        #expect(corpus.text(count: 3, split: "train").components(separatedBy: "\n\n").count == 4)
+    }
+}
