@@ -1,6 +1,12 @@
 import Foundation
 import TorusTensor
 
+/// A question ("Q: ...\nA:") and its answer.
+public struct QuestionAnswer: Codable, Equatable, Sendable {
+    public var question: String
+    public var answer: String
+}
+
 /// One retrieval-augmented question: retrieved documents (chunks, in prompt order) and a
 /// question about them.
 public struct RAGExample: Codable, Equatable, Sendable {
@@ -15,6 +21,9 @@ public struct RAGExample: Codable, Equatable, Sendable {
     public var kind: String
     /// Documents needed to answer.
     public var hops: Int
+    /// More questions the same documents answer, with their answers (denser supervision for
+    /// training; evaluation asks `question` alone).
+    public var extra: [QuestionAnswer] = []
 
     /// What the model is prompted with.
     public var prompt: String { documents.joined() + question }
@@ -188,7 +197,26 @@ public struct RAGCorpus: Sendable {
             count += u.count
         }
         Self.shuffle(&units, &g)
-        return RAGExample(documents: units.flatMap { $0 }, question: "Q: \(question)\nA:", answer: answer, kind: kind, hops: hops)
+        // Every other question these documents answer.
+        let docs = units.flatMap { $0 }
+        var extra: [QuestionAnswer] = []
+        for p in people where docs.contains(p.document) {
+            extra += [QuestionAnswer(question: "Q: Where does \(p.name) live?\nA:", answer: p.city),
+                      QuestionAnswer(question: "Q: What does \(p.name) work as?\nA:", answer: p.job),
+                      QuestionAnswer(question: "Q: What color does \(p.name) like?\nA:", answer: p.color),
+                      QuestionAnswer(question: "Q: What pet does \(p.name) keep?\nA:", answer: p.pet)]
+            if let f = p.friend, docs.contains(people[f].document) {
+                extra.append(QuestionAnswer(question: "Q: Where does the friend of \(p.name) live?\nA:", answer: people[f].city))
+                extra.append(QuestionAnswer(question: "Q: What does the friend of \(p.name) work as?\nA:", answer: people[f].job))
+            }
+            if let s = p.sister, let at = docs.firstIndex(of: p.document), at + 1 < docs.count, docs[at + 1] == s.document {
+                extra.append(QuestionAnswer(question: "Q: What does the sister of \(p.name) work as?\nA:", answer: s.job))
+                extra.append(QuestionAnswer(question: "Q: Where does the sister of \(p.name) live?\nA:", answer: s.city))
+            }
+        }
+        extra.removeAll { $0.question == "Q: \(question)\nA:" }
+        Self.shuffle(&extra, &g)
+        return RAGExample(documents: docs, question: "Q: \(question)\nA:", answer: answer, kind: kind, hops: hops, extra: extra)
     }
 
     /// The standard split: world w holds `peoplePerWorld` people and `questionsPerWorld` questions.
@@ -201,8 +229,10 @@ public struct RAGCorpus: Sendable {
         return example(index % Self.questionsPerWorld, split: split, world: w, people: world(w, split: split, count: Self.peoplePerWorld))
     }
 
-    /// Training text: `count` examples with their answers, separated by blank lines.
-    public func text(count: Int, split: String) -> String {
+    /// Training text: `count` examples with their answers, separated by blank lines; each
+    /// example asks its question and then up to `questionsPerPrompt - 1` more about the same
+    /// documents.
+    public func text(count: Int, split: String, questionsPerPrompt: Int = 1) -> String {
         var out = ""
         var w = -1
         var people: [Person] = []
@@ -212,7 +242,9 @@ public struct RAGCorpus: Sendable {
                 people = world(w, split: split, count: Self.peoplePerWorld)
             }
             let e = example(i % Self.questionsPerWorld, split: split, world: w, people: people)
-            out += e.prompt + " " + e.answer + "\n\n"
+            out += e.prompt + " " + e.answer + "\n"
+            for q in e.extra.prefix(max(0, questionsPerPrompt - 1)) { out += q.question + " " + q.answer + "\n" }
+            out += "\n"
         }
         return out
     }

@@ -154,7 +154,8 @@ struct TrainCommand: ParsableCommand {
         }
         if source == "synth_rag" {
             let count = split == "train" ? cfg.data.synthExamples : 40
-            return ByteTokenizer().encode(RAGCorpus(seed: cfg.seed).text(count: count, split: split))
+            // Training prompts ask several questions about their documents (denser supervision).
+            return ByteTokenizer().encode(RAGCorpus(seed: cfg.seed).text(count: count, split: split, questionsPerPrompt: split == "train" ? 6 : 1))
         }
         return try readTokens(path: source, vocab: vocab)
     }
