@@ -69,8 +69,14 @@ public enum BlockAttention {
                     i0 += rows
                     continue
                 }
-                BLAS.gemm(transB: true, m: rows, n: nk, k: d, alpha: shape.scale,
-                          a: q + i0 * qw + h * d, lda: qw, b: k + g * d, ldb: kw, c: scores, ldc: nk)
+                // One query row (decoding): matrix-vector products read K and V once, where
+                // sgemm would first copy (pack) them.
+                if rows == 1 {
+                    BLAS.gemv(m: nk, n: d, alpha: shape.scale, a: k + g * d, lda: kw, x: q + i0 * qw + h * d, y: scores)
+                } else {
+                    BLAS.gemm(transB: true, m: rows, n: nk, k: d, alpha: shape.scale,
+                              a: q + i0 * qw + h * d, lda: qw, b: k + g * d, ldb: kw, c: scores, ldc: nk)
+                }
                 for r in 0..<rows {
                     let s = scores + r * nk
                     let visible = mask.visibleKeys(row: i0 + r, keyCount: nk)
@@ -85,7 +91,11 @@ public enum BlockAttention {
                     for j in visible..<nk { s[j] = 0 }
                     lse[(i0 + r) * shape.queryHeads + h] = m + logf(sum)
                 }
-                BLAS.gemm(m: rows, n: d, k: nk, a: scores, lda: nk, b: v + g * d, ldb: kw, c: outTile, ldc: qw)
+                if rows == 1 {
+                    BLAS.gemv(trans: true, m: nk, n: d, a: v + g * d, lda: kw, x: scores, y: outTile)
+                } else {
+                    BLAS.gemm(m: rows, n: d, k: nk, a: scores, lda: nk, b: v + g * d, ldb: kw, c: outTile, ldc: qw)
+                }
                 i0 += rows
             }
         }
