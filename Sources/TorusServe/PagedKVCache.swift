@@ -27,10 +27,11 @@ public final class PagedKVCache: @unchecked Sendable {
         self.maxPositions = maxPositions
         shape = config.attentionShape
         let kw = shape.keyValueWidth
-        keys = (0..<config.numHiddenLayers).map { _ in Tensor(zeros: [blockCount * blockSize, kw]) }
-        values = (0..<config.numHiddenLayers).map { _ in Tensor(zeros: [blockCount * blockSize, kw]) }
-        scratchK = Tensor(zeros: [maxPositions, kw])
-        scratchV = Tensor(zeros: [maxPositions, kw])
+        // Pages are mapped as blocks are first written: resident memory follows use, not the budget.
+        keys = (0..<config.numHiddenLayers).map { _ in Tensor(lazyZeros: [blockCount * blockSize, kw]) }
+        values = (0..<config.numHiddenLayers).map { _ in Tensor(lazyZeros: [blockCount * blockSize, kw]) }
+        scratchK = Tensor(lazyZeros: [maxPositions, kw])
+        scratchV = Tensor(lazyZeros: [maxPositions, kw])
         partOut = Tensor(zeros: [maxRows, shape.queryWidth])
         partLSE = Tensor(zeros: [maxRows, shape.queryHeads])
     }

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A dense fp32 tensor in row-major order with reference semantics.
 ///
 /// A tensor either owns its memory (allocated 64-byte aligned, zero-filled) or is a view into
@@ -12,6 +16,8 @@ public final class Tensor: @unchecked Sendable {
     public let pointer: UnsafeMutablePointer<Float>
     private let owner: Tensor?
     private let owns: Bool
+    /// Bytes mapped with mmap (released with munmap), 0 for heap memory.
+    private let mappedBytes: Int
 
     /// A zero-filled tensor of the given shape.
     public init(zeros shape: [Int]) {
@@ -23,6 +29,30 @@ public final class Tensor: @unchecked Sendable {
         self.pointer.initialize(repeating: 0, count: max(count, 1))
         self.owner = nil
         self.owns = true
+        self.mappedBytes = 0
+    }
+
+    /// A zero tensor whose pages the kernel provides on first touch (anonymous mmap): a large
+    /// pool costs resident memory only as it is used. Falls back to `init(zeros:)` if the
+    /// mapping fails.
+    public init(lazyZeros shape: [Int]) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
+        let count = shape.reduce(1, *)
+        let bytes = max(count, 1) * 4
+        let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        self.shape = shape
+        self.count = count
+        self.owner = nil
+        self.owns = true
+        if let raw, raw != MAP_FAILED {
+            self.pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+            self.mappedBytes = bytes
+        } else {
+            let heap = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+            self.pointer = heap.bindMemory(to: Float.self, capacity: max(count, 1))
+            self.pointer.initialize(repeating: 0, count: max(count, 1))
+            self.mappedBytes = 0
+        }
     }
 
     /// A tensor holding a copy of `values`; `values.count` must equal the shape's product.
@@ -42,10 +72,12 @@ public final class Tensor: @unchecked Sendable {
         self.pointer = base.pointer + offset
         self.owner = base.owner ?? base
         self.owns = false
+        self.mappedBytes = 0
     }
 
     deinit {
-        if owns { UnsafeMutableRawPointer(pointer).deallocate() }
+        guard owns else { return }
+        if mappedBytes > 0 { munmap(UnsafeMutableRawPointer(pointer), mappedBytes) } else { UnsafeMutableRawPointer(pointer).deallocate() }
     }
 
     /// A view of `shape.product` elements starting at element `offset`; shares memory.
