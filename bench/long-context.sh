@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One 128K-token prompt through the HTTP API: 4 sequence-parallel ranks, then one rank.
 set -u
-mkdir -p runs/long
 cd "$(dirname "$0")/.."
+mkdir -p runs/long
 R=.build/release/torus
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 [ -d runs/long-context ] || $R init --config configs/long-context.yaml --out runs/long-context
