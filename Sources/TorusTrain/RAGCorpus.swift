@@ -59,8 +59,6 @@ public struct RAGCorpus: Sendable {
         "{N} sings in a small choir that meets twice a month.",
         "The library closes early during the summer months.",
     ]
-    static let consonants = Array("bdfgklmnprstvz")
-    static let vowels = Array("aeiou")
 
     /// One person of a world and the documents about them.
     public struct Person: Sendable {
@@ -81,14 +79,8 @@ public struct RAGCorpus: Sendable {
     public let seed: UInt64
     public init(seed: UInt64) { self.seed = seed }
 
-    static func name(_ g: inout SeededGenerator) -> String {
-        var s = ""
-        for _ in 0..<(2 + Int(g.next() % 2)) {
-            s.append(consonants[Int(g.next() % UInt64(consonants.count))])
-            s.append(vowels[Int(g.next() % UInt64(vowels.count))])
-        }
-        return s.prefix(1).uppercased() + s.dropFirst()
-    }
+    /// Random syllable names, as the QA corpus makes them.
+    static func name(_ g: inout SeededGenerator) -> String { SyntheticCorpus.name(&g) }
 
     static func pick<T>(_ list: [T], _ g: inout SeededGenerator) -> T { list[Int(g.next() % UInt64(list.count))] }
 

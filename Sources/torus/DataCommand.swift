@@ -41,26 +41,27 @@ struct DataSynth: ParsableCommand {
     func run() throws {
         guard ["qa", "rag"].contains(kind) else { throw ValidationError("--kind must be qa or rag, not '\(kind)'") }
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        if kind == "rag" {
-            let corpus = RAGCorpus(seed: seed)
-            let tokenizer = ByteTokenizer()
-            try TokenFile.write(tokenizer.encode(corpus.text(count: train, split: "train")), to: out + "/train.tokens")
-            try TokenFile.write(tokenizer.encode(corpus.text(count: heldout, split: "heldout")), to: out + "/heldout.tokens")
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            let lines = try (0..<heldout).map { String(decoding: try encoder.encode(corpus.example($0, split: "heldout")), as: UTF8.self) }
-            try (lines.joined(separator: "\n") + "\n").write(toFile: out + "/heldout.jsonl", atomically: true, encoding: .utf8)
-            print("wrote \(out)/train.tokens (\(train) RAG examples), heldout.tokens and heldout.jsonl (\(heldout) questions with their documents)")
-            return
-        }
-        let corpus = SyntheticCorpus(seed: seed)
-        let tokenizer = ByteTokenizer()
-        try TokenFile.write(tokenizer.encode(corpus.text(count: train, split: "train")), to: out + "/train.tokens")
-        try TokenFile.write(tokenizer.encode(corpus.text(count: heldout, split: "heldout")), to: out + "/heldout.tokens")
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        let lines = try (0..<heldout).map { String(decoding: try encoder.encode(corpus.example($0, split: "heldout")), as: UTF8.self) }
+        if kind == "rag" {
+            let corpus = RAGCorpus(seed: seed)
+            try write(train: corpus.text(count: train, split: "train"), heldout: corpus.text(count: heldout, split: "heldout"),
+                      questions: try (0..<heldout).map { try encoder.encode(corpus.example($0, split: "heldout")) })
+            print("wrote \(out)/train.tokens (\(train) RAG examples), heldout.tokens and heldout.jsonl (\(heldout) questions with their documents)")
+        } else {
+            let corpus = SyntheticCorpus(seed: seed)
+            try write(train: corpus.text(count: train, split: "train"), heldout: corpus.text(count: heldout, split: "heldout"),
+                      questions: try (0..<heldout).map { try encoder.encode(corpus.example($0, split: "heldout")) })
+            print("wrote \(out)/train.tokens (\(train) examples), heldout.tokens and heldout.jsonl (\(heldout) questions)")
+        }
+    }
+
+    /// train.tokens and heldout.tokens (byte tokens) and heldout.jsonl (one question a line).
+    func write(train: String, heldout: String, questions: [Data]) throws {
+        let tokenizer = ByteTokenizer()
+        try TokenFile.write(tokenizer.encode(train), to: out + "/train.tokens")
+        try TokenFile.write(tokenizer.encode(heldout), to: out + "/heldout.tokens")
+        let lines = questions.map { String(decoding: $0, as: UTF8.self) }
         try (lines.joined(separator: "\n") + "\n").write(toFile: out + "/heldout.jsonl", atomically: true, encoding: .utf8)
-        print("wrote \(out)/train.tokens (\(train) examples), heldout.tokens and heldout.jsonl (\(heldout) questions)")
     }
 }
