@@ -133,7 +133,6 @@ struct CompletionResponder: Sendable {
         var outputTokens = 0
         var roleSent = Array(repeating: false, count: choices)
         var finishSent = Array(repeating: false, count: choices)
-        var builders = Array(repeating: LogprobsBuilder(tokenizer: model.tokenizer, tokensAsIDs: request.tokensAsIDs), count: choices)
         var textLength = Array(repeating: 0, count: choices)
         if request.echo {
             for i in 0..<choices {
@@ -152,9 +151,10 @@ struct CompletionResponder: Sendable {
                 guard !text.isEmpty || finish != nil || !tokens.isEmpty else { continue }
                 var lp: JSONValue?
                 if request.logprobs != nil {
-                    builders[i] = LogprobsBuilder(tokenizer: model.tokenizer, tokensAsIDs: request.tokensAsIDs)
-                    builders[i].add(tokens: tokens, logprobs: lps, textOffset: textLength[i])
-                    lp = request.kind == .chat ? builders[i].chat : builders[i].completion
+                    // A chunk carries the log-probabilities of its own tokens.
+                    var builder = LogprobsBuilder(tokenizer: model.tokenizer, tokensAsIDs: request.tokensAsIDs)
+                    builder.add(tokens: tokens, logprobs: lps, textOffset: textLength[i])
+                    lp = request.kind == .chat ? builder.chat : builder.completion
                 }
                 textLength[i] += text.utf8.count
                 let first = !roleSent[i]

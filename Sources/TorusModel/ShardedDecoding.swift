@@ -51,7 +51,6 @@ extension LlamaModel {
     /// returns the logits of the prompt's last position (identical on every rank).
     public func prefillSharded(localTokens: [Int32], attention: SequenceAttention, cache: ShardedKVCache,
                                group: ShardGroup) throws -> [Float] {
-        try requireWhole(for: "sequence-parallel prefill")
         let positions = attention.localPositions
         guard positions.count == localTokens.count else {
             throw ModelInputError.shapeMismatch("\(localTokens.count) local tokens for \(positions.count) local positions")
@@ -93,6 +92,7 @@ extension LlamaModel {
         let newRow = appendHere ? try cache.append(start: position, count: 1) : -1
         var x = embed([token])
         let part = Tensor(zeros: [1, qw]), partLSE = Tensor(zeros: [1, hq])
+        let packed = Tensor(zeros: [AttentionMerge.packedCount(rows: 1, heads: hq, headDim: shape.headDim)])
         for (l, w) in weights.layers.enumerated() {
             x = try [Int32(position)].withUnsafeBufferPointer { pos in
                 try layerForward(w, x: x, rows: 1, positions: pos.baseAddress!) { q, k, v, o, lse in
@@ -100,24 +100,18 @@ extension LlamaModel {
                         (cache.keys[l].pointer + newRow * kw).update(from: k.pointer, count: kw)
                         (cache.values[l].pointer + newRow * kw).update(from: v.pointer, count: kw)
                     }
-                    lse.fill(-.infinity)
-                    o.fill(0)
-                    for s in cache.segments {
-                        BlockAttention.forward(q: q.pointer, k: cache.keys[l].pointer + s.localRow * kw,
-                                               v: cache.values[l].pointer + s.localRow * kw, queryCount: 1, keyCount: s.count,
-                                               shape: shape, mask: AttentionMask(causal: true, queryOffset: position, keyOffset: s.start),
-                                               out: part.pointer, lse: partLSE.pointer)
-                        AttentionMerge.merge(out: o.pointer, lse: lse.pointer, otherOut: part.pointer, otherLSE: partLSE.pointer,
-                                             rows: 1, heads: hq, headDim: shape.headDim)
+                    let runs = cache.segments.map {
+                        BlockAttention.KeyRun(k: cache.keys[l].pointer + $0.localRow * kw, v: cache.values[l].pointer + $0.localRow * kw,
+                                              start: $0.start, count: $0.count)
                     }
+                    BlockAttention.forward(q: q.pointer, queryCount: 1, queryStart: position, runs: runs, shape: shape,
+                                           out: o.pointer, lse: lse.pointer, partOut: part.pointer, partLSE: partLSE.pointer)
                     // Every rank merges every rank's partial in rank order: identical results everywhere.
-                    let all = try group.allGather(o.array + lse.array)
-                    o.fill(0)
-                    lse.fill(-.infinity)
-                    for p in all {
-                        let t = Tensor(shape: [qw + hq], values: p)
-                        AttentionMerge.merge(out: o.pointer, lse: lse.pointer, otherOut: t.pointer, otherLSE: t.pointer + qw,
-                                             rows: 1, heads: hq, headDim: shape.headDim)
+                    AttentionMerge.pack(out: o.pointer, lse: lse.pointer, rows: 1, heads: hq, headDim: shape.headDim, into: packed.pointer)
+                    let all = try group.allGather(packed.array).flatMap { $0 }
+                    all.withUnsafeBufferPointer {
+                        AttentionMerge.mergePacked($0.baseAddress!, parts: all.count / packed.count, out: o.pointer, lse: lse.pointer,
+                                                   rows: 1, heads: hq, headDim: shape.headDim)
                     }
                 }.out
             }

@@ -48,6 +48,7 @@ public final class Engine: @unchecked Sendable {
     private let lock = NSCondition()
     private var incoming: [Sequence] = []
     private var aborts: Set<Int> = []
+    private var abortEverything = false
     private var nextID = 0
     private var stopping = false
     private var deadReason: String?
@@ -176,7 +177,7 @@ public final class Engine: @unchecked Sendable {
     /// Aborts every request (shutdown).
     public func abortAll() {
         lock.lock()
-        aborts.formUnion(0..<nextID)
+        abortEverything = true
         lock.signal()
         lock.unlock()
     }
@@ -218,10 +219,11 @@ public final class Engine: @unchecked Sendable {
     private func loop() {
         while true {
             lock.lock()
-            while incoming.isEmpty && aborts.isEmpty && scheduler.isIdle && !stopping && deadReason == nil { lock.wait() }
-            let fresh = incoming, cancelled = aborts, stop = stopping, dead = deadReason
+            while incoming.isEmpty && aborts.isEmpty && !abortEverything && scheduler.isIdle && !stopping && deadReason == nil { lock.wait() }
+            let fresh = incoming, cancelled = aborts, stop = stopping, dead = deadReason, everything = abortEverything
             incoming = []
             aborts = []
+            abortEverything = false
             lock.unlock()
 
             scheduler.waiting += fresh
@@ -243,8 +245,8 @@ public final class Engine: @unchecked Sendable {
                 stopWorkers()
                 return
             }
-            if !cancelled.isEmpty {
-                for seq in scheduler.running + scheduler.waiting where cancelled.contains(seq.id) { finish(seq, .abort) }
+            if everything || !cancelled.isEmpty {
+                for seq in scheduler.running + scheduler.waiting where everything || cancelled.contains(seq.id) { finish(seq, .abort) }
             }
             let step = scheduler.schedule()
             for seq in scheduler.unschedulable {
@@ -310,8 +312,9 @@ public final class Engine: @unchecked Sendable {
     private func run(_ chunks: [ScheduledChunk]) throws {
         var plan = StepPlan(kind: .batch)
         for c in chunks {
-            plan.chunks.append(.init(rowOffset: plan.tokens.count, count: c.count, start: c.start, appender: c.appender,
-                                     appendRow: c.appendRow, kv: c.kv))
+            var chunk = c.plan
+            chunk.rowOffset = plan.tokens.count
+            plan.chunks.append(chunk)
             plan.tokens += c.sequence.tokens[c.start..<(c.start + c.count)]
             plan.positions += (c.start..<(c.start + c.count)).map(Int32.init)
             if c.samples { plan.logitRows.append(Int32(plan.tokens.count - 1)) }

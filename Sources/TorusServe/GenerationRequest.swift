@@ -113,6 +113,8 @@ final class Sequence {
     var sharded = false
     /// Hashes of the full blocks registered so far (one-rank sequences).
     var blockHashes: [UInt64] = []
+    /// The prefix-cache lookup's hashes and the token count they cover.
+    var lookupHashes: (tokens: Int, hashes: [UInt64])?
     var sampler: Sampler
     var timings = GenerationTimings()
     var scheduledOnce = false

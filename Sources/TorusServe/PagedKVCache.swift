@@ -15,6 +15,8 @@ public final class PagedKVCache: @unchecked Sendable {
     let scratchV: Tensor
     let partOut: Tensor    // [maxRows, Hq*dh]
     let partLSE: Tensor    // [maxRows, Hq]
+    /// The key runs of the sequence being attended (kept to reuse its storage; engine thread only).
+    private var runs: [BlockAttention.KeyRun] = []
 
     /// Bytes one block takes over all layers (keys and values).
     public static func bytesPerBlock(config: LlamaConfig, blockSize: Int) -> Int {
@@ -52,7 +54,8 @@ public final class PagedKVCache: @unchecked Sendable {
     }
 
     /// Keys and values of local rows `from..<from+count`: in place when their blocks follow
-    /// each other in the pool, else copied into the scratch space.
+    /// each other in the pool, else copied into the scratch space at the same rows (so the runs
+    /// of one sequence never overwrite each other).
     private func rows(layer: Int, blocks: [Int32], from: Int, count: Int) -> (k: UnsafePointer<Float>, v: UnsafePointer<Float>) {
         let kw = shape.keyValueWidth
         let first = from / blockSize, last = (from + count - 1) / blockSize
@@ -60,16 +63,15 @@ public final class PagedKVCache: @unchecked Sendable {
         if (first...last).allSatisfy({ blocks[$0] == blocks[first] + Int32($0 - first) }) {
             return (UnsafePointer(keys[layer].pointer + base * kw), UnsafePointer(values[layer].pointer + base * kw))
         }
-        var p = from, out = 0
+        var p = from
         while p < from + count {
             let inBlock = p % blockSize, n = min(blockSize - inBlock, from + count - p)
             let src = (Int(blocks[p / blockSize]) * blockSize + inBlock) * kw
-            (scratchK.pointer + out * kw).update(from: keys[layer].pointer + src, count: n * kw)
-            (scratchV.pointer + out * kw).update(from: values[layer].pointer + src, count: n * kw)
+            (scratchK.pointer + p * kw).update(from: keys[layer].pointer + src, count: n * kw)
+            (scratchV.pointer + p * kw).update(from: values[layer].pointer + src, count: n * kw)
             p += n
-            out += n
         }
-        return (UnsafePointer(scratchK.pointer), UnsafePointer(scratchV.pointer))
+        return (UnsafePointer(scratchK.pointer + from * kw), UnsafePointer(scratchV.pointer + from * kw))
     }
 
     /// Attention of `count` query rows (rows `rowOffset...` of `q`, at positions
@@ -77,25 +79,13 @@ public final class PagedKVCache: @unchecked Sendable {
     /// position, into `out` and `lse` (a row that sees no key here gets lse = -inf, out = 0).
     func attend(layer: Int, kv: RankKV, start: Int, count: Int, q: Tensor, out: Tensor, lse: Tensor, rowOffset: Int) {
         let qw = shape.queryWidth, hq = shape.queryHeads
-        let o = out.pointer + rowOffset * qw, l = lse.pointer + rowOffset * hq
-        let visible = kv.segments.filter { $0.start <= start + count - 1 }
-        guard !visible.isEmpty else {
-            o.update(repeating: 0, count: count * qw)
-            l.update(repeating: -.infinity, count: count * hq)
-            return
-        }
-        for (i, s) in visible.enumerated() {
+        runs.removeAll(keepingCapacity: true)
+        for s in kv.segments where s.start <= start + count - 1 {
             let (k, v) = rows(layer: layer, blocks: kv.blocks, from: s.localRow, count: s.count)
-            let mask = AttentionMask(causal: true, queryOffset: start, keyOffset: s.start)
-            let q0 = UnsafePointer(q.pointer + rowOffset * qw)
-            if i == 0 {
-                BlockAttention.forward(q: q0, k: k, v: v, queryCount: count, keyCount: s.count, shape: shape, mask: mask, out: o, lse: l)
-            } else {
-                BlockAttention.forward(q: q0, k: k, v: v, queryCount: count, keyCount: s.count, shape: shape, mask: mask,
-                                       out: partOut.pointer, lse: partLSE.pointer)
-                AttentionMerge.merge(out: o, lse: l, otherOut: partOut.pointer, otherLSE: partLSE.pointer,
-                                     rows: count, heads: hq, headDim: shape.headDim)
-            }
+            runs.append(BlockAttention.KeyRun(k: k, v: v, start: s.start, count: s.count))
         }
+        BlockAttention.forward(q: q.pointer + rowOffset * qw, queryCount: count, queryStart: start, runs: runs, shape: shape,
+                               out: out.pointer + rowOffset * qw, lse: lse.pointer + rowOffset * hq,
+                               partOut: partOut.pointer, partLSE: partLSE.pointer)
     }
 }

@@ -14,16 +14,13 @@ public struct SchedulerLimits: Sendable, Equatable {
     }
 }
 
-/// The rows one sequence contributes to a batched step: tokens `start..<start+count`.
+/// The rows one sequence contributes to a batched step: its plan chunk (tokens
+/// `start..<start+count`, where their keys and values go; the engine sets the row offset).
 struct ScheduledChunk {
     let sequence: Sequence
-    let start: Int
-    let count: Int
-    /// Where the rows' keys and values go: the appender's local row, and every rank's
-    /// blocks and segments including these rows.
-    let appender: Int
-    let appendRow: Int
-    let kv: [RankKV]
+    var plan: StepPlan.Chunk
+    var start: Int { plan.start }
+    var count: Int { plan.count }
     /// The chunk ends at the sequence's last token: its logits choose the next token.
     var samples: Bool { start + count == sequence.tokens.count }
 }
@@ -102,8 +99,7 @@ final class Scheduler {
                 let owner = ownerRank(seq)
                 seq.appender = owner
                 // Prefix cache: full blocks only, never the last prompt token (its logits are needed).
-                let full = (seq.tokens.count - 1) / blockSize
-                let hashes = BlockHash.chain(tokens: seq.tokens, blockSize: blockSize, count: full, salt: seq.request.cacheSalt)
+                let hashes = promptHashes(seq)
                 let hit = pools[owner].takeCached(hashes: hashes, tokens: seq.tokens)
                 seq.kv[owner] = RankKV(blocks: hit, segments: hit.isEmpty ? [] : [KVSegment(start: 0, count: hit.count * blockSize, localRow: 0)])
                 seq.blockHashes = Array(hashes.prefix(hit.count))
@@ -167,6 +163,16 @@ final class Scheduler {
         return .prefill(seq, length: length, blocks: taken)
     }
 
+    /// Hashes of the full blocks of `seq`'s tokens but the last, kept while its tokens do not
+    /// change (a sequence that waits at the head of the queue is looked up every step).
+    private func promptHashes(_ seq: Sequence) -> [UInt64] {
+        if let cached = seq.lookupHashes, cached.tokens == seq.tokens.count { return cached.hashes }
+        let hashes = BlockHash.chain(tokens: seq.tokens, blockSize: blockSize, count: (seq.tokens.count - 1) / blockSize,
+                                     salt: seq.request.cacheSalt)
+        seq.lookupHashes = (seq.tokens.count, hashes)
+        return hashes
+    }
+
     /// The most KV rows one rank keeps for a request (the appender's share).
     func rowsOnOneRank(promptLength: Int, maxTokens: Int) -> Int {
         guard let t = prefillThreshold, promptLength >= t, promptLength > prefillGranularity,
@@ -203,7 +209,8 @@ final class Scheduler {
     private func chunk(_ seq: Sequence, count: Int) -> ScheduledChunk {
         let row = seq.kv[seq.appender].rows
         seq.kv[seq.appender].append(start: seq.computed, count: count)
-        return ScheduledChunk(sequence: seq, start: seq.computed, count: count, appender: seq.appender, appendRow: row, kv: seq.kv)
+        return ScheduledChunk(sequence: seq, plan: StepPlan.Chunk(rowOffset: 0, count: count, start: seq.computed, appender: seq.appender,
+                                                                  appendRow: row, kv: seq.kv))
     }
 
     /// Gives the appender blocks for `rows` more rows; false when its pool has too few free.

@@ -55,18 +55,10 @@ final class StepExecutor {
     /// Every rank ends with the same attention output: all partials gathered and merged in
     /// rank order.
     private func mergeAcrossRanks(out: Tensor, lse: Tensor, rows: Int) throws {
-        let qw = shape.queryWidth, hq = shape.queryHeads
-        let per = rows * (qw + hq)
-        packed.pointer.update(from: out.pointer, count: rows * qw)
-        (packed.pointer + rows * qw).update(from: lse.pointer, count: rows * hq)
-        try group.allGather(packed.pointer, count: per, into: gathered.pointer)
-        out.pointer.update(repeating: 0, count: rows * qw)
-        lse.pointer.update(repeating: -.infinity, count: rows * hq)
-        for r in 0..<group.size {
-            let base = gathered.pointer + r * per
-            AttentionMerge.merge(out: out.pointer, lse: lse.pointer, otherOut: base, otherLSE: base + rows * qw,
-                                 rows: rows, heads: hq, headDim: shape.headDim)
-        }
+        let hq = shape.queryHeads, d = shape.headDim
+        AttentionMerge.pack(out: out.pointer, lse: lse.pointer, rows: rows, heads: hq, headDim: d, into: packed.pointer)
+        try group.allGather(packed.pointer, count: AttentionMerge.packedCount(rows: rows, heads: hq, headDim: d), into: gathered.pointer)
+        AttentionMerge.mergePacked(gathered.pointer, parts: group.size, out: out.pointer, lse: lse.pointer, rows: rows, heads: hq, headDim: d)
     }
 
     private func prefill(_ plan: StepPlan) throws {

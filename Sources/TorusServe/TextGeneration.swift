@@ -60,8 +60,9 @@ final class StopState: @unchecked Sendable {
     private var detokenizer: IncrementalDetokenizer
     private let stop: [String]
     private let holdBack: Int
-    private var text = ""
-    private var sentScalars = 0
+    /// Text not sent yet. A stop string can only start here: what was sent ended with no
+    /// partial match, so the sent text is not kept (the work per token does not grow).
+    private var unsent = ""
     private var pendingTokens: [Int32] = []
     private var pendingLogprobs: [TokenLogprobs] = []
     private(set) var stoppedByString = false
@@ -88,13 +89,13 @@ final class StopState: @unchecked Sendable {
             pendingTokens.append(token)
             if let info { pendingLogprobs.append(info) }
             let piece = detokenizer.push(token)
-            text += piece
+            unsent += piece
             if !stop.isEmpty, !piece.isEmpty, cutAtStop() {
                 stoppedByString = true
                 return [flushDelta(all: true, finish: .stop)]
             }
             if let finishing {
-                text += detokenizer.flush()
+                unsent += detokenizer.flush()
                 if !stop.isEmpty, cutAtStop() {
                     stoppedByString = true
                     return [flushDelta(all: true, finish: .stop)]
@@ -108,7 +109,7 @@ final class StopState: @unchecked Sendable {
             let final: FinishReason = stoppedByString ? .stop : reason
             guard !stoppedByString && !finishSent else { return [.finished(final, timings)] }
             // An abort: whatever is held back goes out with the finish reason.
-            text += detokenizer.flush()
+            unsent += detokenizer.flush()
             return [flushDelta(all: true, finish: final), .finished(final, timings)]
         case let .failed(message):
             done = true
@@ -116,16 +117,14 @@ final class StopState: @unchecked Sendable {
         }
     }
 
-    /// Cuts `text` before the first stop string in it; true when one was found.
+    /// Cuts the unsent text before the first stop string in it; true when one was found.
     private func cutAtStop() -> Bool {
-        // Only the tail can hold a stop string that was not there before.
-        let from = text.unicodeScalars.index(text.unicodeScalars.startIndex, offsetBy: sentScalars)
         var best: String.Index?
         for s in stop {
-            if let r = text.range(of: s, range: from..<text.endIndex), best.map({ r.lowerBound < $0 }) ?? true { best = r.lowerBound }
+            if let r = unsent.range(of: s), best.map({ r.lowerBound < $0 }) ?? true { best = r.lowerBound }
         }
         guard let cut = best else { return false }
-        text = String(text[..<cut])
+        unsent = String(unsent[..<cut])
         return true
     }
 
@@ -133,7 +132,7 @@ final class StopState: @unchecked Sendable {
     /// token shows whether the stop string completes), as llama.cpp's server does.
     private func partialStopLength() -> Int {
         guard holdBack > 0 else { return 0 }
-        let tail = Array(text.unicodeScalars.suffix(holdBack))
+        let tail = Array(unsent.unicodeScalars.suffix(holdBack))
         for length in stride(from: tail.count, to: 0, by: -1) {
             let suffix = tail[(tail.count - length)...]
             if stop.contains(where: { $0.unicodeScalars.starts(with: suffix) }) { return length }
@@ -142,13 +141,11 @@ final class StopState: @unchecked Sendable {
     }
 
     private func flushDelta(all: Bool, finish: FinishReason?) -> TextEvent {
-        let scalars = text.unicodeScalars
-        let end = all ? scalars.count : max(sentScalars, scalars.count - partialStopLength())
-        let from = min(sentScalars, end)
-        let start = scalars.index(scalars.startIndex, offsetBy: from)
-        let stopAt = scalars.index(scalars.startIndex, offsetBy: end)
-        let piece = String(String.UnicodeScalarView(scalars[start..<stopAt]))
-        sentScalars = end
+        let keep = all ? 0 : partialStopLength()
+        let scalars = unsent.unicodeScalars
+        let split = scalars.index(scalars.endIndex, offsetBy: -keep)
+        let piece = String(String.UnicodeScalarView(scalars[..<split]))
+        unsent = String(String.UnicodeScalarView(scalars[split...]))
         defer { pendingTokens = []; pendingLogprobs = [] }
         return .delta(text: piece, tokens: pendingTokens, logprobs: pendingLogprobs, finish: finish)
     }

@@ -27,4 +27,27 @@ public enum AttentionMerge {
             }
         }
     }
+
+    /// Floats of one packed partial: `rows` outputs of `heads * headDim` then `rows * heads`
+    /// log-sum-exps (what ranks exchange to combine their partials).
+    public static func packedCount(rows: Int, heads: Int, headDim: Int) -> Int { rows * heads * (headDim + 1) }
+
+    /// Packs (`out`, `lse`) of `rows` rows into `packed` (`packedCount` floats).
+    public static func pack(out: UnsafePointer<Float>, lse: UnsafePointer<Float>, rows: Int, heads: Int, headDim: Int,
+                            into packed: UnsafeMutablePointer<Float>) {
+        packed.update(from: out, count: rows * heads * headDim)
+        (packed + rows * heads * headDim).update(from: lse, count: rows * heads)
+    }
+
+    /// `out` and `lse` become the merge of `parts` packed partials laid end to end, in order
+    /// (every rank that merges the same parts gets the same bits).
+    public static func mergePacked(_ packed: UnsafePointer<Float>, parts: Int, out: UnsafeMutablePointer<Float>,
+                                   lse: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int) {
+        let width = rows * heads * headDim, per = packedCount(rows: rows, heads: heads, headDim: headDim)
+        out.update(repeating: 0, count: width)
+        lse.update(repeating: -.infinity, count: rows * heads)
+        for p in 0..<parts {
+            merge(out: out, lse: lse, otherOut: packed + p * per, otherLSE: packed + p * per + width, rows: rows, heads: heads, headDim: headDim)
+        }
+    }
 }

@@ -46,6 +46,45 @@ public enum BlockAttention {
         forwardBlock(q: q, k: k, v: v, queryCount: queryCount, keyCount: keyCount, shape: shape, mask: mask, out: out, lse: lse)
     }
 
+    /// One run of keys and values at global positions `start..<start+count`.
+    public struct KeyRun {
+        public var k: UnsafePointer<Float>
+        public var v: UnsafePointer<Float>
+        public var start: Int
+        public var count: Int
+        public init(k: UnsafePointer<Float>, v: UnsafePointer<Float>, start: Int, count: Int) {
+            self.k = k
+            self.v = v
+            self.start = start
+            self.count = count
+        }
+    }
+
+    /// Causal attention of `queryCount` queries at positions `queryStart...` against several
+    /// runs of keys, merged into `out` / `lse` (`partOut` / `partLSE`: scratch for
+    /// `queryCount` rows). Runs no query can see are skipped; with none visible the rows get
+    /// `out = 0`, `lse = -inf`.
+    public static func forward(q: UnsafePointer<Float>, queryCount: Int, queryStart: Int, runs: [KeyRun], shape: AttentionShape,
+                               out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                               partOut: UnsafeMutablePointer<Float>, partLSE: UnsafeMutablePointer<Float>) {
+        var first = true
+        for r in runs where r.start <= queryStart + queryCount - 1 {
+            let mask = AttentionMask(causal: true, queryOffset: queryStart, keyOffset: r.start)
+            if first {
+                forward(q: q, k: r.k, v: r.v, queryCount: queryCount, keyCount: r.count, shape: shape, mask: mask, out: out, lse: lse)
+                first = false
+            } else {
+                forward(q: q, k: r.k, v: r.v, queryCount: queryCount, keyCount: r.count, shape: shape, mask: mask, out: partOut, lse: partLSE)
+                AttentionMerge.merge(out: out, lse: lse, otherOut: partOut, otherLSE: partLSE,
+                                     rows: queryCount, heads: shape.queryHeads, headDim: shape.headDim)
+            }
+        }
+        if first {
+            out.update(repeating: 0, count: queryCount * shape.queryWidth)
+            lse.update(repeating: -.infinity, count: queryCount * shape.queryHeads)
+        }
+    }
+
     static func forwardBlock(
         q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
         queryCount: Int, keyCount: Int, shape: AttentionShape, mask: AttentionMask,

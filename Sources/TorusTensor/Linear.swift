@@ -1,9 +1,10 @@
 /// A dense layer without bias in the PyTorch convention: `y = x W^T` with `W` of shape
 /// [out, in], applied to `rows` rows of `x`.
 public enum Linear {
-    /// Up to this many rows, `forward` runs one matrix-vector product per row (measured with
-    /// OpenBLAS 0.3.21 on the serving benchmark model: 1 row 67 -> 131 tokens/s, 8 rows 298 ->
-    /// 376; 16 and 32 rows were slower than sgemm).
+    /// Up to this many rows, `forward` runs one matrix-vector product per row. Measured with
+    /// OpenBLAS 0.3.21 on configs/serve-bench.yaml (AMD EPYC, 2 threads): `torus bench decode`
+    /// 67 -> 131 tokens/s at one row; `torus bench serve` with 8 concurrent decodes 298 -> 376
+    /// tokens/s; thresholds of 16 and 32 rows were slower than sgemm at 16 and 32 decodes.
     public static let gemvRows = 8
 
     /// `y[rows, out] = x[rows, in] W^T` (or `+=` when `accumulate`).

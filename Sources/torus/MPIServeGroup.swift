@@ -98,14 +98,16 @@ final class MPIServeGroup: ServeGroup {
 
     func exchangePlan(_ words: [Int32]) throws -> [Int32] {
         if rank == 0 {
-            var header = [Float(bitPattern: UInt32(words.count))]
-            let payload = words.map { Float(bitPattern: UInt32(bitPattern: $0)) }
+            // Nonblocking to every rank at once, so a large plan (a long prompt's tokens and
+            // block tables) travels to all ranks concurrently.
+            let header = Tensor(shape: [1], values: [Float(bitPattern: UInt32(words.count))])
+            let payload = Tensor(shape: [words.count], values: words.map { Float(bitPattern: UInt32(bitPattern: $0)) })
+            var sends: [Request] = []
             for r in 1..<size {
-                try header.withUnsafeMutableBufferPointer { try comm.send($0.baseAddress!, count: 1, to: r, tag: Self.headerTag) }
-                if !payload.isEmpty {
-                    try payload.withUnsafeBufferPointer { try comm.send($0.baseAddress!, count: $0.count, to: r, tag: Self.planTag) }
-                }
+                sends.append(try comm.isend(header, to: r, tag: Self.headerTag))
+                if !words.isEmpty { sends.append(try comm.isend(payload, to: r, tag: Self.planTag)) }
             }
+            try Request.waitAll(sends)
             return words
         }
         let header = Tensor(zeros: [1])

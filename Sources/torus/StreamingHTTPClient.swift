@@ -112,9 +112,12 @@ struct StreamingHTTPClient {
     struct Reader {
         let fd: Int32
         var buffer = Data()
+        /// Receive space, allocated once per connection.
+        var chunk = [UInt8](repeating: 0, count: 65536)
+
+        init(fd: Int32) { self.fd = fd }
 
         mutating func fill() throws -> Bool {
-            var chunk = [UInt8](repeating: 0, count: 65536)
             let n = recv(fd, &chunk, chunk.count, 0)
             if n < 0 { throw Failure(description: "recv: \(String(cString: strerror(errno)))") }
             if n == 0 { return false }
