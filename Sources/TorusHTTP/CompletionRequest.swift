@@ -24,10 +24,16 @@ struct CompletionRequest {
     var cacheSalt: String?
     /// vLLM's extension: log-probability entries name tokens as "token_id:N".
     var tokensAsIDs: Bool
+    /// Torus's extension: retrieved documents placed before every prompt, each a chunk whose
+    /// KV may be reused at any position (their token spans in each prompt).
+    var chunkSpans: [Range<Int>] = []
+    /// Torus's extension: the recompute policy of this request's chunk reuse.
+    var reusePolicy: ReusePolicy?
 
     static let known: Set<String> = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
                                      "top_k", "seed", "stop", "stop_token_ids", "ignore_eos", "n", "logprobs", "top_logprobs",
-                                     "echo", "stream", "stream_options", "cache_salt", "user", "return_tokens_as_token_ids"]
+                                     "echo", "stream", "stream_options", "cache_salt", "user", "return_tokens_as_token_ids",
+                                     "documents", "reuse_policy", "reuse_ratio"]
 
     /// Parses and checks a request body against the served model.
     static func parse(_ body: JSONValue, kind: Kind, model: ServedModel) throws -> CompletionRequest {
@@ -56,6 +62,12 @@ struct CompletionRequest {
         for (i, p) in prompts.enumerated() where p.isEmpty {
             throw APIError.badRequest("prompt \(i) is empty", param: kind == .chat ? "messages" : "prompt")
         }
+        let (documents, spans) = try parseDocuments(f, model: model)
+        if !documents.isEmpty {
+            prompts = prompts.map { documents + $0 }
+            texts = texts.map { t in t.map { model.tokenizer.decode(documents) + $0 } }
+        }
+        let reusePolicy = try parseReusePolicy(f)
         var maxTokens = try f.int("max_tokens")
         if kind == .chat, let m = try f.int("max_completion_tokens") { maxTokens = m }
         if kind == .completion && maxTokens == nil { maxTokens = 16 }
@@ -100,15 +112,57 @@ struct CompletionRequest {
             seeded: seed != nil, stop: stop, stopTokenIDs: Set(stopIDs), ignoreEOS: try f.bool("ignore_eos") ?? false,
             n: n, logprobs: logprobs, echo: kind == .completion ? (try f.bool("echo") ?? false) : false,
             stream: stream, includeUsage: includeUsage, cacheSalt: try f.string("cache_salt"),
-            tokensAsIDs: try f.bool("return_tokens_as_token_ids") ?? false)
+            tokensAsIDs: try f.bool("return_tokens_as_token_ids") ?? false, chunkSpans: spans, reusePolicy: reusePolicy)
+    }
+
+    /// `documents`: a list of non-empty strings, tokenized one by one (so a document has the
+    /// same tokens in every request) and concatenated.
+    static func parseDocuments(_ f: RequestFields, model: ServedModel) throws -> (tokens: [Int32], spans: [Range<Int>]) {
+        guard let value = f.value("documents") else { return ([], []) }
+        guard case let .array(items) = value else {
+            throw APIError.badRequest("'documents' must be a list of strings, got \(RequestFields.kind(value))", param: "documents")
+        }
+        var tokens: [Int32] = [], spans: [Range<Int>] = []
+        for (i, item) in items.enumerated() {
+            guard case let .string(text) = item else {
+                throw APIError.badRequest("'documents[\(i)]' must be a string, got \(RequestFields.kind(item))", param: "documents")
+            }
+            let ids = model.tokenizer.encode(text)
+            guard !ids.isEmpty else { throw APIError.badRequest("'documents[\(i)]' is empty", param: "documents") }
+            spans.append(tokens.count..<(tokens.count + ids.count))
+            tokens += ids
+        }
+        return (tokens, spans)
+    }
+
+    /// `reuse_policy` (full | unchanged | cacheblend | faithful | epic) and `reuse_ratio`.
+    static func parseReusePolicy(_ f: RequestFields) throws -> ReusePolicy? {
+        let name = try f.string("reuse_policy"), ratio = try f.number("reuse_ratio")
+        guard name != nil || ratio != nil else { return nil }
+        var policy = ReusePolicy()
+        if let name {
+            guard let m = ReusePolicy.Method(rawValue: name) else {
+                throw APIError.badRequest("reuse_policy must be one of \(ReusePolicy.Method.allCases.map(\.rawValue).joined(separator: ", ")), "
+                    + "got '\(name)'", param: "reuse_policy")
+            }
+            policy.method = m
+        }
+        if let ratio {
+            guard (0...1).contains(ratio) else { throw APIError.badRequest("reuse_ratio must be in [0, 1], got \(ratio)", param: "reuse_ratio") }
+            policy.ratio = ratio
+        }
+        return policy
     }
 
     /// The engine request of choice `choice` of prompt `index` (each choice its own seed).
     func generationRequest(prompt index: Int, choice: Int) -> GenerationRequest {
         var sampling = self.sampling
         sampling.seed = sampling.seed &+ UInt64(choice)
-        return GenerationRequest(prompt: prompts[index], maxTokens: maxTokens, sampling: sampling, stopTokenIDs: stopTokenIDs,
-                                 ignoreEOS: ignoreEOS, logprobs: logprobs, cacheSalt: cacheSalt)
+        var r = GenerationRequest(prompt: prompts[index], maxTokens: maxTokens, sampling: sampling, stopTokenIDs: stopTokenIDs,
+                                  ignoreEOS: ignoreEOS, logprobs: logprobs, cacheSalt: cacheSalt)
+        r.chunks = chunkSpans
+        r.reusePolicy = reusePolicy
+        return r
     }
 
     /// `prompt`: a string, a list of strings, a list of token ids, or a list of such lists.

@@ -59,15 +59,17 @@ struct CompletionResponder: Sendable {
         var reasons = Array(repeating: FinishReason.abort, count: generations.count)
         var logprobs = Array(repeating: LogprobsBuilder(tokenizer: model.tokenizer, tokensAsIDs: request.tokensAsIDs), count: generations.count)
         var outputTokens = 0
+        var timings = [GenerationTimings?](repeating: nil, count: generations.count)
         for (i, g) in generations.enumerated() {
             for await event in g.events {
                 switch event {
                 case let .delta(text, tokens, lps, _):
                     texts[i] += text
                     logprobs[i].add(tokens: tokens, logprobs: lps, textOffset: texts[i].utf8.count - text.utf8.count)
-                case let .finished(reason, timings):
+                case let .finished(reason, t):
                     reasons[i] = reason
-                    outputTokens += timings.outputTokens
+                    outputTokens += t.outputTokens
+                    timings[i] = t
                 case let .failed(message):
                     for g in generations { g.cancel() }
                     throw APIError(.internalServerError, message)
@@ -90,14 +92,27 @@ struct CompletionResponder: Sendable {
             return .object(pairs)
         }
         let body: JSONValue = .object([("id", .string(id)), ("object", .string(objectName)), ("created", .int(created)),
-                                       ("model", .string(model.name)), ("choices", .array(choices)), ("usage", usage(outputTokens))])
+                                       ("model", .string(model.name)), ("choices", .array(choices)), ("usage", usage(outputTokens, timings))])
         return HTTPServer.json(body)
     }
 
-    func usage(_ completionTokens: Int) -> JSONValue {
+    /// OpenAI's usage, with `prompt_tokens_details.cached_tokens` (prompt tokens whose KV
+    /// came from a cache and was not recomputed) and, for chunk reuse, Torus's `reuse` object.
+    func usage(_ completionTokens: Int, _ timings: [GenerationTimings?]) -> JSONValue {
         let prompt = request.prompts.map(\.count).reduce(0, +)
-        return .object([("prompt_tokens", .int(prompt)), ("completion_tokens", .int(completionTokens)),
-                        ("total_tokens", .int(prompt + completionTokens))])
+        // Every choice of one prompt shares its prefill: count the first choice of each.
+        let firsts = stride(from: 0, to: timings.count, by: max(request.n, 1)).compactMap { timings[$0] }
+        var pairs: [(String, JSONValue)] = [("prompt_tokens", .int(prompt)), ("completion_tokens", .int(completionTokens)),
+                                            ("total_tokens", .int(prompt + completionTokens)),
+                                            ("prompt_tokens_details", .object([("cached_tokens", .int(firsts.map(\.cachedTokens).reduce(0, +)))]))]
+        let reports = firsts.compactMap(\.reuse)
+        if !reports.isEmpty {
+            pairs.append(("reuse", .object([("chunks", .int(reports.map(\.chunks).reduce(0, +))),
+                                            ("chunk_hits", .int(reports.map(\.hits).reduce(0, +))),
+                                            ("reused_tokens", .int(reports.map(\.reusedTokens).reduce(0, +))),
+                                            ("recomputed_tokens", .int(reports.map(\.recomputedTokens).reduce(0, +)))])))
+        }
+        return .object(pairs)
     }
 
     // MARK: - Server-sent events
@@ -131,6 +146,7 @@ struct CompletionResponder: Sendable {
 
     private func writeEvents(_ events: AsyncStream<(Int, TextEvent)>, choices: Int, to writer: inout any ResponseBodyWriter) async throws {
         var outputTokens = 0
+        var timings = [GenerationTimings?](repeating: nil, count: choices)
         var roleSent = Array(repeating: false, count: choices)
         var finishSent = Array(repeating: false, count: choices)
         var textLength = Array(repeating: 0, count: choices)
@@ -161,8 +177,9 @@ struct CompletionResponder: Sendable {
                 roleSent[i] = true
                 if finish != nil { finishSent[i] = true }
                 try await writer.write(Self.event(chunk(i, text: text, logprobs: lp, finish: finish, role: first)))
-            case let .finished(reason, timings):
-                outputTokens += timings.outputTokens
+            case let .finished(reason, t):
+                outputTokens += t.outputTokens
+                timings[i] = t
                 if !finishSent[i] {
                     finishSent[i] = true
                     try await writer.write(Self.event(chunk(i, text: "", logprobs: nil, finish: reason, role: !roleSent[i])))
@@ -175,7 +192,7 @@ struct CompletionResponder: Sendable {
         if request.includeUsage {
             try await writer.write(Self.event(.object([("id", .string(id)), ("object", .string(objectName + (request.kind == .chat ? ".chunk" : ""))),
                                                        ("created", .int(created)), ("model", .string(model.name)),
-                                                       ("choices", .array([])), ("usage", usage(outputTokens))])))
+                                                       ("choices", .array([])), ("usage", usage(outputTokens, timings))])))
         }
         try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
         try await writer.finish(nil)

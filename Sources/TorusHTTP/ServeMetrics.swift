@@ -9,6 +9,10 @@ public final class ServeMetrics: EngineObserver, @unchecked Sendable {
     let running, waiting, kvUsage: Gauge
     let promptTokens, generationTokens, preemptions, prefixQueries, prefixHits: Counter
     let success: [FinishReason: Counter]
+    let chunkQueries, chunkHits, reusedTokens, recomputedTokens: Counter
+    let storeBytes, storeEntries: [String: Gauge]
+    let storeEvictions: [String: Counter]
+    let storeBadFiles, storeFailedWrites: Counter
     let ttft, itl, e2e, queue, promptLength, outputLength: ValueHistogram
     private let lock = NSLock()
     private var last = EngineStats()
@@ -32,6 +36,26 @@ public final class ServeMetrics: EngineObserver, @unchecked Sendable {
                                             help: "Count of successfully processed requests.")
         }
         self.success = success
+        chunkQueries = r.makeCounter(name: "torus:chunk_queries_total", labels: l, help: "Document chunks looked up in the chunk store.")
+        chunkHits = r.makeCounter(name: "torus:chunk_hits_total", labels: l, help: "Document chunks whose KV was found in the chunk store.")
+        reusedTokens = r.makeCounter(name: "torus:chunk_reused_tokens_total", labels: l,
+                                     help: "Prompt tokens whose KV came from the chunk store.")
+        recomputedTokens = r.makeCounter(name: "torus:chunk_recomputed_tokens_total", labels: l,
+                                         help: "Prompt tokens computed in chunk-reuse prefills (uncached plus selected for recompute).")
+        var bytes: [String: Gauge] = [:], entries: [String: Gauge] = [:], evictions: [String: Counter] = [:]
+        for tier in ["memory", "disk"] {
+            bytes[tier] = r.makeGauge(name: "torus:chunk_store_bytes", labels: l + [("tier", tier)], help: "Bytes held by the chunk store.")
+            entries[tier] = r.makeGauge(name: "torus:chunk_store_entries", labels: l + [("tier", tier)], help: "Chunk variants held.")
+            evictions[tier] = r.makeCounter(name: "torus:chunk_store_evictions_total", labels: l + [("tier", tier)],
+                                            help: "Chunk variants evicted to stay within the tier's budget.")
+        }
+        storeBytes = bytes
+        storeEntries = entries
+        storeEvictions = evictions
+        storeBadFiles = r.makeCounter(name: "torus:chunk_store_bad_files_total", labels: l,
+                                      help: "Chunk files found corrupt, truncated or of another model (served as misses).")
+        storeFailedWrites = r.makeCounter(name: "torus:chunk_store_failed_writes_total", labels: l,
+                                          help: "Chunk files that could not be written (kept in memory only).")
         let latency: [Double] = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560]
         ttft = r.makeValueHistogram(name: "vllm:time_to_first_token_seconds", labels: l, buckets: latency,
                                     help: "Histogram of time to first token in seconds.")
@@ -62,6 +86,21 @@ public final class ServeMetrics: EngineObserver, @unchecked Sendable {
         add(preemptions, s.preemptions, before.preemptions)
         add(prefixQueries, s.prefixQueries, before.prefixQueries)
         add(prefixHits, s.prefixHits, before.prefixHits)
+        add(chunkQueries, s.chunkQueries, before.chunkQueries)
+        add(chunkHits, s.chunkHits, before.chunkHits)
+        add(reusedTokens, s.reusedTokens, before.reusedTokens)
+        add(recomputedTokens, s.recomputedTokens, before.recomputedTokens)
+        if let store = s.chunkStore {
+            let old = before.chunkStore ?? ChunkStoreStats()
+            storeBytes["memory"]?.set(Double(store.memoryBytes))
+            storeBytes["disk"]?.set(Double(store.diskBytes))
+            storeEntries["memory"]?.set(Double(store.memoryEntries))
+            storeEntries["disk"]?.set(Double(store.diskEntries))
+            if let c = storeEvictions["memory"] { add(c, store.memoryEvictions, old.memoryEvictions) }
+            if let c = storeEvictions["disk"] { add(c, store.diskEvictions, old.diskEvictions) }
+            add(storeBadFiles, store.badFiles, old.badFiles)
+            add(storeFailedWrites, store.failedWrites, old.failedWrites)
+        }
     }
 
     public func requestDidFinish(_ reason: FinishReason, timings: GenerationTimings) {

@@ -283,16 +283,32 @@ public final class LlamaModel: @unchecked Sendable {
     func layerForward(_ w: LlamaLayerTensors, x: Tensor, rows: Int, positions: UnsafePointer<Int32>, into b: LayerBuffers? = nil,
                       attend: (_ q: Tensor, _ k: Tensor, _ v: Tensor, _ out: Tensor, _ lse: Tensor) throws -> Void) rethrows
         -> (out: Tensor, saved: LayerActivations) {
-        let d = config.hiddenSize, f = config.intermediateSize, eps = Float(config.rmsNormEps)
-        let qw = shape.queryWidth, kw = shape.keyValueWidth
         let b = b ?? LayerBuffers(rows: rows, config: config)
+        layerProjections(w, x: x, rows: rows, positions: positions, into: b)
+        try attend(b.q, b.k, b.v, b.o, b.lse)
+        layerOutput(w, x: x, rows: rows, into: b)
+        return (b.out, LayerActivations(x: x, rstd1: b.rstd1, h1: b.h1, q: b.q, k: b.k, v: b.v, o: b.o, lse: b.lse,
+                                        x2: b.x2, rstd2: b.rstd2, h2: b.h2, gate: b.gate, up: b.up, act: b.act))
+    }
+
+    /// The first half of a decoder layer: input norm, then rotated Q, K and V of `rows` rows of
+    /// `x` into `b.q`, `b.k`, `b.v`.
+    func layerProjections(_ w: LlamaLayerTensors, x: Tensor, rows: Int, positions: UnsafePointer<Int32>, into b: LayerBuffers) {
+        let d = config.hiddenSize, eps = Float(config.rmsNormEps)
+        let qw = shape.queryWidth, kw = shape.keyValueWidth
         RMSNorm.forward(x: x.pointer, weight: w.inputNorm.pointer, y: b.h1.pointer, rstd: b.rstd1.pointer, rows: rows, dim: d, eps: eps)
         Linear.forward(x: b.h1.pointer, weight: w.q.pointer, y: b.q.pointer, rows: rows, inFeatures: d, outFeatures: qw)
         Linear.forward(x: b.h1.pointer, weight: w.k.pointer, y: b.k.pointer, rows: rows, inFeatures: d, outFeatures: kw)
         Linear.forward(x: b.h1.pointer, weight: w.v.pointer, y: b.v.pointer, rows: rows, inFeatures: d, outFeatures: kw)
         rotary.apply(b.q.pointer, rows: rows, heads: shape.queryHeads, positions: positions)
         rotary.apply(b.k.pointer, rows: rows, heads: shape.keyValueHeads, positions: positions)
-        try attend(b.q, b.k, b.v, b.o, b.lse)
+    }
+
+    /// The second half of a decoder layer, after attention filled `b.o`: output projection
+    /// added to the residual `x`, post-attention norm and MLP, into `b.out` (which may be `x`).
+    func layerOutput(_ w: LlamaLayerTensors, x: Tensor, rows: Int, into b: LayerBuffers) {
+        let d = config.hiddenSize, f = config.intermediateSize, eps = Float(config.rmsNormEps)
+        let qw = shape.queryWidth
         b.x2.pointer.update(from: x.pointer, count: rows * d)
         Linear.forward(x: b.o.pointer, weight: w.o.pointer, y: b.x2.pointer, rows: rows, inFeatures: qw, outFeatures: d, accumulate: true)
         RMSNorm.forward(x: b.x2.pointer, weight: w.postNorm.pointer, y: b.h2.pointer, rstd: b.rstd2.pointer, rows: rows, dim: d, eps: eps)
@@ -302,8 +318,6 @@ public final class LlamaModel: @unchecked Sendable {
         // x may be the previous layer's `out` (serving reuses one set of buffers): it is not read past x2.
         b.out.pointer.update(from: b.x2.pointer, count: rows * d)
         Linear.forward(x: b.act.pointer, weight: w.down.pointer, y: b.out.pointer, rows: rows, inFeatures: f, outFeatures: d, accumulate: true)
-        return (b.out, LayerActivations(x: x, rstd1: b.rstd1, h1: b.h1, q: b.q, k: b.k, v: b.v, o: b.o, lse: b.lse,
-                                        x2: b.x2, rstd2: b.rstd2, h2: b.h2, gate: b.gate, up: b.up, act: b.act))
     }
 
     /// Flat offset of the first tensor of layer `l` (or of the final norm for `l == layers`).

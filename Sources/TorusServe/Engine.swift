@@ -15,6 +15,14 @@ public struct EngineStats: Sendable, Equatable {
     public var prefixHits = 0
     public var steps = 0
     public var finished = 0
+    /// Chunk reuse: chunks looked up and found, prompt tokens whose KV was reused, and
+    /// prompt tokens computed in reuse prefills (uncached plus selected).
+    public var chunkQueries = 0
+    public var chunkHits = 0
+    public var reusedTokens = 0
+    public var recomputedTokens = 0
+    /// The chunk store's counters (nil without chunk reuse).
+    public var chunkStore: ChunkStoreStats?
     public init() {}
 }
 
@@ -43,6 +51,8 @@ public final class Engine: @unchecked Sendable {
     let scheduler: Scheduler
     let executor: StepExecutor
     let group: ServeGroup
+    /// Chunk-KV reuse for prompts with chunks (nil: they get a plain prefill).
+    public let reuse: ChunkReuse?
     public weak var observer: EngineObserver?
 
     private let lock = NSCondition()
@@ -59,9 +69,10 @@ public final class Engine: @unchecked Sendable {
     /// Sizes the KV pool from `config.kvCacheBytes` and starts the engine thread. With a
     /// `group` of several ranks this is rank 0's engine: every step's plan goes to the other
     /// ranks (which run `Engine.serveWorker`), and prompts of at least `prefillThreshold`
-    /// tokens are prefilled across them.
+    /// tokens are prefilled across them. With `reuse`, prompts whose request names chunks
+    /// reuse their stored KV (on one rank; across ranks they get a plain prefill for now).
     public init(model: LlamaModel, config: EngineConfig, eosTokenID: Int32? = nil, group: ServeGroup = SingleRankGroup(),
-                prefillThreshold: Int? = nil) throws {
+                prefillThreshold: Int? = nil, reuse: ChunkReuse? = nil) throws {
         guard group.rank == 0 else { throw EngineConfigError("the engine runs on rank 0; other ranks run Engine.serveWorker") }
         let (maxLength, blocks) = try Self.check(model: model, config: config, ranks: group.size)
         self.model = model
@@ -73,6 +84,8 @@ public final class Engine: @unchecked Sendable {
         scheduler = Scheduler(limits: config.limits, pools: pools, prefillThreshold: prefillThreshold,
                               prefillGranularity: group.prefillGranularity, prefillPositions: { try group.prefillPositions(length: $0) })
         executor = Self.makeExecutor(model: model, config: config, blocks: blocks, maxLength: maxLength, group: group)
+        self.reuse = reuse
+        scheduler.blendEnabled = reuse != nil && group.size == 1
         let thread = Thread { [unowned self] in self.loop() }
         thread.name = "torus-engine"
         thread.stackSize = 8 << 20
@@ -275,6 +288,8 @@ public final class Engine: @unchecked Sendable {
                     lock.lock()
                     stats.promptTokens += length
                     lock.unlock()
+                case let .blend(seq):
+                    try blend(seq)
                 }
             } catch {
                 fail("a model step failed: \(error)")
@@ -304,6 +319,7 @@ public final class Engine: @unchecked Sendable {
         stats.preemptions = scheduler.preemptions
         stats.prefixQueries = scheduler.prefixQueries
         stats.prefixHits = scheduler.prefixHits
+        stats.chunkStore = reuse?.store.stats
         let snapshot = stats
         lock.unlock()
         observer?.engineDidStep(snapshot)
@@ -330,32 +346,70 @@ public final class Engine: @unchecked Sendable {
             let seq = c.sequence
             prompt += max(0, min(c.start + c.count, seq.promptCount) - c.start)
             guard c.samples else { continue }
-            let row = logits.pointer + logitIndex * vocab
+            sampleNext(seq, logits: logits.pointer + logitIndex * vocab, now: now)
             logitIndex += 1
-            let token = seq.sampler.next(logits: row, vocab: vocab)
-            let info = seq.request.logprobs.map { Logprobs.of(token: token, logits: row, vocab: vocab, top: $0) }
-            seq.tokens.append(token)
             generated += 1
-            if seq.timings.firstToken == nil {
-                seq.timings.firstToken = now.timeIntervalSince(seq.arrival)
-            } else if let last = seq.lastTokenTime {
-                observer?.interTokenLatency(now.timeIntervalSince(last))
-            }
-            seq.lastTokenTime = now
-            var reason: FinishReason?
-            if seq.request.stopTokenIDs.contains(token) || (!seq.request.ignoreEOS && token == eosTokenID) {
-                reason = .stop
-            } else if seq.outputCount >= seq.maxTokens || seq.tokens.count >= maxModelLength {
-                reason = .length
-            }
-            seq.emit(.token(token, info, finishing: reason))
-            if let reason { finish(seq, reason) }
         }
         lock.lock()
         stats.steps += 1
         stats.promptTokens += prompt
         stats.generationTokens += generated
         lock.unlock()
+    }
+
+    /// Picks `seq`'s next token from its logits row and reports it.
+    private func sampleNext(_ seq: Sequence, logits row: UnsafePointer<Float>, now: Date) {
+        let vocab = model.config.vocabSize
+        let token = seq.sampler.next(logits: row, vocab: vocab)
+        let info = seq.request.logprobs.map { Logprobs.of(token: token, logits: row, vocab: vocab, top: $0) }
+        seq.tokens.append(token)
+        if seq.timings.firstToken == nil {
+            seq.timings.firstToken = now.timeIntervalSince(seq.arrival)
+        } else if let last = seq.lastTokenTime {
+            observer?.interTokenLatency(now.timeIntervalSince(last))
+        }
+        seq.lastTokenTime = now
+        var reason: FinishReason?
+        if seq.request.stopTokenIDs.contains(token) || (!seq.request.ignoreEOS && token == eosTokenID) {
+            reason = .stop
+        } else if seq.outputCount >= seq.maxTokens || seq.tokens.count >= maxModelLength {
+            reason = .length
+        }
+        seq.emit(.token(token, info, finishing: reason))
+        if let reason { finish(seq, reason) }
+    }
+
+    /// A chunk-reuse prefill of a whole prompt on rank 0: stored chunk KV laid at its
+    /// positions, the rest computed, the blended KV written to the sequence's blocks; then
+    /// the first token.
+    private func blend(_ seq: Sequence) throws {
+        guard let reuse else { throw EngineConfigError("a chunk-reuse step without a chunk store") }
+        let n = seq.tokens.count, t0 = Date()
+        let kv = PromptKV(config: model.config, rows: n)
+        let (logits, report) = try reuse.prefill(model: model, tokens: seq.tokens, spans: seq.request.chunks,
+                                                 salt: seq.request.cacheSalt, policy: seq.request.reusePolicy, kv: kv)
+        let blocks = seq.kv[0].blocks
+        for l in 0..<model.config.numHiddenLayers {
+            executor.cache.store(layer: l, blocks: blocks, localRow: 0, count: n, k: kv.keys[l], v: kv.values[l], rowOffset: 0)
+        }
+        seq.computed = n
+        seq.timings.reuse = report
+        seq.timings.cachedTokens = max(0, n - report.recomputedTokens)
+        if Self.logSteps {
+            FileHandle.standardError.write(Data(String(format: "blend: %d tokens, %d/%d chunks hit, %d reused, %d computed, %.1f ms\n", n,
+                                                       report.hits, report.chunks, report.reusedTokens, report.recomputedTokens,
+                                                       -t0.timeIntervalSinceNow * 1000).utf8))
+        }
+        lock.lock()
+        stats.steps += 1
+        stats.promptTokens += min(n, seq.promptCount)
+        stats.generationTokens += 1
+        stats.chunkQueries += report.chunks
+        stats.chunkHits += report.hits
+        stats.reusedTokens += report.reusedTokens
+        stats.recomputedTokens += report.recomputedTokens
+        lock.unlock()
+        logits.withUnsafeBufferPointer { sampleNext(seq, logits: $0.baseAddress!, now: Date()) }
     }
 
     private func finish(_ seq: Sequence, _ reason: FinishReason) {

@@ -14,6 +14,11 @@ public struct GenerationRequest: Sendable {
     public var logprobs: Int?
     /// Only requests with the same salt share cached KV blocks.
     public var cacheSalt: String?
+    /// Spans of `prompt` holding retrieved chunks whose KV may be reused at any position
+    /// (ascending, disjoint); empty: none.
+    public var chunks: [Range<Int>] = []
+    /// The recompute policy of this request's chunk reuse (nil: the server's).
+    public var reusePolicy: ReusePolicy?
 
     public init(prompt: [Int32], maxTokens: Int? = nil, sampling: SamplingOptions = .init(), stopTokenIDs: Set<Int32> = [],
                 ignoreEOS: Bool = false, logprobs: Int? = nil, cacheSalt: String? = nil) {
@@ -62,6 +67,8 @@ public struct GenerationTimings: Sendable {
     public var outputTokens = 0
     public var cachedTokens = 0
     public var preemptions = 0
+    /// Chunk reuse: the last prefill's report (nil when the prompt had no reusable chunks).
+    public var reuse: ReuseReport?
 }
 
 /// Refusals at submission.
@@ -111,6 +118,9 @@ final class Sequence {
     var appender = 0
     /// Whether the prompt was prefilled across the ranks (no prefix caching then).
     var sharded = false
+    /// Whether the prompt's KV came from a chunk-reuse prefill (approximate: never offered to
+    /// prefix caching).
+    var blended = false
     /// Hashes of the full blocks registered so far (one-rank sequences).
     var blockHashes: [UInt64] = []
     /// The prefix-cache lookup's hashes and the token count they cover.

@@ -31,6 +31,9 @@ enum ScheduledStep {
     case batch([ScheduledChunk])
     /// The first `length` prompt tokens of a sequence, split across the ranks.
     case prefill(Sequence, length: Int, blocks: [[Int32]])
+    /// A prompt with retrieved chunks, prefilled reusing their stored KV (blocks for all its
+    /// tokens are allocated on rank 0).
+    case blend(Sequence)
 }
 
 /// vLLM v1's scheduling, FCFS: each step has a token budget; running sequences go first (one
@@ -50,6 +53,8 @@ final class Scheduler {
     /// Positions held by each rank when `length` positions are prefilled across the ranks.
     let prefillPositions: (Int) throws -> [[Int]]
     let prefillGranularity: Int
+    /// Prompts with chunks get a chunk-reuse prefill (one rank only, for now).
+    var blendEnabled = false
     var running: [Sequence] = []
     var waiting: [Sequence] = []
     /// Counters for metrics.
@@ -74,6 +79,7 @@ final class Scheduler {
 
     func schedule() -> ScheduledStep {
         if let step = admitAcrossRanks() { return step }
+        if let step = admitBlend() { return step }
         var budget = limits.maxBatchedTokens
         var chunks: [ScheduledChunk] = []
         var preempted = false
@@ -95,7 +101,7 @@ final class Scheduler {
             i += 1
         }
         if !preempted {
-            while let seq = waiting.first, budget > 0, running.count < limits.maxRunning, !isLong(seq) {
+            while let seq = waiting.first, budget > 0, running.count < limits.maxRunning, !isLong(seq), !wantsBlend(seq) {
                 let owner = ownerRank(seq)
                 seq.appender = owner
                 // Prefix cache: full blocks only, never the last prompt token (its logits are needed).
@@ -161,6 +167,30 @@ final class Scheduler {
         prefixQueries += seq.tokens.count
         admit(seq)
         return .prefill(seq, length: length, blocks: taken)
+    }
+
+    private func wantsBlend(_ seq: Sequence) -> Bool {
+        blendEnabled && ranks == 1 && !seq.request.chunks.isEmpty && seq.computed == 0 && !seq.holdsBlocks
+    }
+
+    /// A prompt with chunks at the head of the queue: a step of its own that prefills all of
+    /// it (its last row's logits included) reusing the chunks' stored KV.
+    private func admitBlend() -> ScheduledStep? {
+        guard let seq = waiting.first, wantsBlend(seq), running.count < limits.maxRunning else { return nil }
+        seq.appender = 0
+        guard grow(seq, rows: seq.tokens.count) else {
+            release(seq)
+            if running.isEmpty {
+                waiting.removeFirst()
+                unschedulable.append(seq)
+            }
+            return nil
+        }
+        seq.kv[0].append(start: 0, count: seq.tokens.count)
+        seq.blended = true
+        prefixQueries += seq.tokens.count
+        admit(seq)
+        return .blend(seq)
     }
 
     /// Hashes of the full blocks of `seq`'s tokens but the last, kept while its tokens do not
@@ -238,13 +268,14 @@ final class Scheduler {
         seq.blockHashes = []
         seq.computed = 0
         seq.sharded = false
+        seq.blended = false
     }
 
     /// After a step computed `chunk`: registers a one-rank sequence's newly full blocks for reuse.
     func didCompute(_ chunk: ScheduledChunk) {
         let seq = chunk.sequence
         seq.computed = chunk.start + chunk.count
-        guard !seq.sharded else { return }
+        guard !seq.sharded && !seq.blended else { return }
         let pool = pools[seq.appender], blocks = seq.kv[seq.appender].blocks
         let full = seq.computed / blockSize
         while seq.blockHashes.count < full {

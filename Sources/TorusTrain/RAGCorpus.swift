@@ -77,7 +77,12 @@ public struct RAGCorpus: Sendable {
     }
 
     public let seed: UInt64
-    public init(seed: UInt64) { self.seed = seed }
+    /// Documents per prompt (the answering ones plus distractors).
+    public let documents: ClosedRange<Int>
+    public init(seed: UInt64, documents: ClosedRange<Int> = 6...10) {
+        self.seed = seed
+        self.documents = documents
+    }
 
     /// Random syllable names, as the QA corpus makes them.
     static func name(_ g: inout SeededGenerator) -> String { SyntheticCorpus.name(&g) }
@@ -169,7 +174,7 @@ public struct RAGCorpus: Sendable {
         }
         // Units of documents: a person's document, followed by their sister's when that is needed
         // or comes along with a distractor.
-        let total = 6 + Int(g.next() % 5)
+        let total = documents.lowerBound + Int(g.next() % UInt64(documents.count))
         var candidates = Array(people.indices.filter { !needed.contains($0) })
         Self.shuffle(&candidates, &g)
         func unit(_ i: Int) -> [String] {
@@ -184,7 +189,7 @@ public struct RAGCorpus: Sendable {
         var count = units.reduce(0) { $0 + $1.count }
         while count < total, let next = candidates.popLast() {
             let u = unit(next)
-            if count + u.count > 10 { continue }
+            if count + u.count > max(documents.upperBound, total) { continue }
             units.append(u)
             count += u.count
         }
@@ -219,6 +224,33 @@ public struct RAGCorpus: Sendable {
     public func example(_ index: Int, split: String) -> RAGExample {
         let w = index / Self.questionsPerWorld
         return example(index % Self.questionsPerWorld, split: split, world: w, people: world(w, split: split, count: Self.peoplePerWorld))
+    }
+
+    /// Training windows of exactly `window` bytes, one example each: its documents, its question
+    /// and answer, then as many other questions about the same documents as fit, then newline
+    /// padding. A window never cuts a prompt from its documents (a plain stream cut into windows
+    /// would leave many questions without them). Examples whose documents and question do not
+    /// fit are skipped.
+    public func trainingWindows(count: Int, split: String, window: Int) -> String {
+        var out = ""
+        var w = -1
+        var people: [Person] = []
+        for i in 0..<count {
+            if i / Self.questionsPerWorld != w {
+                w = i / Self.questionsPerWorld
+                people = world(w, split: split, count: Self.peoplePerWorld)
+            }
+            let e = example(i % Self.questionsPerWorld, split: split, world: w, people: people)
+            var unit = e.prompt + " " + e.answer + "\n"
+            guard unit.utf8.count <= window else { continue }
+            for q in e.extra {
+                let line = q.question + " " + q.answer + "\n"
+                if unit.utf8.count + line.utf8.count > window { break }
+                unit += line
+            }
+            out += unit + String(repeating: "\n", count: window - unit.utf8.count)
+        }
+        return out
     }
 
     /// Training text: `count` examples with their answers, separated by blank lines; each

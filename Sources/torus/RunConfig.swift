@@ -42,7 +42,9 @@ struct DataSection {
     var train = "synth"
     var heldout: String? = "synth"
     var synthExamples = 20000
-    static let keys = ["train", "heldout", "synth_examples"]  // heldout: file, synth or none
+    /// synth_rag: documents per prompt.
+    var ragDocuments = 6...10
+    static let keys = ["train", "heldout", "synth_examples", "rag_documents"]  // heldout: file, synth or none
 }
 
 /// The contents of a `configs/*.yaml` file.
@@ -127,6 +129,12 @@ struct RunConfig {
                 else { config.data.heldout = try r.string(d, "heldout", section: "data") }
             }
             if d["synth_examples"] != nil { config.data.synthExamples = try r.int(d, "synth_examples", section: "data", min: 1) }
+            if d["rag_documents"] != nil {
+                guard let pair = d["rag_documents"] as? [Int], pair.count == 2, pair[0] >= 1, pair[0] <= pair[1] else {
+                    throw ConfigError(file: path, message: "'data.rag_documents' must be [min, max] with 1 <= min <= max, e.g. [6, 10]")
+                }
+                config.data.ragDocuments = pair[0]...pair[1]
+            }
         }
         if let sp = map["sequence_parallel"] {
             guard let sp = sp as? [String: Any] else { throw ConfigError(file: path, message: "'sequence_parallel' must be a mapping") }

@@ -27,6 +27,10 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Under mpirun: prefill long prompts across the ranks with ring or tokenring.") var sequenceParallel: String?
     @Option(help: "Layout of a prompt over the ranks: zigzag or contiguous.") var spLayout: String?
     @Option(help: "Prompts of at least this many tokens are prefilled across the ranks.") var spThreshold: Int?
+    @Option(help: "Reuse the KV of request documents: full, unchanged, cacheblend, faithful or epic (serve.chunk_reuse.policy).")
+    var chunkReuse: String?
+    @Option(help: "Share of cached tokens recomputed (serve.chunk_reuse.ratio).") var reuseRatio: Double?
+    @Option(help: "Directory of the chunk store's disk tier (serve.chunk_reuse.directory).") var chunkStore: String?
 
     func run() throws {
         var s = try config.map { try ServeSection.load(path: $0) } ?? ServeSection()
@@ -45,6 +49,22 @@ struct ServeCommand: ParsableCommand {
         if let sequenceParallel { s.spMethod = sequenceParallel }
         if let spLayout { s.spLayout = spLayout }
         if let spThreshold { s.spThreshold = spThreshold }
+        if let chunkReuse {
+            guard let method = ReusePolicy.Method(rawValue: chunkReuse) else {
+                throw ValidationError("--chunk-reuse \(chunkReuse): known policies are \(ReusePolicy.Method.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            s.reuse = s.reuse ?? ReusePolicy()
+            s.reuse?.method = method
+        }
+        if let reuseRatio {
+            guard (0...1).contains(reuseRatio) else { throw ValidationError("--reuse-ratio \(reuseRatio): expected 0...1") }
+            s.reuse = s.reuse ?? ReusePolicy()
+            s.reuse?.ratio = reuseRatio
+        }
+        if let chunkStore {
+            s.reuse = s.reuse ?? ReusePolicy()
+            s.reuseDirectory = chunkStore
+        }
         guard let dir = s.model else { throw ValidationError("give the model directory: --model DIR or serve.model in --config") }
         let env = ProcessInfo.processInfo.environment
         let key = apiKey ?? s.apiKeyEnv.flatMap { env[$0] } ?? env["TORUS_API_KEY"]
@@ -87,8 +107,14 @@ struct ServeCommand: ParsableCommand {
         }
         let engine: Engine
         do {
+            let reuse = try s.reuse.map { policy -> ChunkReuse in
+                let store = try ChunkStore(fingerprint: ChunkReuse.fingerprint(loaded), memoryBudget: s.reuseMemoryMB << 20,
+                                           directory: s.reuseDirectory, diskBudget: s.reuseDiskMB << 20) { warn("serve: \($0)") }
+                if group.size > 1 { warn("serve: chunk reuse runs on one rank for now; with \(group.size) ranks documents get a plain prefill") }
+                return ChunkReuse(store: store, policy: policy, tokenizer: Self.tokenizerIdentity(directory: dir))
+            }
             engine = try Engine(model: loaded, config: s.engineConfig, eosTokenID: tokenizer.eosTokenID, group: group,
-                                prefillThreshold: s.spThreshold)
+                                prefillThreshold: s.spThreshold, reuse: reuse)
         } catch {
             // The other ranks wait for plans: end the job rather than leave them waiting.
             if let mpi = group as? MPIServeGroup { warn("torus serve: rank 0: \(error)"); mpi.comm.abort(code: 1) }
@@ -115,6 +141,7 @@ struct ServeCommand: ParsableCommand {
         let summary = "model \(name) from \(dir), \(engine.blockCount) KV blocks of \(s.blockSize) (\(kvMiB) MiB)\(group.size > 1 ? " per rank" : ""), "
             + "max_model_len \(engine.maxModelLength), chat template \(template?.rawValue ?? "none")"
             + (key == nil ? "" : ", API key required") + ranks
+            + (s.reuse.map { ", chunk reuse \($0.method.rawValue) r=\($0.ratio)" + (s.reuseDirectory.map { " (store \($0))" } ?? "") } ?? "")
         let host = s.host
         let outcome = ServeOutcome()
         let done = DispatchSemaphore(value: 0)
@@ -133,6 +160,14 @@ struct ServeCommand: ParsableCommand {
         engine.shutdown()
         if let error = outcome.error { throw ValidationErrorMessage("serve: \(error)") }
         warn("serve: stopped")
+    }
+}
+
+extension ServeCommand {
+    /// What identifies the tokenizer in chunk keys: the SHA-256 of tokenizer.json, or "byte".
+    static func tokenizerIdentity(directory: String) -> String {
+        guard let data = FileManager.default.contents(atPath: directory + "/tokenizer.json") else { return "byte" }
+        return "tokenizer.json:" + SHA256.hash(data).hex
     }
 }
 

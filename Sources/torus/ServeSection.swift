@@ -24,6 +24,14 @@ import Yams
 ///         method: ring                # ring | tokenring
 ///         layout: zigzag              # zigzag | contiguous
 ///         threshold: 4096             # prompts of at least this many tokens
+///       chunk_reuse:                  # reuse the KV of documents sent in `documents`
+///         policy: cacheblend          # full | unchanged | cacheblend | faithful | epic
+///         ratio: 0.15                 # share of cached tokens recomputed (cacheblend, faithful)
+///         check_layer: 1
+///         first_tokens: 16            # epic: tokens recomputed at the start of every chunk
+///         memory_mb: 512              # memory tier
+///         directory: runs/chunks      # disk tier (optional)
+///         disk_mb: 4096
 struct ServeSection {
     var model: String?
     var servedModelName: String?
@@ -42,10 +50,15 @@ struct ServeSection {
     var spMethod = "ring"
     var spLayout = "zigzag"
     var spThreshold = 4096
+    /// Chunk reuse (nil: off).
+    var reuse: ReusePolicy?
+    var reuseMemoryMB = 512
+    var reuseDirectory: String?
+    var reuseDiskMB = 4096
 
     static let keys = ["model", "served_model_name", "host", "port", "api_key_env", "block_size", "kv_cache_memory_mb",
                        "max_model_len", "max_num_batched_tokens", "max_num_seqs", "max_waiting", "chat_template",
-                       "max_body_mb", "shutdown_grace_s", "sequence_parallel"]
+                       "max_body_mb", "shutdown_grace_s", "sequence_parallel", "chunk_reuse"]
 
     /// The `serve:` section of `path` (defaults when the file has none).
     static func load(path: String) throws -> ServeSection {
@@ -86,6 +99,31 @@ struct ServeSection {
             guard ["zigzag", "contiguous"].contains(s.spLayout) else {
                 throw ConfigError(file: path, message: "'serve.sequence_parallel.layout' is '\(s.spLayout)'; known: zigzag, contiguous")
             }
+        }
+        if let cr = m["chunk_reuse"] {
+            let sec = "serve.chunk_reuse"
+            guard let cr = cr as? [String: Any] else { throw ConfigError(file: path, message: "'\(sec)' must be a mapping") }
+            try RunConfig.checkKeys(cr, known: ["policy", "ratio", "check_layer", "first_tokens", "memory_mb", "directory", "disk_mb"],
+                                    section: sec, file: path)
+            var p = ReusePolicy()
+            if cr["policy"] != nil {
+                let name = try r.string(cr, "policy", section: sec)
+                guard let method = ReusePolicy.Method(rawValue: name) else {
+                    throw ConfigError(file: path, message: "'\(sec).policy' is '\(name)'; known: "
+                        + ReusePolicy.Method.allCases.map(\.rawValue).joined(separator: ", "))
+                }
+                p.method = method
+            }
+            if cr["ratio"] != nil {
+                p.ratio = try r.double(cr, "ratio", section: sec)
+                guard (0...1).contains(p.ratio) else { throw ConfigError(file: path, message: "'\(sec).ratio' is \(p.ratio); expected 0...1") }
+            }
+            if cr["check_layer"] != nil { p.checkLayer = try r.int(cr, "check_layer", section: sec, min: 0) }
+            if cr["first_tokens"] != nil { p.firstTokens = try r.int(cr, "first_tokens", section: sec, min: 0) }
+            if cr["memory_mb"] != nil { s.reuseMemoryMB = try r.int(cr, "memory_mb", section: sec, min: 0) }
+            if cr["directory"] != nil { s.reuseDirectory = try r.string(cr, "directory", section: sec) }
+            if cr["disk_mb"] != nil { s.reuseDiskMB = try r.int(cr, "disk_mb", section: sec, min: 0) }
+            s.reuse = p
         }
         if let t = s.chatTemplate, ChatTemplate(rawValue: t) == nil {
             throw ConfigError(file: path, message: "'serve.chat_template' is '\(t)'; known: \(ChatTemplate.allCases.map(\.rawValue).joined(separator: ", "))")

@@ -103,7 +103,7 @@ struct TrainCommand: ParsableCommand {
                 let loss = try model.windowedLoss(tokens: held, seqLen: t.seqLen, batch: 4).meanLoss
                 print(String(format: "heldout: loss %.4f, perplexity %.3f over %d tokens", loss, exp(loss), held.count))
                 if heldout == "synth_rag" {
-                    let corpus = RAGCorpus(seed: cfg.seed)
+                    let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments)
                     let limit = model.config.maxPositionEmbeddings - 16
                     let examples = (0..<60).map { corpus.example($0, split: "heldout") }.filter { $0.prompt.utf8.count <= limit }
                     for kind in ["single", "friend", "previous"] {
@@ -154,8 +154,11 @@ struct TrainCommand: ParsableCommand {
         }
         if source == "synth_rag" {
             let count = split == "train" ? cfg.data.synthExamples : 40
-            // Training prompts ask several questions about their documents (denser supervision).
-            return ByteTokenizer().encode(RAGCorpus(seed: cfg.seed).text(count: count, split: split, questionsPerPrompt: split == "train" ? 6 : 1))
+            let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments)
+            // Training windows hold one example each, whole, with as many questions about its
+            // documents as fit (denser supervision).
+            if split == "train" { return ByteTokenizer().encode(corpus.trainingWindows(count: count, split: split, window: cfg.train.seqLen)) }
+            return ByteTokenizer().encode(corpus.text(count: count, split: split))
         }
         return try readTokens(path: source, vocab: vocab)
     }

@@ -1,0 +1,210 @@
+import Foundation
+import TorusTensor
+
+/// Keys and values of every layer for one prompt, laid out densely: row p holds position p
+/// (keys rotated at p). Chunk fusion starts from the cached rows placed here and overwrites
+/// the rows it recomputes; the result is the prompt's decode cache.
+public final class PromptKV: @unchecked Sendable {
+    public let rows: Int
+    public let width: Int
+    /// Per layer [rows, Hkv*dh].
+    public let keys: [Tensor]
+    public let values: [Tensor]
+
+    public init(config: LlamaConfig, rows: Int) {
+        self.rows = rows
+        width = config.attentionShape.keyValueWidth
+        keys = (0..<config.numHiddenLayers).map { _ in Tensor(zeros: [max(rows, 1), config.attentionShape.keyValueWidth]) }
+        values = (0..<config.numHiddenLayers).map { _ in Tensor(zeros: [max(rows, 1), config.attentionShape.keyValueWidth]) }
+    }
+}
+
+/// Which prompt rows a chunk-reuse prefill recomputes at each layer. Rows without a cache (and
+/// the last prompt row, whose logits are wanted) are always computed; cached rows keep their
+/// stored keys and values unless chosen here.
+public struct RecomputePolicy: Sendable, Equatable {
+    /// How a recomputed row's attention is masked.
+    public enum Mask: String, Sendable {
+        /// Each row at position p sees the keys at positions <= p.
+        case exact
+        /// The selected rows are aligned to the end of the keys, as flash attention aligns a
+        /// short query block (what CacheBlend's public code does): row i of s sees the keys up
+        /// to n - s + i. Kept only to measure what the exact mask gains.
+        case bottomRight = "bottom_right"
+    }
+
+    /// A layer where fresh values are compared with the cached ones (CacheBlend), keeping
+    /// `ratio` of the cached rows, those that deviate most, for the later layers.
+    public struct Check: Sendable, Equatable {
+        public var layer: Int
+        public var ratio: Double
+        public init(layer: Int, ratio: Double) {
+            self.layer = layer
+            self.ratio = ratio
+        }
+    }
+
+    /// Recompute everything (full prefill).
+    public var everyRow = false
+    /// Cached rows recomputed at every layer (EPIC's first tokens of each chunk, Cache-Craft's
+    /// static choice, a test's set).
+    public var forcedRows: [Int] = []
+    /// Check layers in increasing order (every row is computed up to the first; each keeps a
+    /// share of the cached rows). Empty: the choice is static.
+    public var checks: [Check] = []
+    public var mask: Mask = .exact
+
+    public init(everyRow: Bool = false, forcedRows: [Int] = [], checks: [Check] = [], mask: Mask = .exact) {
+        self.everyRow = everyRow
+        self.forcedRows = forcedRows
+        self.checks = checks
+        self.mask = mask
+    }
+
+    /// Full prefill.
+    public static let full = RecomputePolicy(everyRow: true)
+    /// Cached rows reused unchanged; only uncached rows computed.
+    public static let unchanged = RecomputePolicy()
+    /// CacheBlend: every row through `checkLayer`, then the top `ratio` of cached rows by
+    /// value deviation there.
+    public static func cacheBlend(ratio: Double, checkLayer: Int = 1, mask: Mask = .exact) -> RecomputePolicy {
+        RecomputePolicy(checks: [Check(layer: checkLayer, ratio: ratio)], mask: mask)
+    }
+}
+
+/// What a chunk-reuse prefill computed.
+public struct FusionResult: Sendable {
+    /// Logits of the last prompt row.
+    public var logits: [Float]
+    /// Per layer: rows whose Q, K, V were computed.
+    public var projectedRows: [Int]
+    /// Per layer: rows whose attention and MLP were computed.
+    public var computedRows: [Int]
+    /// Cached rows recomputed after the last check (or by the static choice), ascending.
+    public var recomputedCachedRows: [Int]
+    /// Floating-point operations spent (matrix products and attention, check layers included).
+    public var flops: Double
+}
+
+extension LlamaModel {
+    /// Relocates `rows` rows of keys (rotated at their positions) by `delta` positions: exact
+    /// for rotary embeddings, R(p + delta) = R(delta) R(p).
+    public func relocateKeys(_ keys: UnsafeMutablePointer<Float>, rows: Int, by delta: Int) {
+        guard delta != 0, rows > 0 else { return }
+        rotary.shift(keys, rows: rows, heads: shape.keyValueHeads, by: delta)
+    }
+
+    /// Prefill of `tokens` (positions 0..<n) reusing the cached keys and values that `kv` holds
+    /// for rows where `cached` is true: every uncached row is computed, cached rows only as
+    /// `policy` chooses (CacheBlend's check layers, a static set, or all). `kv` ends holding the
+    /// blended keys and values of every layer. Uses the same layer halves as every other
+    /// forward pass and `BlockAttention` for each computed row against all keys, masked per row.
+    public func fuse(tokens: [Int32], cached: [Bool], kv: PromptKV, policy: RecomputePolicy) throws -> FusionResult {
+        try requireWhole(for: "chunk fusion")
+        let n = tokens.count, d = config.hiddenSize
+        guard n > 0, cached.count == n, kv.rows >= n else {
+            throw ModelInputError.shapeMismatch("fusion of \(n) tokens with \(cached.count) cache flags and \(kv.rows) KV rows")
+        }
+        try checkTokens(tokens)
+        guard n <= rotary.capacity else { throw ModelInputError.sequenceTooLong(length: n, limit: rotary.capacity) }
+        let layers = config.numHiddenLayers
+        for c in policy.checks where c.layer < 0 || c.layer >= layers || !(0...1).contains(c.ratio) {
+            throw ModelInputError.shapeMismatch("check layer \(c.layer) with ratio \(c.ratio) (layers 0..<\(layers), ratio 0...1)")
+        }
+        for r in policy.forcedRows where r < 0 || r >= n {
+            throw ModelInputError.shapeMismatch("forced row \(r) outside the prompt's \(n) rows")
+        }
+        // Rows computed at every layer: uncached, forced, and the last (its logits).
+        var always = [Bool](repeating: false, count: n)
+        for j in 0..<n where !cached[j] { always[j] = true }
+        for j in policy.forcedRows { always[j] = true }
+        always[n - 1] = true
+        let cachedCount = cached.lazy.filter { $0 }.count
+        var rows: [Int] = policy.everyRow || !policy.checks.isEmpty ? Array(0..<n) : (0..<n).filter { always[$0] }
+
+        let shape = self.shape, qw = shape.queryWidth, kw = shape.keyValueWidth, hq = shape.queryHeads
+        let buffers = LayerBuffers(rows: n, config: config)
+        let hidden = Tensor(zeros: [n, d])
+        let partOut = Tensor(zeros: [n, qw]), partLSE = Tensor(zeros: [n, hq])
+        var x = embed(rows.map { tokens[$0] }, into: hidden.view(offset: 0, shape: [rows.count, d]))
+        var positions = rows.map { Int32($0) }
+        var projected: [Int] = [], computed: [Int] = []
+        var flops = 0.0
+        let f = Double(config.intermediateSize), dd = Double(d)
+
+        for (l, w) in weights.layers.enumerated() {
+            var m = rows.count
+            var b = buffers.prefix(m)
+            positions.withUnsafeBufferPointer { layerProjections(w, x: x, rows: m, positions: $0.baseAddress!, into: b) }
+            projected.append(m)
+            flops += 2 * dd * Double(qw + 2 * kw) * Double(m)
+            var keep: [Int]? = nil
+            if let check = policy.checks.first(where: { $0.layer == l }), !policy.everyRow {
+                // Deviation of each cached row's fresh values from its cached ones.
+                var scored: [(dev: Float, index: Int)] = []
+                for (i, j) in rows.enumerated() where cached[j] && !always[j] {
+                    let fresh = b.v.pointer + i * kw, old = kv.values[l].pointer + j * kw
+                    var s: Float = 0
+                    for c in 0..<kw { let e = fresh[c] - old[c]; s += e * e }
+                    scored.append((s, i))
+                }
+                let quota = Int((check.ratio * Double(cachedCount) - 1e-9).rounded(.up))
+                scored.sort { $0.dev != $1.dev ? $0.dev > $1.dev : $0.index < $1.index }
+                var chosen = Set(scored.prefix(max(0, quota)).map(\.index))
+                for (i, j) in rows.enumerated() where always[j] { chosen.insert(i) }
+                keep = chosen.sorted()
+            }
+            // Every projected row's keys and values go into the prompt's cache.
+            for (i, j) in rows.enumerated() {
+                (kv.keys[l].pointer + j * kw).update(from: b.k.pointer + i * kw, count: kw)
+                (kv.values[l].pointer + j * kw).update(from: b.v.pointer + i * kw, count: kw)
+            }
+            if let keep, keep.count < m {
+                // Later layers compute only the kept rows: move them to the front.
+                for (to, from) in keep.enumerated() where to != from {
+                    (b.q.pointer + to * qw).update(from: b.q.pointer + from * qw, count: qw)
+                    (x.pointer + to * d).update(from: x.pointer + from * d, count: d)
+                }
+                rows = keep.map { rows[$0] }
+                positions = rows.map { Int32($0) }
+                m = rows.count
+                b = buffers.prefix(m)
+                x = x.view(offset: 0, shape: [m, d])
+            }
+            attendRows(rows, layer: l, n: n, kv: kv, q: b.q, out: b.o, lse: b.lse, partOut: partOut, partLSE: partLSE, mask: policy.mask)
+            for (i, j) in rows.enumerated() {
+                let seen = policy.mask == .exact ? j + 1 : n - m + i + 1
+                flops += 4 * Double(qw) * Double(seen)
+            }
+            layerOutput(w, x: x, rows: m, into: b)
+            flops += 2 * Double(m) * (Double(qw) * dd + 3 * dd * f)
+            computed.append(m)
+            x = b.out
+        }
+        // The last prompt row is always computed, and rows stay in ascending order.
+        let last = x.view(offset: (rows.count - 1) * d, shape: [1, d])
+        let logits = headLogits(last, rows: 1).logits
+        flops += 2 * dd * Double(config.vocabSize)
+        let recomputed = rows.filter { cached[$0] }
+        return FusionResult(logits: Array(UnsafeBufferPointer(start: logits.pointer, count: config.vocabSize)),
+                            projectedRows: projected, computedRows: computed, recomputedCachedRows: recomputed, flops: flops)
+    }
+
+    /// Attention of the computed rows (ascending positions `rows`, queries in `q`) against the
+    /// first `n` rows of layer `layer`'s keys, in runs of rows whose mask positions follow
+    /// each other.
+    private func attendRows(_ rows: [Int], layer: Int, n: Int, kv: PromptKV, q: Tensor, out: Tensor, lse: Tensor,
+                            partOut: Tensor, partLSE: Tensor, mask: RecomputePolicy.Mask) {
+        let qw = shape.queryWidth, hq = shape.queryHeads, m = rows.count
+        let keys = [BlockAttention.KeyRun(k: kv.keys[layer].pointer, v: kv.values[layer].pointer, start: 0, count: n)]
+        func maskPosition(_ i: Int) -> Int { mask == .exact ? rows[i] : n - m + i }
+        var i = 0
+        while i < m {
+            var e = i + 1
+            while e < m && maskPosition(e) == maskPosition(e - 1) + 1 { e += 1 }
+            BlockAttention.forward(q: q.pointer + i * qw, queryCount: e - i, queryStart: maskPosition(i), runs: keys, shape: shape,
+                                   out: out.pointer + i * qw, lse: lse.pointer + i * hq, partOut: partOut.pointer, partLSE: partLSE.pointer)
+            i = e
+        }
+    }
+}

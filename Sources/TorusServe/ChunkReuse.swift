@@ -1,0 +1,151 @@
+import Foundation
+import TorusModel
+import TorusTensor
+
+/// How a request with retrieved chunks is prefilled.
+public struct ReusePolicy: Sendable, Equatable {
+    public enum Method: String, Sendable, CaseIterable {
+        /// Full prefill (chunks are still captured for later requests).
+        case full
+        /// Cached chunks reused as they are; only uncached tokens computed.
+        case unchanged
+        /// CacheBlend: every token through the check layer, then the `ratio` of cached tokens
+        /// whose values deviate most.
+        case cacheblend
+        /// CacheBlend with the bottom-right mask of its public code (to measure the exact mask).
+        case faithful
+        /// EPIC: the first `firstTokens` tokens of every cached chunk.
+        case epic
+    }
+
+    public var method: Method
+    public var ratio: Double
+    public var checkLayer: Int
+    public var firstTokens: Int
+
+    public init(method: Method = .cacheblend, ratio: Double = 0.15, checkLayer: Int = 1, firstTokens: Int = 16) {
+        self.method = method
+        self.ratio = ratio
+        self.checkLayer = checkLayer
+        self.firstTokens = firstTokens
+    }
+
+    /// The fusion policy for a prompt whose chunks are `spans` (cached ones flagged).
+    func recompute(spans: [Range<Int>], cached: [Bool], layers: Int) -> RecomputePolicy {
+        let check = min(checkLayer, max(layers - 1, 0))
+        switch method {
+        case .full: return .full
+        case .unchanged: return .unchanged
+        case .cacheblend: return .cacheBlend(ratio: ratio, checkLayer: check)
+        case .faithful: return .cacheBlend(ratio: ratio, checkLayer: check, mask: .bottomRight)
+        case .epic:
+            let rows = spans.flatMap { s in s.prefix(firstTokens).filter { cached[$0] } }
+            return RecomputePolicy(forcedRows: rows)
+        }
+    }
+}
+
+/// What a reuse prefill did, for usage and metrics.
+public struct ReuseReport: Sendable, Equatable {
+    public var chunks = 0
+    public var hits = 0
+    /// Prompt tokens whose KV came from the store.
+    public var reusedTokens = 0
+    /// Of those, tokens recomputed anyway (selected), plus every uncached token.
+    public var recomputedTokens = 0
+    public var flops = 0.0
+}
+
+/// Chunk-KV reuse for the engine: looks up each chunk of a prompt in the store, lays the
+/// cached KV at the chunk's positions (rotation moved exactly), runs the fusion prefill, and
+/// stores the chunks it had to compute for later requests.
+public final class ChunkReuse: @unchecked Sendable {
+    public let store: ChunkStore
+    public let policy: ReusePolicy
+    /// Identity of the tokenizer (part of every chunk key).
+    public let tokenizer: String
+
+    public init(store: ChunkStore, policy: ReusePolicy, tokenizer: String) {
+        self.store = store
+        self.policy = policy
+        self.tokenizer = tokenizer
+    }
+
+    /// A fingerprint of a model: its configuration and a strided sample of its weights.
+    public static func fingerprint(_ model: LlamaModel) -> String {
+        var h = SHA256()
+        h.update(String(describing: model.config))
+        let p = model.parameters.flat
+        h.update(p.count)
+        let stride = max(1, p.count / 65_536)
+        var i = 0
+        while i < p.count {
+            withUnsafeBytes(of: p.pointer[i].bitPattern.littleEndian) { h.update($0) }
+            i += stride
+        }
+        return h.finalize().hex
+    }
+
+    /// Prefills `tokens` whose chunks are `spans` into `kv` and returns the last row's logits.
+    func prefill(model: LlamaModel, tokens: [Int32], spans: [Range<Int>], salt: String?, policy override: ReusePolicy?,
+                 kv: PromptKV) throws -> (logits: [Float], report: ReuseReport) {
+        let n = tokens.count, layers = model.config.numHiddenLayers, kw = kv.width
+        var cached = [Bool](repeating: false, count: n)
+        var report = ReuseReport()
+        report.chunks = spans.count
+        var missed: [Range<Int>] = []
+        for s in spans {
+            let chunk = Array(tokens[s])
+            let key = store.key(tokens: chunk, tokenizer: tokenizer, salt: salt)
+            guard let v = store.lookup(key: key, context: ChunkStore.context(tokens[0..<s.lowerBound]), tokens: chunk),
+                  v.layers == layers, v.width == kw else {
+                missed.append(s)
+                continue
+            }
+            let rows = s.count
+            v.data.withUnsafeBufferPointer { data in
+                for l in 0..<layers {
+                    let k = kv.keys[l].pointer + s.lowerBound * kw
+                    k.update(from: data.baseAddress! + v.keyOffset(layer: l), count: rows * kw)
+                    (kv.values[l].pointer + s.lowerBound * kw).update(from: data.baseAddress! + v.valueOffset(layer: l), count: rows * kw)
+                    model.relocateKeys(k, rows: rows, by: s.lowerBound - v.start)
+                }
+            }
+            for j in s { cached[j] = true }
+            report.hits += 1
+            report.reusedTokens += rows
+        }
+        let chosen = override ?? policy
+        let fusion = report.hits == 0 ? RecomputePolicy.full : chosen.recompute(spans: spans, cached: cached, layers: layers)
+        let result = try model.fuse(tokens: tokens, cached: cached, kv: kv, policy: fusion)
+        report.recomputedTokens = result.recomputedCachedRows.count + (n - report.reusedTokens)
+        report.flops = result.flops
+        // Chunks computed here are stored for later requests: exact after a full prefill,
+        // approximate when they attended to reused KV.
+        let exact = fusion.everyRow
+        for s in missed {
+            let rows = s.count
+            var data = [Float](repeating: 0, count: 2 * layers * rows * kw)
+            data.withUnsafeMutableBufferPointer { out in
+                for l in 0..<layers {
+                    (out.baseAddress! + 2 * l * rows * kw).update(from: kv.keys[l].pointer + s.lowerBound * kw, count: rows * kw)
+                    (out.baseAddress! + (2 * l + 1) * rows * kw).update(from: kv.values[l].pointer + s.lowerBound * kw, count: rows * kw)
+                }
+            }
+            let chunk = Array(tokens[s])
+            store.insert(ChunkVariant(key: store.key(tokens: chunk, tokenizer: tokenizer, salt: salt),
+                                      context: ChunkStore.context(tokens[0..<s.lowerBound]), start: s.lowerBound, tokens: chunk,
+                                      approximate: !exact, layers: layers, width: kw, data: data,
+                                      savedFLOPs: Self.prefillFLOPs(model.config, start: s.lowerBound, count: rows)))
+        }
+        return (result.logits, report)
+    }
+
+    /// Approximate floating-point operations of prefilling `count` tokens after `start` others.
+    static func prefillFLOPs(_ c: LlamaConfig, start: Int, count: Int) -> Double {
+        let s = c.attentionShape, d = Double(c.hiddenSize), f = Double(c.intermediateSize)
+        let perToken = 2 * (d * Double(s.queryWidth + 2 * s.keyValueWidth) + Double(s.queryWidth) * d + 3 * d * f)
+        let attention = 4 * Double(s.queryWidth) * (Double(start) + Double(count) / 2)
+        return Double(c.numHiddenLayers) * Double(count) * (perToken + attention)
+    }
+}

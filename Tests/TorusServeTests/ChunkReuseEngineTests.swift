@@ -1,0 +1,113 @@
+import Foundation
+import Testing
+import TorusModel
+import TorusServe
+import TorusTensor
+
+/// Chunk reuse inside the engine: requests naming document chunks, served from the store in
+/// other orders, against `torus generate` on the same prompt.
+@Suite struct ChunkReuseEngineTests {
+    static func engine(policy: ReusePolicy, store: ChunkStore? = nil) throws -> (Engine, ChunkStore) {
+        let model = ServeFixture.model
+        let store = try store ?? ChunkStore(fingerprint: ChunkReuse.fingerprint(model), memoryBudget: 64 << 20)
+        let engine = try Engine(model: model, config: EngineConfig(blockSize: 16, kvCacheBytes: 16 << 20,
+                                                                   limits: .init(maxBatchedTokens: 256, maxRunning: 8, maxWaiting: 64)),
+                                reuse: ChunkReuse(store: store, policy: policy, tokenizer: "byte"))
+        return (engine, store)
+    }
+
+    /// Documents in the given order, then a question: the prompt and its chunk spans.
+    static func request(_ docs: [[Int32]], question: [Int32], maxTokens: Int = 6, policy: ReusePolicy? = nil) -> GenerationRequest {
+        var r = GenerationRequest(prompt: docs.flatMap { $0 } + question, maxTokens: maxTokens, ignoreEOS: true)
+        var at = 0
+        r.chunks = docs.map { d in defer { at += d.count }; return at..<(at + d.count) }
+        r.reusePolicy = policy
+        return r
+    }
+
+    static let docs = (0..<4).map { ServeFixture.prompt(20 + 7 * $0, seed: 100 + UInt64($0)) }
+    static let question = ServeFixture.prompt(9, seed: 99)
+
+    /// Runs a request and returns its tokens and reuse report.
+    static func run(_ engine: Engine, _ request: GenerationRequest) async throws -> (tokens: [Int32], report: ReuseReport?, cached: Int) {
+        let (stream, c) = AsyncStream<GenerationEvent>.makeStream()
+        try engine.submit(request) { e in
+            c.yield(e)
+            switch e { case .finished, .failed: c.finish(); default: break }
+        }
+        var tokens: [Int32] = [], report: ReuseReport?, cached = 0
+        for await e in stream {
+            switch e {
+            case let .token(t, _, _): tokens.append(t)
+            case let .finished(_, timings): report = timings.reuse; cached = timings.cachedTokens
+            case let .failed(m): Issue.record("engine failed: \(m)")
+            }
+        }
+        return (tokens, report, cached)
+    }
+
+    /// The first request computes and stores its chunks (a full prefill: exact); a later one in
+    /// another order finds them all; recomputing every token there is exact again.
+    @Test func storedChunksAreFoundInAnotherOrderAndFullRecomputeIsExact() async throws {
+        let (engine, store) = try Self.engine(policy: ReusePolicy(method: .cacheblend, ratio: 1))
+        defer { engine.shutdown() }
+        let first = Self.request(Self.docs, question: Self.question)
+        let a = try await Self.run(engine, first)
+        try ServeFixture.expectSameGreedy(a.tokens, try ServeFixture.reference(first.prompt, 6), prompt: first.prompt)
+        #expect(a.report?.chunks == 4 && a.report?.hits == 0 && a.report?.reusedTokens == 0)
+        #expect(a.report?.recomputedTokens == first.prompt.count)
+        #expect(store.stats.memoryEntries == 4)
+
+        let shuffled = Self.request([Self.docs[2], Self.docs[0], Self.docs[3], Self.docs[1]], question: Self.question)
+        let b = try await Self.run(engine, shuffled)
+        try ServeFixture.expectSameGreedy(b.tokens, try ServeFixture.reference(shuffled.prompt, 6), prompt: shuffled.prompt)
+        let chunkTokens = Self.docs.map(\.count).reduce(0, +)
+        #expect(b.report?.hits == 4 && b.report?.reusedTokens == chunkTokens)
+        #expect(b.report?.recomputedTokens == shuffled.prompt.count)
+        #expect(engine.currentStats.chunkHits == 4 && engine.currentStats.chunkQueries == 8)
+    }
+
+    /// Reuse unchanged computes only the question, and reports the rest as cached.
+    @Test func reuseUnchangedComputesOnlyTheQuestion() async throws {
+        let (engine, _) = try Self.engine(policy: ReusePolicy(method: .unchanged))
+        defer { engine.shutdown() }
+        _ = try await Self.run(engine, Self.request(Self.docs, question: Self.question))
+        let again = Self.request(Array(Self.docs.reversed()), question: Self.question)
+        let r = try await Self.run(engine, again)
+        #expect(r.tokens.count == 6)
+        #expect(r.report?.recomputedTokens == Self.question.count)
+        #expect(r.cached == again.prompt.count - Self.question.count)
+        // A request policy overrides the server's: full recompute is exact.
+        let full = Self.request(Array(Self.docs.reversed()), question: Self.question, policy: ReusePolicy(method: .full))
+        let f = try await Self.run(engine, full)
+        try ServeFixture.expectSameGreedy(f.tokens, try ServeFixture.reference(full.prompt, 6), prompt: full.prompt)
+        #expect(f.report?.recomputedTokens == full.prompt.count)
+    }
+
+    /// CacheBlend at 15% recomputes the question plus the chosen share of document tokens,
+    /// then decodes on from the blended cache.
+    @Test func cacheBlendRecomputesTheChosenShare() async throws {
+        let (engine, _) = try Self.engine(policy: ReusePolicy(method: .cacheblend, ratio: 0.15))
+        defer { engine.shutdown() }
+        _ = try await Self.run(engine, Self.request(Self.docs, question: Self.question))
+        let r = try await Self.run(engine, Self.request([Self.docs[1], Self.docs[3], Self.docs[0], Self.docs[2]], question: Self.question,
+                                                         maxTokens: 12))
+        let chunkTokens = Self.docs.map(\.count).reduce(0, +)
+        let quota = Int((0.15 * Double(chunkTokens)).rounded(.up))
+        #expect(r.report?.recomputedTokens == Self.question.count + quota)
+        #expect(r.tokens.count == 12)
+    }
+
+    /// Two tenants' salts never share chunk KV.
+    @Test func saltsIsolateTenants() async throws {
+        let (engine, _) = try Self.engine(policy: ReusePolicy(method: .unchanged))
+        defer { engine.shutdown() }
+        var a = Self.request(Self.docs, question: Self.question)
+        a.cacheSalt = "tenant-a"
+        _ = try await Self.run(engine, a)
+        var b = a
+        b.cacheSalt = "tenant-b"
+        #expect(try await Self.run(engine, b).report?.hits == 0)
+        #expect(try await Self.run(engine, a).report?.hits == 4)
+    }
+}
