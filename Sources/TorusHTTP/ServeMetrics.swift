@@ -13,6 +13,9 @@ public final class ServeMetrics: EngineObserver, @unchecked Sendable {
     let storeBytes, storeEntries: [String: Gauge]
     let storeEvictions: [String: Counter]
     let storeBadFiles, storeFailedWrites: Counter
+    let audits, auditAgreements: Counter
+    let auditKL: ValueHistogram
+    let disabledChunks: Gauge
     let ttft, itl, e2e, queue, promptLength, outputLength: ValueHistogram
     private let lock = NSLock()
     private var last = EngineStats()
@@ -54,6 +57,14 @@ public final class ServeMetrics: EngineObserver, @unchecked Sendable {
         storeEvictions = evictions
         storeBadFiles = r.makeCounter(name: "torus:chunk_store_bad_files_total", labels: l,
                                       help: "Chunk files found corrupt, truncated or of another model (served as misses).")
+        audits = r.makeCounter(name: "torus:reuse_audits_total", labels: l,
+                               help: "Chunk-reuse requests also run with full prefill to measure the divergence.")
+        auditAgreements = r.makeCounter(name: "torus:reuse_audit_top1_agreements_total", labels: l,
+                                        help: "Audited requests whose first token is the same with reuse and with full prefill.")
+        auditKL = r.makeValueHistogram(name: "torus:reuse_audit_kl", labels: l, buckets: [0.0001, 0.001, 0.01, 0.03, 0.1, 0.3, 1, 3, 10],
+                                       help: "KL(full prefill || reuse) of the first generated token's distribution in audited requests, nats.")
+        disabledChunks = r.makeGauge(name: "torus:reuse_disabled_chunks", labels: l,
+                                     help: "Chunks an audit found too far from full prefill: computed in full from then on.")
         storeFailedWrites = r.makeCounter(name: "torus:chunk_store_failed_writes_total", labels: l,
                                           help: "Chunk files that could not be written (kept in memory only).")
         let latency: [Double] = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560]
@@ -90,6 +101,7 @@ public final class ServeMetrics: EngineObserver, @unchecked Sendable {
         add(chunkHits, s.chunkHits, before.chunkHits)
         add(reusedTokens, s.reusedTokens, before.reusedTokens)
         add(recomputedTokens, s.recomputedTokens, before.recomputedTokens)
+        disabledChunks.set(Double(s.disabledChunks))
         if let store = s.chunkStore {
             let old = before.chunkStore ?? ChunkStoreStats()
             storeBytes["memory"]?.set(Double(store.memoryBytes))
@@ -110,6 +122,11 @@ public final class ServeMetrics: EngineObserver, @unchecked Sendable {
         queue.record(timings.queued)
         promptLength.record(Double(timings.promptTokens))
         outputLength.record(Double(timings.outputTokens))
+        if let audit = timings.reuse?.audit {
+            audits.increment()
+            if audit.top1Agrees { auditAgreements.increment() }
+            auditKL.record(audit.kl)
+        }
     }
 
     public func interTokenLatency(_ seconds: Double) { itl.record(seconds) }

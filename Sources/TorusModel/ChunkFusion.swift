@@ -208,3 +208,29 @@ extension LlamaModel {
         }
     }
 }
+
+extension LlamaModel {
+    /// Runs `tokens` at positions `length...` on top of a prompt's keys and values (rows
+    /// `0..<length` of `kv`), storing theirs in the rows that follow; returns their logits
+    /// [tokens.count, vocab]. Greedy decoding after a fusion, and teacher-forced continuations
+    /// to compare against full prefill, use it.
+    public func extend(kv: PromptKV, length: Int, tokens: [Int32]) throws -> Tensor {
+        let m = tokens.count, kw = shape.keyValueWidth
+        guard m > 0, length + m <= kv.rows else {
+            throw ModelInputError.shapeMismatch("extending \(length) rows by \(m) in a cache of \(kv.rows)")
+        }
+        let workspace = StepWorkspace(config: config, rowCapacity: m, logitCapacity: m)
+        let partOut = Tensor(zeros: [m, shape.queryWidth]), partLSE = Tensor(zeros: [m, shape.queryHeads])
+        let logits = try step(tokens: tokens, positions: (length..<(length + m)).map { Int32($0) }, logitRows: Array(0..<m),
+                              workspace: workspace) { l, q, k, v, o, lse in
+            (kv.keys[l].pointer + length * kw).update(from: k.pointer, count: m * kw)
+            (kv.values[l].pointer + length * kw).update(from: v.pointer, count: m * kw)
+            let run = BlockAttention.KeyRun(k: kv.keys[l].pointer, v: kv.values[l].pointer, start: 0, count: length + m)
+            BlockAttention.forward(q: q.pointer, queryCount: m, queryStart: length, runs: [run], shape: self.shape, out: o.pointer,
+                                   lse: lse.pointer, partOut: partOut.pointer, partLSE: partLSE.pointer)
+        }
+        let copy = Tensor(zeros: [m, config.vocabSize])
+        copy.pointer.update(from: logits.pointer, count: m * config.vocabSize)
+        return copy
+    }
+}

@@ -45,10 +45,41 @@ public struct ReusePolicy: Sendable, Equatable {
     }
 }
 
+/// The quality gate: a share of reuse requests also runs full prefill, and chunks whose
+/// reuse diverges too far are computed in full from then on.
+public struct ReuseAudit: Sendable, Equatable {
+    /// Share of reuse requests audited (0: none, 1: all).
+    public var share: Double
+    /// KL(full || reuse) at the first generated token above which the request's reused chunks
+    /// are disabled.
+    public var maxKL: Double
+    public var seed: UInt64
+
+    public init(share: Double = 0, maxKL: Double = 0.1, seed: UInt64 = 0x5EED) {
+        self.share = share
+        self.maxKL = maxKL
+        self.seed = seed
+    }
+}
+
+/// One audit's measurement.
+public struct AuditResult: Sendable, Equatable {
+    /// KL(p_full || p_reuse) of the first generated token's distribution, in nats.
+    public var kl: Double
+    /// Whether both pick the same most likely token.
+    public var top1Agrees: Bool
+    /// Chunks disabled by this audit.
+    public var disabledChunks: Int
+}
+
 /// What a reuse prefill did, for usage and metrics.
 public struct ReuseReport: Sendable, Equatable {
     public var chunks = 0
     public var hits = 0
+    /// Chunks found but not reused because an audit disabled them.
+    public var disabled = 0
+    /// Set when this request was audited.
+    public var audit: AuditResult?
     /// Prompt tokens whose KV came from the store.
     public var reusedTokens = 0
     /// Of those, tokens recomputed anyway (selected), plus every uncached token.
@@ -65,11 +96,24 @@ public final class ChunkReuse: @unchecked Sendable {
     /// Identity of the tokenizer (part of every chunk key).
     public let tokenizer: String
 
-    public init(store: ChunkStore, policy: ReusePolicy, tokenizer: String) {
+    public let audit: ReuseAudit
+    let log: @Sendable (String) -> Void
+    /// Keys (hex) of chunks an audit found too far from full prefill: computed in full from now on.
+    private(set) var disabledKeys = Set<String>()
+    private var auditDraws: SeededGenerator
+
+    public init(store: ChunkStore, policy: ReusePolicy, tokenizer: String, audit: ReuseAudit = ReuseAudit(),
+                log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.store = store
         self.policy = policy
         self.tokenizer = tokenizer
+        self.audit = audit
+        self.log = log
+        auditDraws = SeededGenerator(seed: audit.seed)
     }
+
+    /// Chunks disabled by audits so far.
+    public var disabledChunkCount: Int { disabledKeys.count }
 
     /// A fingerprint of a model: its configuration and a strided sample of its weights.
     public static func fingerprint(_ model: LlamaModel) -> String {
@@ -87,16 +131,20 @@ public final class ChunkReuse: @unchecked Sendable {
     }
 
     /// Prefills `tokens` whose chunks are `spans` into `kv` and returns the last row's logits.
-    func prefill(model: LlamaModel, tokens: [Int32], spans: [Range<Int>], salt: String?, policy override: ReusePolicy?,
+    public func prefill(model: LlamaModel, tokens: [Int32], spans: [Range<Int>], salt: String?, policy override: ReusePolicy?,
                  kv: PromptKV) throws -> (logits: [Float], report: ReuseReport) {
         let n = tokens.count, layers = model.config.numHiddenLayers, kw = kv.width
         var cached = [Bool](repeating: false, count: n)
         var report = ReuseReport()
         report.chunks = spans.count
-        var missed: [Range<Int>] = []
+        var missed: [Range<Int>] = [], reusedKeys: [String] = []
         for s in spans {
             let chunk = Array(tokens[s])
             let key = store.key(tokens: chunk, tokenizer: tokenizer, salt: salt)
+            if disabledKeys.contains(key.hex) {
+                report.disabled += 1
+                continue
+            }
             guard let v = store.lookup(key: key, context: ChunkStore.context(tokens[0..<s.lowerBound]), tokens: chunk),
                   v.layers == layers, v.width == kw else {
                 missed.append(s)
@@ -112,6 +160,7 @@ public final class ChunkReuse: @unchecked Sendable {
                 }
             }
             for j in s { cached[j] = true }
+            reusedKeys.append(key.hex)
             report.hits += 1
             report.reusedTokens += rows
         }
@@ -120,6 +169,10 @@ public final class ChunkReuse: @unchecked Sendable {
         let result = try model.fuse(tokens: tokens, cached: cached, kv: kv, policy: fusion)
         report.recomputedTokens = result.recomputedCachedRows.count + (n - report.reusedTokens)
         report.flops = result.flops
+        if report.hits > 0 && !fusion.everyRow && audit.share > 0
+            && Double(auditDraws.next() % 1_000_000) < audit.share * 1_000_000 {
+            report.audit = try check(model: model, tokens: tokens, logits: result.logits, reusedKeys: reusedKeys)
+        }
         // Chunks computed here are stored for later requests: exact after a full prefill,
         // approximate when they attended to reused KV.
         let exact = fusion.everyRow
@@ -139,6 +192,35 @@ public final class ChunkReuse: @unchecked Sendable {
                                       savedFLOPs: Self.prefillFLOPs(model.config, start: s.lowerBound, count: rows)))
         }
         return (result.logits, report)
+    }
+
+    /// Runs full prefill of the same prompt and compares its next-token distribution with the
+    /// reuse prefill's; past the bound, the chunks reused here are disabled.
+    private func check(model: LlamaModel, tokens: [Int32], logits: [Float], reusedKeys: [String]) throws -> AuditResult {
+        let scratch = PromptKV(config: model.config, rows: tokens.count)
+        let full = try model.fuse(tokens: tokens, cached: [Bool](repeating: false, count: tokens.count), kv: scratch, policy: .full)
+        let kl = Self.klDivergence(full.logits, logits)
+        let agrees = Self.argmax(full.logits) == Self.argmax(logits)
+        var disabled = 0
+        if kl > audit.maxKL {
+            for k in reusedKeys where disabledKeys.insert(k).inserted { disabled += 1 }
+            log(String(format: "chunk reuse audit: KL %.4f > %.4f (top-1 %@): %d chunk(s) computed in full from now on",
+                       kl, audit.maxKL, agrees ? "agrees" : "differs", disabled))
+        }
+        return AuditResult(kl: kl, top1Agrees: agrees, disabledChunks: disabled)
+    }
+
+    static func argmax(_ a: [Float]) -> Int { a.indices.max { a[$0] < a[$1] } ?? 0 }
+
+    /// KL(p || q) of the softmax distributions of two logit rows, in nats.
+    public static func klDivergence(_ p: [Float], _ q: [Float]) -> Double {
+        func logSoftmax(_ x: [Float]) -> [Double] {
+            let mx = Double(x.max() ?? 0)
+            let lse = Foundation.log(x.reduce(0.0) { $0 + exp(Double($1) - mx) }) + mx
+            return x.map { Double($0) - lse }
+        }
+        let lp = logSoftmax(p), lq = logSoftmax(q)
+        return max(0, zip(lp, lq).reduce(0.0) { $0 + exp($1.0) * ($1.0 - $1.1) })
     }
 
     /// Approximate floating-point operations of prefilling `count` tokens after `start` others.

@@ -23,6 +23,8 @@ public struct EngineStats: Sendable, Equatable {
     public var recomputedTokens = 0
     /// The chunk store's counters (nil without chunk reuse).
     public var chunkStore: ChunkStoreStats?
+    /// Chunks audits disabled (computed in full from then on).
+    public var disabledChunks = 0
     public init() {}
 }
 
@@ -320,6 +322,7 @@ public final class Engine: @unchecked Sendable {
         stats.prefixQueries = scheduler.prefixQueries
         stats.prefixHits = scheduler.prefixHits
         stats.chunkStore = reuse?.store.stats
+        stats.disabledChunks = reuse?.disabledChunkCount ?? 0
         let snapshot = stats
         lock.unlock()
         observer?.engineDidStep(snapshot)
@@ -396,9 +399,10 @@ public final class Engine: @unchecked Sendable {
         seq.timings.reuse = report
         seq.timings.cachedTokens = max(0, n - report.recomputedTokens)
         if Self.logSteps {
-            FileHandle.standardError.write(Data(String(format: "blend: %d tokens, %d/%d chunks hit, %d reused, %d computed, %.1f ms\n", n,
+            let audit = report.audit.map { String(format: ", audit KL %.4f top-1 %@", $0.kl, $0.top1Agrees ? "agrees" : "differs") } ?? ""
+            FileHandle.standardError.write(Data(String(format: "blend: %d tokens, %d/%d chunks hit, %d reused, %d computed, %.1f ms%@\n", n,
                                                        report.hits, report.chunks, report.reusedTokens, report.recomputedTokens,
-                                                       -t0.timeIntervalSinceNow * 1000).utf8))
+                                                       -t0.timeIntervalSinceNow * 1000, audit).utf8))
         }
         lock.lock()
         stats.steps += 1

@@ -29,9 +29,10 @@ public struct BatchSampler: Sendable {
         return ((a * within + b) % n) * seqLen
     }
 
-    /// Inputs and targets of this rank's share of one micro-batch.
+    /// Inputs and targets of this rank's share of one micro-batch. Where `targetMask` (one flag
+    /// per token of the stream) is false the target is `CrossEntropy.ignoreIndex`: no loss.
     public func batch(step: Int, micro: Int, microBatches: Int, globalSequences: Int, rank: Int, ranks: Int,
-                      tokens: [Int32]) -> (inputs: [Int32], targets: [Int32]) {
+                      tokens: [Int32], targetMask: [Bool]? = nil) -> (inputs: [Int32], targets: [Int32]) {
         let perRank = globalSequences / ranks
         var inputs: [Int32] = [], targets: [Int32] = []
         inputs.reserveCapacity(perRank * seqLen)
@@ -40,7 +41,11 @@ public struct BatchSampler: Sendable {
             let global = ((step - 1) * microBatches + micro) * globalSequences + rank * perRank + j
             let start = windowStart(globalIndex: global)
             inputs += tokens[start..<(start + seqLen)]
-            targets += tokens[(start + 1)...(start + seqLen)]
+            if let targetMask {
+                targets += ((start + 1)...(start + seqLen)).map { targetMask[$0] ? tokens[$0] : CrossEntropy.ignoreIndex }
+            } else {
+                targets += tokens[(start + 1)...(start + seqLen)]
+            }
         }
         return (inputs, targets)
     }

@@ -232,7 +232,13 @@ public struct RAGCorpus: Sendable {
     /// would leave many questions without them). Examples whose documents and question do not
     /// fit are skipped.
     public func trainingWindows(count: Int, split: String, window: Int) -> String {
-        var out = ""
+        trainingWindowsWithMask(count: count, split: split, window: window).text
+    }
+
+    /// `trainingWindows` with one flag per byte: true on the questions and answers, false on
+    /// the documents and the padding (for training on the questions only).
+    public func trainingWindowsWithMask(count: Int, split: String, window: Int) -> (text: String, questions: [Bool]) {
+        var out = "", mask: [Bool] = []
         var w = -1
         var people: [Person] = []
         for i in 0..<count {
@@ -248,9 +254,12 @@ public struct RAGCorpus: Sendable {
                 if unit.utf8.count + line.utf8.count > window { break }
                 unit += line
             }
-            out += unit + String(repeating: "\n", count: window - unit.utf8.count)
+            let docBytes = e.documents.reduce(0) { $0 + $1.utf8.count }, unitBytes = unit.utf8.count
+            mask += [Bool](repeating: false, count: docBytes) + [Bool](repeating: true, count: unitBytes - docBytes)
+                + [Bool](repeating: false, count: window - unitBytes)
+            out += unit + String(repeating: "\n", count: window - unitBytes)
         }
-        return out
+        return (out, mask)
     }
 
     /// Training text: `count` examples with their answers, separated by blank lines; each

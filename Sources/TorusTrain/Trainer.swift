@@ -58,6 +58,10 @@ public final class Trainer {
     public var faultInjection: (rank: Int, step: Int)?
     /// Test hook: the step at which a weight is set to NaN on every rank.
     public var faultNaNStep: Int?
+    /// Which tokens of the stream are targets (nil: all); the others carry no loss.
+    public var targetMask: [Bool]? {
+        didSet { precondition(targetMask.map { $0.count == tokens.count } ?? true, "one target flag per training token") }
+    }
 
     public init(model: LlamaModel, tokens: [Int32], options: TrainOptions, comm: Communicator, outDir: String?) throws {
         guard options.steps >= 1 else { throw TrainError.invalid("steps must be at least 1") }
@@ -221,7 +225,8 @@ public final class Trainer {
         var pipelineBatches: [(inputs: [Int32], targets: [Int32])] = []
         for micro in 0..<options.microBatches {
             var batch = sampler.batch(step: step, micro: micro, microBatches: options.microBatches,
-                                      globalSequences: options.globalSequences, rank: dataRank, ranks: dataRanks, tokens: tokens)
+                                      globalSequences: options.globalSequences, rank: dataRank, ranks: dataRanks, tokens: tokens,
+                                      targetMask: targetMask)
             if let localRows {
                 // Keep this rank's positions of every sequence.
                 let full = batch

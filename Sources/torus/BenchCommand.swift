@@ -6,7 +6,7 @@ import TorusTensor
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "bench",
         abstract: "Measure performance (prints figures; asserts nothing).",
-        subcommands: [BenchKernels.self, BenchTrain.self, BenchAttention.self, BenchLink.self, BenchServe.self, BenchDecode.self])
+        subcommands: [BenchKernels.self, BenchTrain.self, BenchAttention.self, BenchLink.self, BenchServe.self, BenchDecode.self, BenchRAG.self])
 }
 
 /// Physical fp32 peak of these machines per core: 2.1 GHz x 2 FMA units x 16 lanes x 2 flops.

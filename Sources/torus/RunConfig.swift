@@ -44,7 +44,9 @@ struct DataSection {
     var synthExamples = 20000
     /// synth_rag: documents per prompt.
     var ragDocuments = 6...10
-    static let keys = ["train", "heldout", "synth_examples", "rag_documents"]  // heldout: file, synth or none
+    /// synth_rag: "all" tokens carry loss, or "questions" only (documents are context).
+    var ragLoss = "all"
+    static let keys = ["train", "heldout", "synth_examples", "rag_documents", "rag_loss"]  // heldout: file, synth or none
 }
 
 /// The contents of a `configs/*.yaml` file.
@@ -134,6 +136,12 @@ struct RunConfig {
                     throw ConfigError(file: path, message: "'data.rag_documents' must be [min, max] with 1 <= min <= max, e.g. [6, 10]")
                 }
                 config.data.ragDocuments = pair[0]...pair[1]
+            }
+            if d["rag_loss"] != nil {
+                config.data.ragLoss = try r.string(d, "rag_loss", section: "data")
+                guard ["all", "questions"].contains(config.data.ragLoss) else {
+                    throw ConfigError(file: path, message: "'data.rag_loss' is '\(config.data.ragLoss)'; known: all, questions")
+                }
             }
         }
         if let sp = map["sequence_parallel"] {

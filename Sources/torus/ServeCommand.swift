@@ -31,6 +31,8 @@ struct ServeCommand: ParsableCommand {
     var chunkReuse: String?
     @Option(help: "Share of cached tokens recomputed (serve.chunk_reuse.ratio).") var reuseRatio: Double?
     @Option(help: "Directory of the chunk store's disk tier (serve.chunk_reuse.directory).") var chunkStore: String?
+    @Option(help: "Share of reuse requests also run with full prefill to measure the divergence (serve.chunk_reuse.audit_share).")
+    var auditShare: Double?
 
     func run() throws {
         var s = try config.map { try ServeSection.load(path: $0) } ?? ServeSection()
@@ -64,6 +66,10 @@ struct ServeCommand: ParsableCommand {
         if let chunkStore {
             s.reuse = s.reuse ?? ReusePolicy()
             s.reuseDirectory = chunkStore
+        }
+        if let auditShare {
+            guard (0...1).contains(auditShare) else { throw ValidationError("--audit-share \(auditShare): expected 0...1") }
+            s.audit.share = auditShare
         }
         guard let dir = s.model else { throw ValidationError("give the model directory: --model DIR or serve.model in --config") }
         let env = ProcessInfo.processInfo.environment
@@ -111,7 +117,9 @@ struct ServeCommand: ParsableCommand {
                 let store = try ChunkStore(fingerprint: ChunkReuse.fingerprint(loaded), memoryBudget: s.reuseMemoryMB << 20,
                                            directory: s.reuseDirectory, diskBudget: s.reuseDiskMB << 20) { warn("serve: \($0)") }
                 if group.size > 1 { warn("serve: chunk reuse runs on one rank for now; with \(group.size) ranks documents get a plain prefill") }
-                return ChunkReuse(store: store, policy: policy, tokenizer: Self.tokenizerIdentity(directory: dir))
+                return ChunkReuse(store: store, policy: policy, tokenizer: Self.tokenizerIdentity(directory: dir), audit: s.audit) {
+                    warn("serve: \($0)")
+                }
             }
             engine = try Engine(model: loaded, config: s.engineConfig, eosTokenID: tokenizer.eosTokenID, group: group,
                                 prefillThreshold: s.spThreshold, reuse: reuse)

@@ -32,6 +32,8 @@ import Yams
 ///         memory_mb: 512              # memory tier
 ///         directory: runs/chunks      # disk tier (optional)
 ///         disk_mb: 4096
+///         audit_share: 0.05           # share of reuse requests also run with full prefill
+///         audit_max_kl: 0.1           # past this KL a request's reused chunks are computed in full
 struct ServeSection {
     var model: String?
     var servedModelName: String?
@@ -55,6 +57,7 @@ struct ServeSection {
     var reuseMemoryMB = 512
     var reuseDirectory: String?
     var reuseDiskMB = 4096
+    var audit = ReuseAudit()
 
     static let keys = ["model", "served_model_name", "host", "port", "api_key_env", "block_size", "kv_cache_memory_mb",
                        "max_model_len", "max_num_batched_tokens", "max_num_seqs", "max_waiting", "chat_template",
@@ -103,7 +106,8 @@ struct ServeSection {
         if let cr = m["chunk_reuse"] {
             let sec = "serve.chunk_reuse"
             guard let cr = cr as? [String: Any] else { throw ConfigError(file: path, message: "'\(sec)' must be a mapping") }
-            try RunConfig.checkKeys(cr, known: ["policy", "ratio", "check_layer", "first_tokens", "memory_mb", "directory", "disk_mb"],
+            try RunConfig.checkKeys(cr, known: ["policy", "ratio", "check_layer", "first_tokens", "memory_mb", "directory", "disk_mb",
+                                                  "audit_share", "audit_max_kl"],
                                     section: sec, file: path)
             var p = ReusePolicy()
             if cr["policy"] != nil {
@@ -123,6 +127,13 @@ struct ServeSection {
             if cr["memory_mb"] != nil { s.reuseMemoryMB = try r.int(cr, "memory_mb", section: sec, min: 0) }
             if cr["directory"] != nil { s.reuseDirectory = try r.string(cr, "directory", section: sec) }
             if cr["disk_mb"] != nil { s.reuseDiskMB = try r.int(cr, "disk_mb", section: sec, min: 0) }
+            if cr["audit_share"] != nil {
+                s.audit.share = try r.double(cr, "audit_share", section: sec)
+                guard (0...1).contains(s.audit.share) else {
+                    throw ConfigError(file: path, message: "'\(sec).audit_share' is \(s.audit.share); expected 0...1")
+                }
+            }
+            if cr["audit_max_kl"] != nil { s.audit.maxKL = try r.double(cr, "audit_max_kl", section: sec) }
             s.reuse = p
         }
         if let t = s.chatTemplate, ChatTemplate(rawValue: t) == nil {

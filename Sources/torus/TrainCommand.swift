@@ -46,6 +46,10 @@ struct TrainCommand: ParsableCommand {
         }
         let tokens = try loadTokens(cfg.data.train, cfg: cfg, split: "train", vocab: model.config.vocabSize)
         let trainer = try Trainer(model: model, tokens: tokens, options: options, comm: world, outDir: t.out)
+        if cfg.data.train == "synth_rag" && cfg.data.ragLoss == "questions" {
+            let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments)
+            trainer.targetMask = corpus.trainingWindowsWithMask(count: cfg.data.synthExamples, split: "train", window: t.seqLen).questions
+        }
         if let spec = ProcessInfo.processInfo.environment["TORUS_FAULT_KILL"] {
             let parts = spec.split(separator: ":").compactMap { Int($0) }
             if parts.count == 2 { trainer.faultInjection = (parts[0], parts[1]) }

@@ -7,12 +7,12 @@ import TorusTensor
 /// Chunk reuse inside the engine: requests naming document chunks, served from the store in
 /// other orders, against `torus generate` on the same prompt.
 @Suite struct ChunkReuseEngineTests {
-    static func engine(policy: ReusePolicy, store: ChunkStore? = nil) throws -> (Engine, ChunkStore) {
+    static func engine(policy: ReusePolicy, store: ChunkStore? = nil, audit: ReuseAudit = ReuseAudit()) throws -> (Engine, ChunkStore) {
         let model = ServeFixture.model
         let store = try store ?? ChunkStore(fingerprint: ChunkReuse.fingerprint(model), memoryBudget: 64 << 20)
         let engine = try Engine(model: model, config: EngineConfig(blockSize: 16, kvCacheBytes: 16 << 20,
                                                                    limits: .init(maxBatchedTokens: 256, maxRunning: 8, maxWaiting: 64)),
-                                reuse: ChunkReuse(store: store, policy: policy, tokenizer: "byte"))
+                                reuse: ChunkReuse(store: store, policy: policy, tokenizer: "byte", audit: audit))
         return (engine, store)
     }
 
@@ -109,5 +109,28 @@ import TorusTensor
         b.cacheSalt = "tenant-b"
         #expect(try await Self.run(engine, b).report?.hits == 0)
         #expect(try await Self.run(engine, a).report?.hits == 4)
+    }
+
+    /// The quality gate: an audited reuse request measures its divergence from full prefill;
+    /// past the bound its chunks are computed in full from then on (exact again).
+    @Test func anAuditPastTheBoundDisablesTheChunks() async throws {
+        let (engine, _) = try Self.engine(policy: ReusePolicy(method: .unchanged), audit: ReuseAudit(share: 1, maxKL: 0))
+        defer { engine.shutdown() }
+        _ = try await Self.run(engine, Self.request(Self.docs, question: Self.question))
+        let reordered = Self.request(Array(Self.docs.reversed()), question: Self.question)
+        let audited = try await Self.run(engine, reordered)
+        let audit = try #require(audited.report?.audit)
+        #expect(audit.kl > 0 && audit.disabledChunks == 4)
+        #expect(engine.currentStats.disabledChunks == 4)
+        let after = try await Self.run(engine, reordered)
+        #expect(after.report?.disabled == 4 && after.report?.hits == 0 && after.report?.audit == nil)
+        try ServeFixture.expectSameGreedy(after.tokens, try ServeFixture.reference(reordered.prompt, 6), prompt: reordered.prompt)
+        // A generous bound measures without disabling anything.
+        let (lenient, _) = try Self.engine(policy: ReusePolicy(method: .unchanged), audit: ReuseAudit(share: 1, maxKL: 1e9))
+        defer { lenient.shutdown() }
+        _ = try await Self.run(lenient, Self.request(Self.docs, question: Self.question))
+        let measured = try await Self.run(lenient, reordered)
+        #expect(measured.report?.audit?.disabledChunks == 0 && lenient.currentStats.disabledChunks == 0)
+        #expect(try await Self.run(lenient, reordered).report?.hits == 4)
     }
 }

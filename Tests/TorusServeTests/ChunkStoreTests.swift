@@ -114,6 +114,20 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: dir + "/.tmp-half-written"))
     }
 
+    /// A write that fails (here: its temporary path is taken by a directory, as a full disk
+    /// would fail it) drops the disk entry, keeps the memory one and leaves no chunk file.
+    @Test func aFailedWriteLeavesNoFileAndKeepsTheEntryInMemory() throws {
+        let dir = Self.directory("failed-write")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try ChunkStore(fingerprint: "m", memoryBudget: 1 << 20, directory: dir, diskBudget: 1 << 20)
+        let v = Self.variant(store, tokens: [1, 2, 3, 4])
+        try FileManager.default.createDirectory(atPath: dir + "/.tmp-\(v.name)-\(getpid())", withIntermediateDirectories: true)
+        store.insert(v)
+        #expect(store.stats.failedWrites == 1 && store.stats.diskEntries == 0 && store.stats.memoryEntries == 1)
+        #expect(!FileManager.default.fileExists(atPath: dir + "/" + v.name + ".kv"))
+        #expect(store.lookup(key: v.key, context: v.context, tokens: v.tokens)?.data == v.data)
+    }
+
     @Test func aDirectoryThatCannotBeCreatedIsAClearError() {
         #expect(throws: ChunkStoreError.self) {
             try ChunkStore(fingerprint: "m", memoryBudget: 1, directory: "/etc/passwd/chunks", diskBudget: 1)

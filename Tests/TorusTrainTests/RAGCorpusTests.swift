@@ -49,4 +49,26 @@ import TorusTrain
         #expect(corpus.example(5, split: "heldout") != corpus.example(5, split: "train"))
         #expect(corpus.text(count: 3, split: "train").components(separatedBy: "\n\n").count == 4)
     }
+
+    /// Training windows hold one whole example each (documents, then questions with answers),
+    /// padded to the window; the question mask covers the questions and answers only.
+    @Test func trainingWindowsKeepEveryQuestionWithItsDocuments() {
+        let window = 4096
+        let (text, mask) = corpus.trainingWindowsWithMask(count: 12, split: "train", window: window)
+        let bytes = Array(text.utf8)
+        #expect(bytes.count % window == 0 && bytes.count == mask.count && bytes.count >= 8 * window)
+        for w in 0..<(bytes.count / window) {
+            let unit = String(decoding: bytes[(w * window)..<((w + 1) * window)], as: UTF8.self)
+            let flags = mask[(w * window)..<((w + 1) * window)]
+            #expect(unit.hasPrefix("Doc: "))
+            let firstQuestion = unit.range(of: "Q: ").map { unit.utf8.distance(from: unit.startIndex, to: $0.lowerBound) } ?? 0
+            #expect(firstQuestion > 0 && !flags.prefix(firstQuestion).contains(true), "documents carry no loss")
+            #expect(flags.dropFirst(firstQuestion).first == true)
+            // Several questions, each answered, none cut: the text after the last answer is padding.
+            let questions = unit.components(separatedBy: "\nA: ").count - 1
+            #expect(questions >= 4, "\(questions) questions in window \(w)")
+            let padded = unit.reversed().prefix { $0 == "\n" }.count
+            #expect(!flags.suffix(max(padded - 1, 0)).contains(true))
+        }
+    }
 }

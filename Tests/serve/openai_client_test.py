@@ -387,6 +387,53 @@ def _():
     assert client.completions.create(model=args.name, prompt="alive", max_tokens=1).usage.completion_tokens == 1
 
 
+def completion_json(body):
+    r = httpx.post(args.base + "/v1/completions", headers=headers, json={"model": args.name, **body}, timeout=60)
+    return r.status_code, r.json()
+
+
+def token_ids(j):
+    return [int(t.split(":")[1]) for t in j["choices"][0]["logprobs"]["tokens"]]
+
+
+@check("documents: the first request stores its chunks, a reordered one reuses them; full recompute equals plain prefill")
+def _():
+    docs = ["Doc: " + "".join(chr(rng.randrange(97, 123)) for _ in range(40 + 9 * i)) + "\n" for i in range(3)]
+    q = "Q: which one?\nA:"
+    common = {"max_tokens": 6, "temperature": 0, "ignore_eos": True, "logprobs": 1, "return_tokens_as_token_ids": True}
+    status, first = completion_json({"prompt": q, "documents": docs, **common})
+    assert status == 200, first
+    assert first["usage"]["reuse"]["chunks"] == 3 and first["usage"]["reuse"]["chunk_hits"] == 0, first["usage"]
+    order = [docs[2], docs[0], docs[1]]
+    status, again = completion_json({"prompt": q, "documents": order, "reuse_policy": "full", **common})
+    assert status == 200, again
+    u = again["usage"]
+    assert u["reuse"]["chunk_hits"] == 3 and u["reuse"]["reused_tokens"] == sum(len(d) for d in docs), u
+    assert u["prompt_tokens"] == sum(len(d) for d in docs) + len(q), u
+    status, plain = completion_json({"prompt": "".join(order) + q, **common})
+    assert status == 200, plain
+    assert token_ids(again) == token_ids(plain), (token_ids(again), token_ids(plain))
+    status, blended = completion_json({"prompt": q, "documents": order, "reuse_policy": "unchanged", **common})
+    assert status == 200 and blended["usage"]["reuse"]["recomputed_tokens"] == len(q), blended["usage"]
+    assert blended["usage"]["prompt_tokens_details"]["cached_tokens"] == sum(len(d) for d in docs), blended["usage"]
+    # The openai client passes documents as an extra field.
+    r = client.completions.create(model=args.name, prompt=q, max_tokens=3, temperature=0, extra_body={"documents": docs})
+    assert len(r.choices[0].text) > 0 or r.choices[0].finish_reason in ("stop", "length"), r
+    m = metrics()
+    assert m.get("torus:chunk_hits_total", 0) >= 6 and m.get("torus:chunk_queries_total", 0) >= 12, m
+    assert m.get("torus:chunk_store_bytes{tier=disk}", 0) > 0 and m.get("torus:chunk_store_entries{tier=memory}", 0) >= 3, m
+
+
+@check("documents: bad input is a 400 naming the field or the total")
+def _():
+    for body, needle in [({"documents": [""]}, "documents[0]"), ({"documents": "text"}, "documents"),
+                         ({"documents": ["a", 3]}, "documents[1]"), ({"reuse_policy": "magic"}, "reuse_policy"),
+                         ({"reuse_ratio": 2}, "reuse_ratio"),
+                         ({"documents": ["x" * (args.max_len // 2), "y" * (args.max_len // 2)]}, str(args.max_len + 2 + 4))]:
+        status, j = completion_json({"prompt": "Q:", "max_tokens": 4, **body})
+        assert status == 400 and needle in j["error"]["message"], (body, status, j)
+
+
 @check("SIGTERM: an open stream ends with [DONE] and the server exits within the grace bound")
 def _():
     with httpx.stream("POST", args.base + "/v1/completions", headers=headers, timeout=30,

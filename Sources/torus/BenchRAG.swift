@@ -1,0 +1,327 @@
+import ArgumentParser
+import Foundation
+import TorusModel
+import TorusServe
+import TorusTensor
+import TorusTrain
+
+/// `torus bench rag`: chunk-reuse methods side by side on a synthetic RAG trace (CHUNK_REUSE.md's
+/// protocol): quality against full prefill of the same prompt (KL at the first answer token,
+/// top-1 agreement over the teacher-forced full-prefill answer, exact-match accuracy for
+/// single- and two-document questions), recompute (tokens and FLOPs, check layers included)
+/// and prefill time, with a table, a JSON file and an SVG plot of quality against recompute.
+struct BenchRAG: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rag",
+        abstract: "Chunk-reuse methods against full prefill on a synthetic RAG trace.")
+
+    @Option(help: "Hugging Face model directory (trained on synth_rag).") var model: String
+    @Option(help: "Requests in the trace.") var requests: Int = 48
+    @Option(help: "Worlds the requests draw from (Zipf popularity; documents recur within a world).") var worlds: Int = 8
+    @Option(help: "Seed of the corpus (the training config's seed: its held-out split).") var corpusSeed: UInt64 = 11
+    @Option(help: "Seed of the trace.") var seed: UInt64 = 1
+    @Option(help: "Documents per prompt, min-max.") var documents: String = "6-10"
+    @Option(help: "Recompute ratios for cacheblend and faithful, comma-separated.") var ratios: String = "0,0.05,0.1,0.15,0.2,0.3,0.5,1"
+    @Option(help: "Methods, comma-separated: full, prefix, unchanged, epic, faithful, cacheblend.")
+    var methods: String = "full,prefix,unchanged,epic,faithful,cacheblend"
+    @Option(help: "Answer tokens compared (teacher-forced) and decoded.") var answerTokens: Int = 16
+    @Option(help: "Directory for rag.json and rag.svg.") var out: String = "runs/bench-rag"
+
+    struct Request {
+        var example: RAGExample
+        var tokens: [Int32]
+        var spans: [Range<Int>]
+        var question: Int
+    }
+
+    struct Reference {
+        var logits: [Float]
+        var answer: [Int32]
+        var correct: Bool
+        var seconds: Double
+        var flops: Double
+    }
+
+    struct Row: Codable {
+        var method: String
+        var ratio: Double?
+        var requests: Int
+        /// Requests that could reuse a chunk (one appeared before): quality is measured on these.
+        var reuseRequests: Int
+        var singleAccuracy: Double
+        var twoHopAccuracy: Double
+        var klMedian: Double
+        var klP95: Double
+        var top1Median: Double
+        var top1Mean: Double
+        var recomputedShare: Double
+        var flopsShare: Double
+        var prefillMsMedian: Double
+        var speedup: Double
+        var hitRate: Double
+    }
+
+    func run() throws {
+        let m = try HFCheckpoint.load(directory: model)
+        try m.prepareServing(maxPositions: m.config.maxPositionEmbeddings)
+        let parts = documents.split(separator: "-").compactMap { Int($0) }
+        guard parts.count == 2, parts[0] >= 1, parts[0] <= parts[1] else {
+            throw ValidationError("--documents \(documents): expected MIN-MAX, e.g. 6-10")
+        }
+        let ratioList = try ratios.split(separator: ",").map { s -> Double in
+            guard let r = Double(s.trimmingCharacters(in: .whitespaces)), (0...1).contains(r) else {
+                throw ValidationError("--ratios: '\(s)' is not a number in [0, 1]")
+            }
+            return r
+        }
+        let methodList = methods.split(separator: ",").map { String($0) }
+        let known = ["full", "prefix", "unchanged", "epic", "faithful", "cacheblend"]
+        for name in methodList where !known.contains(name) {
+            throw ValidationError("--methods: unknown method '\(name)'; known: \(known.joined(separator: ", "))")
+        }
+        let trace = try makeTrace(config: m.config, range: parts[0]...parts[1])
+        print("machine: \(BLASEnvironment.availableCores) cores, OpenBLAS core \(BLAS.coreName), \(BLAS.threads) BLAS threads")
+        print("model: \(model), \(m.config.parameterCount) parameters, \(m.config.numHiddenLayers) layers")
+        let chunkCounts = trace.map(\.spans.count), lengths = trace.map(\.tokens.count)
+        print("trace: \(trace.count) requests from \(worlds) worlds (Zipf), \(chunkCounts.min() ?? 0)-\(chunkCounts.max() ?? 0) documents, "
+              + "\(lengths.min() ?? 0)-\(lengths.max() ?? 0) tokens per prompt; \(popularityLine(trace))")
+
+        print("reference: full prefill of every request ...")
+        var references: [Reference] = []
+        for (i, r) in trace.enumerated() {
+            references.append(try reference(m, r))
+            if (i + 1) % 16 == 0 { print("  \(i + 1)/\(trace.count)") }
+        }
+        print("quality (accuracy, KL, top-1) over the requests that could reuse a chunk; recompute, FLOPs and time over all")
+        var rows: [Row] = []
+        for name in methodList {
+            let variants: [(ReusePolicy?, Double?)] = switch name {
+            case "full": [(ReusePolicy(method: .full), nil)]
+            case "prefix": [(nil, nil)]
+            case "unchanged": [(ReusePolicy(method: .unchanged), nil)]
+            case "epic": [(ReusePolicy(method: .epic, firstTokens: 16), nil)]
+            case "faithful": ratioList.map { (ReusePolicy(method: .faithful, ratio: $0), $0) }
+            default: ratioList.map { (ReusePolicy(method: .cacheblend, ratio: $0), $0) }
+            }
+            for (policy, ratio) in variants {
+                let row = try measure(m, trace: trace, references: references, name: name, policy: policy, ratio: ratio)
+                rows.append(row)
+                print(format(row))
+            }
+        }
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        try encoder.encode(rows).write(to: URL(fileURLWithPath: out + "/rag.json"))
+        try plot(rows).write(toFile: out + "/rag.svg", atomically: true, encoding: .utf8)
+        print("table: \(out)/rag.json; plot (median KL against recompute): \(out)/rag.svg")
+    }
+
+    // MARK: - Trace
+
+    func makeTrace(config: LlamaConfig, range: ClosedRange<Int>) throws -> [Request] {
+        let corpus = RAGCorpus(seed: corpusSeed, documents: range)
+        let tokenizer = ByteTokenizer()
+        var g = SeededGenerator(seed: seed)
+        // Zipf(1.2) over worlds: a few worlds (and so their documents) serve most requests.
+        let weights = (1...worlds).map { 1 / pow(Double($0), 1.2) }
+        let total = weights.reduce(0, +)
+        var trace: [Request] = []
+        var peopleCache: [Int: [RAGCorpus.Person]] = [:]
+        var attempts = 0
+        while trace.count < requests && attempts < requests * 20 {
+            attempts += 1
+            var u = Double(g.next() % 1_000_000) / 1_000_000 * total, w = 0
+            while w < worlds - 1 && u >= weights[w] { u -= weights[w]; w += 1 }
+            let people = peopleCache[w] ?? corpus.world(w, split: "heldout", count: RAGCorpus.peoplePerWorld)
+            peopleCache[w] = people
+            let e = corpus.example(Int(g.next() % 64), split: "heldout", world: w, people: people)
+            var tokens: [Int32] = [], spans: [Range<Int>] = []
+            for d in e.documents {
+                let t = tokenizer.encode(d)
+                spans.append(tokens.count..<(tokens.count + t.count))
+                tokens += t
+            }
+            let q = tokenizer.encode(e.question)
+            guard tokens.count + q.count + answerTokens + 1 <= config.maxPositionEmbeddings else { continue }
+            trace.append(Request(example: e, tokens: tokens + q, spans: spans, question: q.count))
+        }
+        guard !trace.isEmpty else { throw ValidationError("no request fits max_position_embeddings \(config.maxPositionEmbeddings)") }
+        return trace
+    }
+
+    /// The share of requests served by the top 5% of chunks.
+    func popularityLine(_ trace: [Request]) -> String {
+        var counts: [String: Int] = [:]
+        for r in trace { for s in r.spans { counts[r.tokens[s].map(String.init).joined(separator: ","), default: 0] += 1 } }
+        let ranked = counts.sorted { $0.value > $1.value }
+        let top = Set(ranked.prefix(max(1, ranked.count / 20)).map(\.key))
+        let served = trace.filter { r in r.spans.contains { top.contains(r.tokens[$0].map(String.init).joined(separator: ",")) } }.count
+        return String(format: "%d distinct documents; the top 5%% appear in %.0f%% of requests", counts.count,
+                      100 * Double(served) / Double(trace.count))
+    }
+
+    // MARK: - Measuring
+
+    func reference(_ m: LlamaModel, _ r: Request) throws -> Reference {
+        let kv = PromptKV(config: m.config, rows: r.tokens.count + answerTokens + 1)
+        let t0 = Date()
+        let result = try m.fuse(tokens: r.tokens, cached: [Bool](repeating: false, count: r.tokens.count), kv: kv, policy: .full)
+        let seconds = -t0.timeIntervalSinceNow
+        let answer = try decode(m, kv: kv, length: r.tokens.count, first: result.logits)
+        return Reference(logits: result.logits, answer: answer, correct: isCorrect(answer, r.example.answer), seconds: seconds,
+                         flops: result.flops)
+    }
+
+    /// Greedy answer tokens after a prefill whose last logits are `first` (stops at a newline).
+    func decode(_ m: LlamaModel, kv: PromptKV, length: Int, first: [Float]) throws -> [Int32] {
+        var out: [Int32] = [Int32(argmax(first))]
+        while out.count < answerTokens && out.last != 10 {
+            let logits = try m.extend(kv: kv, length: length + out.count - 1, tokens: [out[out.count - 1]])
+            out.append(Int32(argmax(Array(UnsafeBufferPointer(start: logits.pointer, count: m.config.vocabSize)))))
+        }
+        return out
+    }
+
+    func isCorrect(_ answer: [Int32], _ expected: String) -> Bool {
+        ByteTokenizer().decode(answer).trimmingCharacters(in: .whitespacesAndNewlines) == expected
+    }
+
+    func measure(_ m: LlamaModel, trace: [Request], references: [Reference], name: String, policy: ReusePolicy?,
+                 ratio: Double?) throws -> Row {
+        let store = try ChunkStore(fingerprint: ChunkReuse.fingerprint(m), memoryBudget: 8 << 30)
+        let reuse = ChunkReuse(store: store, policy: policy ?? ReusePolicy(method: .unchanged), tokenizer: "byte")
+        var seenPrefixes = Set<[Int32]>()
+        var kls: [Double] = [], top1: [Double] = [], seconds: [Double] = []
+        var seenChunks = Set<[Int32]>()
+        var single = (0, 0), twoHop = (0, 0)
+        var recomputed = 0, tokens = 0, chunks = 0, hits = 0
+        var flops = 0.0, fullFlops = 0.0
+        let vocab = m.config.vocabSize
+        for (i, r) in trace.enumerated() {
+            let ref = references[i], n = r.tokens.count
+            let kv = PromptKV(config: m.config, rows: n + answerTokens + 1)
+            var logits: [Float]
+            let t0 = Date()
+            if policy == nil {
+                // Prefix caching: the longest run of leading documents some earlier prompt began
+                // with is reused exactly; the rest is computed.
+                var cachedRows = 0
+                for s in r.spans where seenPrefixes.contains(Array(r.tokens[0..<s.upperBound])) { cachedRows = s.upperBound }
+                for s in r.spans { seenPrefixes.insert(Array(r.tokens[0..<s.upperBound])) }
+                let exact = PromptKV(config: m.config, rows: n)
+                if cachedRows > 0 {
+                    // The exact prefix KV, as a prefix cache would hold it (not timed).
+                    _ = try m.fuse(tokens: Array(r.tokens[0..<cachedRows]), cached: [Bool](repeating: false, count: cachedRows),
+                                   kv: exact, policy: .full)
+                    for l in 0..<m.config.numHiddenLayers {
+                        kv.keys[l].pointer.update(from: exact.keys[l].pointer, count: cachedRows * kv.width)
+                        kv.values[l].pointer.update(from: exact.values[l].pointer, count: cachedRows * kv.width)
+                    }
+                }
+                let start = Date()
+                let result = try m.fuse(tokens: r.tokens, cached: (0..<n).map { $0 < cachedRows }, kv: kv, policy: .unchanged)
+                seconds.append(-start.timeIntervalSinceNow)
+                logits = result.logits
+                recomputed += n - cachedRows
+                flops += result.flops
+                chunks += r.spans.count
+                hits += r.spans.filter { $0.upperBound <= cachedRows }.count
+            } else {
+                let (l, report) = try reuse.prefill(model: m, tokens: r.tokens, spans: r.spans, salt: nil, policy: nil, kv: kv)
+                seconds.append(-t0.timeIntervalSinceNow)
+                logits = l
+                recomputed += report.recomputedTokens
+                flops += report.flops
+                chunks += report.chunks
+                hits += report.hits
+            }
+            tokens += n
+            fullFlops += ref.flops
+            // Quality is compared on requests that could reuse something (paired across methods).
+            let reusable = r.spans.contains { seenChunks.contains(Array(r.tokens[$0])) }
+            for s in r.spans { seenChunks.insert(Array(r.tokens[s])) }
+            guard reusable else { continue }
+            kls.append(klDivergence(ref.logits, logits))
+            // Top-1 agreement over the full-prefill answer, teacher-forced on this method's cache.
+            var agree = argmax(logits) == Int(ref.answer[0]) ? 1 : 0
+            if ref.answer.count > 1 {
+                let forced = try m.extend(kv: kv, length: n, tokens: Array(ref.answer.dropLast()))
+                for j in 1..<ref.answer.count {
+                    let row = Array(UnsafeBufferPointer(start: forced.pointer + (j - 1) * vocab, count: vocab))
+                    if argmax(row) == Int(ref.answer[j]) { agree += 1 }
+                }
+            }
+            top1.append(Double(agree) / Double(ref.answer.count))
+            let answer = try decode(m, kv: kv, length: n, first: logits)
+            let ok = isCorrect(answer, r.example.answer)
+            if r.example.hops == 2 { twoHop = (twoHop.0 + (ok ? 1 : 0), twoHop.1 + 1) } else { single = (single.0 + (ok ? 1 : 0), single.1 + 1) }
+        }
+        let fullSeconds = references.map(\.seconds).sorted()[references.count / 2]
+        let median = seconds.sorted()[seconds.count / 2]
+        return Row(method: name, ratio: ratio, requests: trace.count, reuseRequests: kls.count,
+                   singleAccuracy: single.1 == 0 ? 0 : Double(single.0) / Double(single.1),
+                   twoHopAccuracy: twoHop.1 == 0 ? 0 : Double(twoHop.0) / Double(twoHop.1),
+                   klMedian: percentile(kls, 0.5), klP95: percentile(kls, 0.95),
+                   top1Median: percentile(top1, 0.5), top1Mean: top1.reduce(0, +) / Double(max(top1.count, 1)),
+                   recomputedShare: Double(recomputed) / Double(tokens), flopsShare: flops / fullFlops,
+                   prefillMsMedian: median * 1000, speedup: fullSeconds / median, hitRate: chunks == 0 ? 0 : Double(hits) / Double(chunks))
+    }
+
+    func argmax(_ a: [Float]) -> Int { a.indices.max { a[$0] < a[$1] } ?? 0 }
+
+    func percentile(_ a: [Double], _ q: Double) -> Double {
+        let s = a.sorted()
+        return s.isEmpty ? 0 : s[min(s.count - 1, Int(q * Double(s.count - 1)))]
+    }
+
+    func klDivergence(_ p: [Float], _ q: [Float]) -> Double { ChunkReuse.klDivergence(p, q) }
+
+    // MARK: - Output
+
+    func format(_ r: Row) -> String {
+        let name = (r.ratio.map { String(format: "%@ r=%.2f", r.method, $0) } ?? r.method).padding(toLength: 17, withPad: " ", startingAt: 0)
+        return name + String(format: " acc single %5.1f%%  two-hop %5.1f%%  KL med %.4f p95 %.4f  top-1 med %.3f  recompute %5.1f%% tokens %5.1f%% FLOPs  "
+                      + "prefill %7.1f ms (%.2fx full)  chunk hits %3.0f%%",
+                      100 * r.singleAccuracy, 100 * r.twoHopAccuracy, r.klMedian, r.klP95, r.top1Median,
+                      100 * r.recomputedShare, 100 * r.flopsShare, r.prefillMsMedian, r.speedup, 100 * r.hitRate)
+    }
+
+    /// Median KL (log scale) against the share of FLOPs recomputed, one series per method.
+    func plot(_ rows: [Row]) -> String {
+        let w = 720.0, h = 440.0, left = 70.0, bottom = 50.0, top = 30.0, right = 160.0
+        let kl = rows.map { max($0.klMedian, 1e-6) }
+        let lo = floor(log10(kl.min() ?? 1e-6)), hi = max(ceil(log10(kl.max() ?? 1)), lo + 1)
+        func x(_ f: Double) -> Double { left + f * (w - left - right) }
+        func y(_ k: Double) -> Double { h - bottom - (log10(max(k, 1e-6)) - lo) / (hi - lo) * (h - bottom - top) }
+        let colors = ["full": "#444444", "prefix": "#8c564b", "unchanged": "#d62728", "epic": "#9467bd", "faithful": "#ff7f0e",
+                      "cacheblend": "#1f77b4"]
+        var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" font-family=\"sans-serif\" font-size=\"12\">\n"
+        svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+        svg += "<text x=\"\(left)\" y=\"18\" font-size=\"14\">Chunk reuse: median KL(full || method) at the first answer token vs FLOPs recomputed</text>\n"
+        svg += "<line x1=\"\(left)\" y1=\"\(h - bottom)\" x2=\"\(w - right)\" y2=\"\(h - bottom)\" stroke=\"black\"/>\n"
+        svg += "<line x1=\"\(left)\" y1=\"\(top)\" x2=\"\(left)\" y2=\"\(h - bottom)\" stroke=\"black\"/>\n"
+        for t in stride(from: 0.0, through: 1.0, by: 0.2) {
+            svg += "<text x=\"\(x(t) - 10)\" y=\"\(h - bottom + 18)\">\(Int(t * 100))%</text>\n"
+        }
+        for e in Int(lo)...Int(hi) {
+            svg += "<text x=\"8\" y=\"\(y(pow(10, Double(e))) + 4)\">1e\(e)</text>\n"
+        }
+        svg += "<text x=\"\(x(0.4))\" y=\"\(h - 12)\">FLOPs recomputed (share of full prefill)</text>\n"
+        var legend = 0
+        for (method, color) in colors.sorted(by: { $0.key < $1.key }) {
+            let series = rows.filter { $0.method == method }.sorted { $0.flopsShare < $1.flopsShare }
+            guard !series.isEmpty else { continue }
+            let points = series.map { String(format: "%.1f,%.1f", x(min($0.flopsShare, 1)), y($0.klMedian)) }
+            if points.count > 1 { svg += "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"2\" points=\"\(points.joined(separator: " "))\"/>\n" }
+            for p in points {
+                let xy = p.split(separator: ",")
+                svg += "<circle cx=\"\(xy[0])\" cy=\"\(xy[1])\" r=\"4\" fill=\"\(color)\"/>\n"
+            }
+            svg += "<rect x=\"\(w - right + 15)\" y=\"\(top + 20 * Double(legend))\" width=\"12\" height=\"12\" fill=\"\(color)\"/>"
+            svg += "<text x=\"\(w - right + 32)\" y=\"\(top + 20 * Double(legend) + 11)\">\(method)</text>\n"
+            legend += 1
+        }
+        return svg + "</svg>\n"
+    }
+}
