@@ -24,9 +24,10 @@ struct CompletionRequest {
     var cacheSalt: String?
     /// vLLM's extension: log-probability entries name tokens as "token_id:N".
     var tokensAsIDs: Bool
-    /// Torus's extension: retrieved documents placed before every prompt, each a chunk whose
-    /// KV may be reused at any position (their token spans in each prompt).
-    var chunkSpans: [Range<Int>] = []
+    /// Torus's extension: per prompt, the token spans of its retrieved documents (the
+    /// `documents` field, or the parts before the last chunk separator), each a chunk whose KV
+    /// may be reused at any position.
+    var chunkSpans: [[Range<Int>]] = []
     /// Torus's extension: the recompute policy of this request's chunk reuse.
     var reusePolicy: ReusePolicy?
 
@@ -63,9 +64,35 @@ struct CompletionRequest {
             throw APIError.badRequest("prompt \(i) is empty", param: kind == .chat ? "messages" : "prompt")
         }
         let (documents, spans) = try parseDocuments(f, model: model)
+        var chunkSpans = [[Range<Int>]](repeating: [], count: prompts.count)
         if !documents.isEmpty {
             prompts = prompts.map { documents + $0 }
             texts = texts.map { t in t.map { model.tokenizer.decode(documents) + $0 } }
+            chunkSpans = chunkSpans.map { _ in spans }
+        } else if let separator = model.chunkSeparator, kind == .completion {
+            // LMCache's convention: "doc1 SEP doc2 SEP question"; the separators are removed.
+            for (i, text) in texts.enumerated() {
+                guard let text, text.contains(separator) else { continue }
+                let parts = text.components(separatedBy: separator)
+                var tokens: [Int32] = [], spans: [Range<Int>] = []
+                for (j, part) in parts.dropLast().enumerated() {
+                    let ids = model.tokenizer.encode(part)
+                    guard !ids.isEmpty else {
+                        throw APIError.badRequest("prompt\(texts.count > 1 ? "[\(i)]" : ""): chunk \(j) before separator \(j + 1) "
+                            + "('\(separator)') is empty", param: "prompt")
+                    }
+                    spans.append(tokens.count..<(tokens.count + ids.count))
+                    tokens += ids
+                }
+                let question = model.tokenizer.encode(parts[parts.count - 1])
+                guard !question.isEmpty else {
+                    throw APIError.badRequest("prompt\(texts.count > 1 ? "[\(i)]" : ""): nothing follows the last separator "
+                        + "('\(separator)'); the text after it is the question", param: "prompt")
+                }
+                prompts[i] = tokens + question
+                texts[i] = parts.joined()
+                chunkSpans[i] = spans
+            }
         }
         let reusePolicy = try parseReusePolicy(f)
         var maxTokens = try f.int("max_tokens")
@@ -112,7 +139,7 @@ struct CompletionRequest {
             seeded: seed != nil, stop: stop, stopTokenIDs: Set(stopIDs), ignoreEOS: try f.bool("ignore_eos") ?? false,
             n: n, logprobs: logprobs, echo: kind == .completion ? (try f.bool("echo") ?? false) : false,
             stream: stream, includeUsage: includeUsage, cacheSalt: try f.string("cache_salt"),
-            tokensAsIDs: try f.bool("return_tokens_as_token_ids") ?? false, chunkSpans: spans, reusePolicy: reusePolicy)
+            tokensAsIDs: try f.bool("return_tokens_as_token_ids") ?? false, chunkSpans: chunkSpans, reusePolicy: reusePolicy)
     }
 
     /// `documents`: a list of non-empty strings, tokenized one by one (so a document has the
@@ -160,7 +187,7 @@ struct CompletionRequest {
         sampling.seed = sampling.seed &+ UInt64(choice)
         var r = GenerationRequest(prompt: prompts[index], maxTokens: maxTokens, sampling: sampling, stopTokenIDs: stopTokenIDs,
                                   ignoreEOS: ignoreEOS, logprobs: logprobs, cacheSalt: cacheSalt)
-        r.chunks = chunkSpans
+        r.chunks = chunkSpans[index]
         r.reusePolicy = reusePolicy
         return r
     }

@@ -13,8 +13,13 @@ public struct ServedModel: Sendable {
     /// The chat template; nil refuses `/v1/chat/completions` with a 400.
     public let chatTemplate: ChatTemplate?
     public let created: Int
+    /// Completion prompts containing this string are split there into chunks (all parts but
+    /// the last) and the question (LMCache's convention); nil: no splitting.
+    public let chunkSeparator: String?
 
-    public init(engine: Engine, tokenizer: any TextTokenizer, name: String, root: String, chatTemplate: ChatTemplate?) {
+    public init(engine: Engine, tokenizer: any TextTokenizer, name: String, root: String, chatTemplate: ChatTemplate?,
+                chunkSeparator: String? = nil) {
+        self.chunkSeparator = chunkSeparator
         self.engine = engine
         self.tokenizer = tokenizer
         self.name = name

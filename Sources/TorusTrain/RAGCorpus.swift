@@ -226,6 +226,21 @@ public struct RAGCorpus: Sendable {
         return example(index % Self.questionsPerWorld, split: split, world: w, people: world(w, split: split, count: Self.peoplePerWorld))
     }
 
+    /// Examples 0..<count of `split` (each world built once).
+    public func examples(count: Int, split: String) -> [RAGExample] {
+        var out: [RAGExample] = []
+        var w = -1
+        var people: [Person] = []
+        for i in 0..<count {
+            if i / Self.questionsPerWorld != w {
+                w = i / Self.questionsPerWorld
+                people = world(w, split: split, count: Self.peoplePerWorld)
+            }
+            out.append(example(i % Self.questionsPerWorld, split: split, world: w, people: people))
+        }
+        return out
+    }
+
     /// Training windows of exactly `window` bytes, one example each: its documents, its question
     /// and answer, then as many other questions about the same documents as fit, then newline
     /// padding. A window never cuts a prompt from its documents (a plain stream cut into windows
@@ -239,14 +254,7 @@ public struct RAGCorpus: Sendable {
     /// the documents and the padding (for training on the questions only).
     public func trainingWindowsWithMask(count: Int, split: String, window: Int) -> (text: String, questions: [Bool]) {
         var out = "", mask: [Bool] = []
-        var w = -1
-        var people: [Person] = []
-        for i in 0..<count {
-            if i / Self.questionsPerWorld != w {
-                w = i / Self.questionsPerWorld
-                people = world(w, split: split, count: Self.peoplePerWorld)
-            }
-            let e = example(i % Self.questionsPerWorld, split: split, world: w, people: people)
+        for e in examples(count: count, split: split) {
             var unit = e.prompt + " " + e.answer + "\n"
             guard unit.utf8.count <= window else { continue }
             for q in e.extra {
@@ -267,14 +275,7 @@ public struct RAGCorpus: Sendable {
     /// documents.
     public func text(count: Int, split: String, questionsPerPrompt: Int = 1) -> String {
         var out = ""
-        var w = -1
-        var people: [Person] = []
-        for i in 0..<count {
-            if i / Self.questionsPerWorld != w {
-                w = i / Self.questionsPerWorld
-                people = world(w, split: split, count: Self.peoplePerWorld)
-            }
-            let e = example(i % Self.questionsPerWorld, split: split, world: w, people: people)
+        for e in examples(count: count, split: split) {
             out += e.prompt + " " + e.answer + "\n"
             for q in e.extra.prefix(max(0, questionsPerPrompt - 1)) { out += q.question + " " + q.answer + "\n" }
             out += "\n"

@@ -33,6 +33,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Directory of the chunk store's disk tier (serve.chunk_reuse.directory).") var chunkStore: String?
     @Option(help: "Share of reuse requests also run with full prefill to measure the divergence (serve.chunk_reuse.audit_share).")
     var auditShare: Double?
+    @Option(help: "Split completion prompts into chunks at this string (serve.chunk_reuse.separator).") var chunkSeparator: String?
 
     func run() throws {
         var s = try config.map { try ServeSection.load(path: $0) } ?? ServeSection()
@@ -66,6 +67,11 @@ struct ServeCommand: ParsableCommand {
         if let chunkStore {
             s.reuse = s.reuse ?? ReusePolicy()
             s.reuseDirectory = chunkStore
+        }
+        if let chunkSeparator {
+            guard !chunkSeparator.isEmpty else { throw ValidationError("--chunk-separator is empty") }
+            s.reuse = s.reuse ?? ReusePolicy()
+            s.chunkSeparator = chunkSeparator
         }
         if let auditShare {
             guard (0...1).contains(auditShare) else { throw ValidationError("--audit-share \(auditShare): expected 0...1") }
@@ -140,7 +146,8 @@ struct ServeCommand: ParsableCommand {
             }
         }
         let name = s.servedModelName ?? URL(fileURLWithPath: dir).standardizedFileURL.lastPathComponent
-        let served = ServedModel(engine: engine, tokenizer: tokenizer, name: name, root: dir, chatTemplate: template)
+        let served = ServedModel(engine: engine, tokenizer: tokenizer, name: name, root: dir, chatTemplate: template,
+                                 chunkSeparator: s.reuse == nil ? nil : s.chunkSeparator)
         let options = HTTPOptions(host: s.host, port: s.port, apiKey: key, maxBodyBytes: s.maxBodyMB << 20,
                                   shutdownGraceSeconds: s.shutdownGraceS)
         let server = HTTPServer(model: served, options: options)

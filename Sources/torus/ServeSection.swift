@@ -34,6 +34,7 @@ import Yams
 ///         disk_mb: 4096
 ///         audit_share: 0.05           # share of reuse requests also run with full prefill
 ///         audit_max_kl: 0.1           # past this KL a request's reused chunks are computed in full
+///         separator: "<|chunk|>"      # also split completion prompts into chunks at this string
 struct ServeSection {
     var model: String?
     var servedModelName: String?
@@ -58,6 +59,7 @@ struct ServeSection {
     var reuseDirectory: String?
     var reuseDiskMB = 4096
     var audit = ReuseAudit()
+    var chunkSeparator: String?
 
     static let keys = ["model", "served_model_name", "host", "port", "api_key_env", "block_size", "kv_cache_memory_mb",
                        "max_model_len", "max_num_batched_tokens", "max_num_seqs", "max_waiting", "chat_template",
@@ -107,7 +109,7 @@ struct ServeSection {
             let sec = "serve.chunk_reuse"
             guard let cr = cr as? [String: Any] else { throw ConfigError(file: path, message: "'\(sec)' must be a mapping") }
             try RunConfig.checkKeys(cr, known: ["policy", "ratio", "check_layer", "first_tokens", "memory_mb", "directory", "disk_mb",
-                                                  "audit_share", "audit_max_kl"],
+                                                  "audit_share", "audit_max_kl", "separator"],
                                     section: sec, file: path)
             var p = ReusePolicy()
             if cr["policy"] != nil {
@@ -134,6 +136,10 @@ struct ServeSection {
                 }
             }
             if cr["audit_max_kl"] != nil { s.audit.maxKL = try r.double(cr, "audit_max_kl", section: sec) }
+            if cr["separator"] != nil {
+                s.chunkSeparator = try r.string(cr, "separator", section: sec)
+                guard s.chunkSeparator?.isEmpty == false else { throw ConfigError(file: path, message: "'\(sec).separator' is empty") }
+            }
             s.reuse = p
         }
         if let t = s.chatTemplate, ChatTemplate(rawValue: t) == nil {

@@ -34,7 +34,8 @@ import TorusModel
         let server = try ServerProcess(TorusBinary.path, ["serve", "--model", model, "--port", "0", "--served-model-name", "tiny",
                                                           "--api-key", "sk-test", "--chat-template", "chatml", "--max-body-mb", "1",
                                                           "--max-model-len", "512", "--kv-cache-memory-mb", "64",
-                                                          "--chunk-reuse", "cacheblend", "--chunk-store", model + "-chunks"],
+                                                          "--chunk-reuse", "cacheblend", "--chunk-store", model + "-chunks",
+                                                          "--chunk-separator", "<|chunk|>"],
                                        environment: ["TORUS_NO_REEXEC": "1"])
         let busy = try ServerProcess(TorusBinary.path, ["serve", "--model", model, "--port", "0", "--max-waiting", "0"],
                                      environment: ["TORUS_NO_REEXEC": "1"])

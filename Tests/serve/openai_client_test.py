@@ -424,6 +424,20 @@ def _():
     assert m.get("torus:chunk_store_bytes{tier=disk}", 0) > 0 and m.get("torus:chunk_store_entries{tier=memory}", 0) >= 3, m
 
 
+@check("a chunk separator in the prompt names the chunks; empty parts are a 400")
+def _():
+    sep = "<|chunk|>"
+    a, b, q = "Doc: alpha beta gamma.\n", "Doc: delta epsilon.\n", "Q: which?\nA:"
+    status, j = completion_json({"prompt": a + sep + b + sep + q, "max_tokens": 2, "temperature": 0})
+    assert status == 200, j
+    assert j["usage"]["reuse"]["chunks"] == 2 and j["usage"]["prompt_tokens"] == len(a + b + q), j["usage"]
+    status, j = completion_json({"prompt": b + sep + a + sep + q, "max_tokens": 2, "temperature": 0})
+    assert status == 200 and j["usage"]["reuse"]["chunk_hits"] == 2, j
+    for prompt, needle in [(a + sep + sep + q, "chunk 1 before separator 2"), (a + sep, "nothing follows the last separator")]:
+        status, j = completion_json({"prompt": prompt, "max_tokens": 2})
+        assert status == 400 and needle in j["error"]["message"], (prompt, status, j)
+
+
 @check("documents: bad input is a 400 naming the field or the total")
 def _():
     for body, needle in [({"documents": [""]}, "documents[0]"), ({"documents": "text"}, "documents"),
