@@ -72,6 +72,30 @@ public struct RecomputePolicy: Sendable, Equatable {
     }
 }
 
+/// How one chunk's tokens attended in a full prefill (Cache-Craft's statistics), averaged over
+/// layers and heads.
+public struct ChunkAttentionStats: Sendable, Equatable, Codable {
+    /// Per token: attention mass on every position before the chunk.
+    public var tokenPrefixMass: [Float]
+    /// Per earlier chunk of the prompt (in order): the tokens' mean attention mass on it.
+    public var priorMass: [Float]
+    /// The tokens' mean attention mass on the chunk itself.
+    public var selfMass: Float
+
+    public init(tokenPrefixMass: [Float], priorMass: [Float], selfMass: Float) {
+        self.tokenPrefixMass = tokenPrefixMass
+        self.priorMass = priorMass
+        self.selfMass = selfMass
+    }
+
+    /// Cache-Craft's context dependence: sigmoid(mean inter-chunk mass / intra-chunk mass).
+    public var cci: Double {
+        let inter = Double(tokenPrefixMass.reduce(0, +)) / Double(max(tokenPrefixMass.count, 1))
+        let ratio = inter / Double(max(selfMass, 1e-6))
+        return 1 / (1 + exp(-ratio))
+    }
+}
+
 /// What a chunk-reuse prefill computed.
 public struct FusionResult: Sendable {
     /// Logits of the last prompt row.
@@ -84,6 +108,8 @@ public struct FusionResult: Sendable {
     public var recomputedCachedRows: [Int]
     /// Floating-point operations spent (matrix products and attention, check layers included).
     public var flops: Double
+    /// Per span asked for (full prefill only): how its tokens attended.
+    public var statistics: [ChunkAttentionStats] = []
 }
 
 extension LlamaModel {
@@ -99,7 +125,11 @@ extension LlamaModel {
     /// `policy` chooses (CacheBlend's check layers, a static set, or all). `kv` ends holding the
     /// blended keys and values of every layer. Uses the same layer halves as every other
     /// forward pass and `BlockAttention` for each computed row against all keys, masked per row.
-    public func fuse(tokens: [Int32], cached: [Bool], kv: PromptKV, policy: RecomputePolicy) throws -> FusionResult {
+    ///
+    /// With `statistics` spans (chunks, ascending) and a full prefill, also records how each
+    /// span's tokens attend to what precedes it and to each earlier span (Cache-Craft).
+    public func fuse(tokens: [Int32], cached: [Bool], kv: PromptKV, policy: RecomputePolicy,
+                     statistics spans: [Range<Int>] = []) throws -> FusionResult {
         try requireWhole(for: "chunk fusion")
         let n = tokens.count, d = config.hiddenSize
         guard n > 0, cached.count == n, kv.rows >= n else {
@@ -129,6 +159,7 @@ extension LlamaModel {
         var x = embed(rows.map { tokens[$0] }, into: hidden.view(offset: 0, shape: [rows.count, d]))
         var positions = rows.map { Int32($0) }
         var projected: [Int] = [], computed: [Int] = []
+        let recorder = policy.everyRow && !spans.isEmpty ? AttentionStatsRecorder(spans: spans, shape: shape) : nil
         var flops = 0.0
         let f = Double(config.intermediateSize), dd = Double(d)
 
@@ -172,6 +203,8 @@ extension LlamaModel {
                 x = x.view(offset: 0, shape: [m, d])
             }
             attendRows(rows, layer: l, n: n, kv: kv, q: b.q, out: b.o, lse: b.lse, partOut: partOut, partLSE: partLSE, mask: policy.mask)
+            // Every row is computed in a full prefill: row index = position.
+            recorder?.record(layer: l, q: b.q, lse: b.lse, kv: kv)
             for (i, j) in rows.enumerated() {
                 let seen = policy.mask == .exact ? j + 1 : n - m + i + 1
                 flops += 4 * Double(qw) * Double(seen)
@@ -187,7 +220,8 @@ extension LlamaModel {
         flops += 2 * dd * Double(config.vocabSize)
         let recomputed = rows.filter { cached[$0] }
         return FusionResult(logits: Array(UnsafeBufferPointer(start: logits.pointer, count: config.vocabSize)),
-                            projectedRows: projected, computedRows: computed, recomputedCachedRows: recomputed, flops: flops)
+                            projectedRows: projected, computedRows: computed, recomputedCachedRows: recomputed, flops: flops,
+                            statistics: recorder?.result(layers: layers) ?? [])
     }
 
     /// Attention of the computed rows (ascending positions `rows`, queries in `q`) against the
@@ -232,5 +266,65 @@ extension LlamaModel {
         let copy = Tensor(zeros: [m, config.vocabSize])
         copy.pointer.update(from: logits.pointer, count: m * config.vocabSize)
         return copy
+    }
+}
+
+/// Accumulates, layer by layer of a full prefill, the attention mass of each span's tokens on
+/// what precedes the span, on each earlier span and on the span itself: the mass on a key set
+/// is exp(lse over that set - lse over all visible keys), per head.
+final class AttentionStatsRecorder {
+    let spans: [Range<Int>]
+    let shape: AttentionShape
+    private var prefix: [[Float]]       // per span, per token: summed mass (over layers and heads)
+    private var prior: [[Float]]        // per span, per earlier span: summed mean mass
+    private var own: [Float]
+    private let out: Tensor, lse: Tensor, partOut: Tensor, partLSE: Tensor
+
+    init(spans: [Range<Int>], shape: AttentionShape) {
+        self.spans = spans
+        self.shape = shape
+        prefix = spans.map { [Float](repeating: 0, count: $0.count) }
+        prior = spans.indices.map { [Float](repeating: 0, count: $0) }
+        own = [Float](repeating: 0, count: spans.count)
+        let longest = spans.map(\.count).max() ?? 1
+        out = Tensor(zeros: [longest, shape.queryWidth])
+        lse = Tensor(zeros: [longest, shape.queryHeads])
+        partOut = Tensor(zeros: [longest, shape.queryWidth])
+        partLSE = Tensor(zeros: [longest, shape.queryHeads])
+    }
+
+    /// Mass per token (summed over heads) of span `c`'s queries on keys `keys`.
+    private func mass(_ c: Range<Int>, keys: Range<Int>, q: Tensor, total: Tensor, kv: PromptKV, layer: Int) -> [Float] {
+        let qw = shape.queryWidth, kw = shape.keyValueWidth, hq = shape.queryHeads
+        let run = BlockAttention.KeyRun(k: kv.keys[layer].pointer + keys.lowerBound * kw, v: kv.values[layer].pointer + keys.lowerBound * kw,
+                                        start: keys.lowerBound, count: keys.count)
+        BlockAttention.forward(q: q.pointer + c.lowerBound * qw, queryCount: c.count, queryStart: c.lowerBound, runs: [run], shape: shape,
+                               out: out.pointer, lse: lse.pointer, partOut: partOut.pointer, partLSE: partLSE.pointer)
+        return (0..<c.count).map { i in
+            var m: Float = 0
+            for h in 0..<hq { m += exp(lse.pointer[i * hq + h] - total.pointer[(c.lowerBound + i) * hq + h]) }
+            return m
+        }
+    }
+
+    func record(layer: Int, q: Tensor, lse total: Tensor, kv: PromptKV) {
+        for (ci, c) in spans.enumerated() where !c.isEmpty {
+            if c.lowerBound > 0 {
+                let m = mass(c, keys: 0..<c.lowerBound, q: q, total: total, kv: kv, layer: layer)
+                for i in m.indices { prefix[ci][i] += m[i] }
+            }
+            for (pi, p) in spans.prefix(ci).enumerated() where !p.isEmpty {
+                prior[ci][pi] += mass(c, keys: p, q: q, total: total, kv: kv, layer: layer).reduce(0, +) / Float(c.count)
+            }
+            own[ci] += mass(c, keys: c, q: q, total: total, kv: kv, layer: layer).reduce(0, +) / Float(c.count)
+        }
+    }
+
+    func result(layers: Int) -> [ChunkAttentionStats] {
+        let scale = 1 / Float(layers * shape.queryHeads)
+        return spans.indices.map { ci in
+            ChunkAttentionStats(tokenPrefixMass: prefix[ci].map { $0 * scale }, priorMass: prior[ci].map { $0 * scale },
+                                selfMass: own[ci] * scale)
+        }
     }
 }

@@ -16,18 +16,24 @@ public struct ReusePolicy: Sendable, Equatable {
         case faithful
         /// EPIC: the first `firstTokens` tokens of every cached chunk.
         case epic
+        /// Cache-Craft: per chunk, a share CFO = alpha x CCI x (1 - beta') of its tokens, those
+        /// that attended most to the chunks before them when captured; no check layer.
+        case cachecraft
     }
 
     public var method: Method
     public var ratio: Double
     public var checkLayer: Int
     public var firstTokens: Int
+    /// Cache-Craft's scale of the recompute fraction (tuned for a quality target).
+    public var alpha: Double
 
-    public init(method: Method = .cacheblend, ratio: Double = 0.15, checkLayer: Int = 1, firstTokens: Int = 16) {
+    public init(method: Method = .cacheblend, ratio: Double = 0.15, checkLayer: Int = 1, firstTokens: Int = 16, alpha: Double = 1) {
         self.method = method
         self.ratio = ratio
         self.checkLayer = checkLayer
         self.firstTokens = firstTokens
+        self.alpha = alpha
     }
 
     /// The fusion policy for a prompt whose chunks are `spans` (cached ones flagged).
@@ -41,7 +47,34 @@ public struct ReusePolicy: Sendable, Equatable {
         case .epic:
             let rows = spans.flatMap { s in s.prefix(firstTokens).filter { cached[$0] } }
             return RecomputePolicy(forcedRows: rows)
+        case .cachecraft:
+            // Chosen per chunk from its recorded statistics (ChunkReuse.cacheCraftRows).
+            return .unchanged
         }
+    }
+
+    /// Cache-Craft's recompute fraction of a chunk captured after `old` (keys in order) with
+    /// `stats`, now placed after `new`: beta = share of the recorded inter-chunk attention that
+    /// went to chunks also before it now, gamma = normalised Kendall-tau distance between the
+    /// orders of those chunks, CFO = clamp(alpha x CCI x (1 - beta (1 - gamma)), 0, 1).
+    static func cacheCraftFraction(stats: ChunkAttentionStats, old: [String], new: [String], alpha: Double) -> Double {
+        let now = Set(new)
+        let total = stats.priorMass.reduce(0, +)
+        var kept: Float = 0
+        for (i, k) in old.enumerated() where i < stats.priorMass.count && now.contains(k) { kept += stats.priorMass[i] }
+        let beta = total > 0 ? Double(kept / total) : (old.isEmpty && new.isEmpty ? 1 : 0)
+        let shared = old.filter { now.contains($0) }
+        let position = Dictionary(new.enumerated().map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
+        var discordant = 0, pairs = 0
+        for i in shared.indices {
+            for j in shared.indices where j > i {
+                pairs += 1
+                if (position[shared[i]] ?? 0) > (position[shared[j]] ?? 0) { discordant += 1 }
+            }
+        }
+        let gamma = pairs == 0 ? 0 : Double(discordant) / Double(pairs)
+        let betaPrime = beta * (1 - gamma)
+        return min(1, max(0, alpha * stats.cci * (1 - betaPrime)))
     }
 }
 
@@ -138,6 +171,8 @@ public final class ChunkReuse: @unchecked Sendable {
         var report = ReuseReport()
         report.chunks = spans.count
         var missed: [Range<Int>] = [], reusedKeys: [String] = []
+        var found: [(span: Range<Int>, variant: ChunkVariant)] = []
+        let keys = spans.map { store.key(tokens: Array(tokens[$0]), tokenizer: tokenizer, salt: salt).hex }
         for s in spans {
             let chunk = Array(tokens[s])
             let key = store.key(tokens: chunk, tokenizer: tokenizer, salt: salt)
@@ -161,12 +196,17 @@ public final class ChunkReuse: @unchecked Sendable {
             }
             for j in s { cached[j] = true }
             reusedKeys.append(key.hex)
+            found.append((s, v))
             report.hits += 1
             report.reusedTokens += rows
         }
         let chosen = override ?? policy
-        let fusion = report.hits == 0 ? RecomputePolicy.full : chosen.recompute(spans: spans, cached: cached, layers: layers)
-        let result = try model.fuse(tokens: tokens, cached: cached, kv: kv, policy: fusion)
+        var fusion = report.hits == 0 ? RecomputePolicy.full : chosen.recompute(spans: spans, cached: cached, layers: layers)
+        if report.hits > 0 && chosen.method == .cachecraft {
+            fusion = RecomputePolicy(forcedRows: Self.cacheCraftRows(found: found, spans: spans, keys: keys, alpha: chosen.alpha))
+        }
+        // A full prefill records how each chunk attends, for Cache-Craft's choice later.
+        let result = try model.fuse(tokens: tokens, cached: cached, kv: kv, policy: fusion, statistics: fusion.everyRow ? spans : [])
         report.recomputedTokens = result.recomputedCachedRows.count + (n - report.reusedTokens)
         report.flops = result.flops
         if report.hits > 0 && !fusion.everyRow && audit.share > 0
@@ -177,6 +217,7 @@ public final class ChunkReuse: @unchecked Sendable {
         // approximate when they attended to reused KV.
         let exact = fusion.everyRow
         for s in missed {
+            let index = spans.firstIndex(of: s) ?? 0
             let rows = s.count
             var data = [Float](repeating: 0, count: 2 * layers * rows * kw)
             data.withUnsafeMutableBufferPointer { out in
@@ -186,12 +227,35 @@ public final class ChunkReuse: @unchecked Sendable {
                 }
             }
             let chunk = Array(tokens[s])
-            store.insert(ChunkVariant(key: store.key(tokens: chunk, tokenizer: tokenizer, salt: salt),
-                                      context: ChunkStore.context(tokens[0..<s.lowerBound]), start: s.lowerBound, tokens: chunk,
-                                      approximate: !exact, layers: layers, width: kw, data: data,
-                                      savedFLOPs: Self.prefillFLOPs(model.config, start: s.lowerBound, count: rows)))
+            var v = ChunkVariant(key: store.key(tokens: chunk, tokenizer: tokenizer, salt: salt),
+                                 context: ChunkStore.context(tokens[0..<s.lowerBound]), start: s.lowerBound, tokens: chunk,
+                                 approximate: !exact, layers: layers, width: kw, data: data,
+                                 savedFLOPs: Self.prefillFLOPs(model.config, start: s.lowerBound, count: rows))
+            v.priorChunks = Array(keys[0..<index])
+            v.stats = index < result.statistics.count ? result.statistics[index] : nil
+            store.insert(v)
         }
         return (result.logits, report)
+    }
+
+    /// Cache-Craft's static choice: for each reused chunk, its CFO share of tokens with the
+    /// most recorded attention on what preceded it (a chunk captured without statistics falls
+    /// back to its first tokens, at CFO = alpha / 2).
+    static func cacheCraftRows(found: [(span: Range<Int>, variant: ChunkVariant)], spans: [Range<Int>], keys: [String],
+                               alpha: Double) -> [Int] {
+        var rows: [Int] = []
+        for (span, v) in found {
+            let index = spans.firstIndex(of: span) ?? 0
+            guard let stats = v.stats, stats.tokenPrefixMass.count == span.count else {
+                rows += span.prefix(Int((alpha / 2 * Double(span.count)).rounded(.up)))
+                continue
+            }
+            let cfo = ReusePolicy.cacheCraftFraction(stats: stats, old: v.priorChunks, new: Array(keys[0..<index]), alpha: alpha)
+            let count = Int((cfo * Double(span.count) - 1e-9).rounded(.up))
+            let ranked = stats.tokenPrefixMass.indices.sorted { stats.tokenPrefixMass[$0] > stats.tokenPrefixMass[$1] }
+            rows += ranked.prefix(count).map { span.lowerBound + $0 }
+        }
+        return rows.sorted()
     }
 
     /// Runs full prefill of the same prompt and compares its next-token distribution with the

@@ -1,4 +1,5 @@
 import Foundation
+import TorusModel
 
 /// One stored KV cache of a chunk: the keys and values of every layer for the chunk's tokens,
 /// captured at positions `start..<start+tokens.count` after a given context.
@@ -18,6 +19,10 @@ public struct ChunkVariant: Sendable {
     public var data: [Float]
     /// Floating-point operations a hit saves (the chunk's prefill), for eviction.
     public var savedFLOPs: Double
+    /// Keys (hex) of the chunks before this one when captured, in order.
+    public var priorChunks: [String] = []
+    /// How the chunk attended when captured in a full prefill (nil for blended captures).
+    public var stats: ChunkAttentionStats?
 
     public init(key: [UInt8], context: [UInt8], start: Int, tokens: [Int32], approximate: Bool, layers: Int, width: Int,
                 data: [Float], savedFLOPs: Double) {
@@ -270,6 +275,8 @@ public final class ChunkStore: @unchecked Sendable {
         var savedFLOPs: Double
         var payloadBytes: Int
         var checksum: UInt64
+        var priorChunks: [String]?
+        var stats: ChunkAttentionStats?
     }
 
     private static let magic = Array("TORUSKV1".utf8)
@@ -292,7 +299,7 @@ public final class ChunkStore: @unchecked Sendable {
         let sum = v.data.withUnsafeBytes { Self.checksum($0) }
         let header = Header(fingerprint: fingerprint, key: v.key.hex, context: v.context.hex, start: v.start, tokens: v.tokens,
                             approximate: v.approximate, layers: v.layers, width: v.width, savedFLOPs: v.savedFLOPs,
-                            payloadBytes: v.bytes, checksum: sum)
+                            payloadBytes: v.bytes, checksum: sum, priorChunks: v.priorChunks, stats: v.stats)
         guard let json = try? JSONEncoder().encode(header) else { return false }
         var file = Data(Self.magic)
         withUnsafeBytes(of: UInt32(json.count).littleEndian) { file.append(contentsOf: $0) }
@@ -346,8 +353,11 @@ public final class ChunkStore: @unchecked Sendable {
         guard payload.withUnsafeBytes({ Self.checksum($0) }) == header.checksum else { return drop("checksum mismatch") }
         let floats = payload.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
         guard let key = Self.bytes(hex: header.key), let context = Self.bytes(hex: header.context) else { return drop("bad key") }
-        return ChunkVariant(key: key, context: context, start: header.start, tokens: header.tokens, approximate: header.approximate,
-                            layers: header.layers, width: header.width, data: floats, savedFLOPs: header.savedFLOPs)
+        var v = ChunkVariant(key: key, context: context, start: header.start, tokens: header.tokens, approximate: header.approximate,
+                             layers: header.layers, width: header.width, data: floats, savedFLOPs: header.savedFLOPs)
+        v.priorChunks = header.priorChunks ?? []
+        v.stats = header.stats
+        return v
     }
 
     private static func bytes(hex: String) -> [UInt8]? {

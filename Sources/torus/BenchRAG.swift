@@ -21,8 +21,8 @@ struct BenchRAG: ParsableCommand {
     @Option(help: "Seed of the trace.") var seed: UInt64 = 1
     @Option(help: "Documents per prompt, min-max.") var documents: String = "6-10"
     @Option(help: "Recompute ratios for cacheblend and faithful, comma-separated.") var ratios: String = "0,0.05,0.1,0.15,0.2,0.3,0.5,1"
-    @Option(help: "Methods, comma-separated: full, prefix, unchanged, epic, faithful, cacheblend.")
-    var methods: String = "full,prefix,unchanged,epic,faithful,cacheblend"
+    @Option(help: "Methods, comma-separated: full, prefix, unchanged, epic, faithful, cacheblend, cachecraft (its alpha from --ratios).")
+    var methods: String = "full,prefix,unchanged,epic,faithful,cacheblend,cachecraft"
     @Option(help: "Answer tokens compared (teacher-forced) and decoded.") var answerTokens: Int = 16
     @Option(help: "Directory for rag.json and rag.svg.") var out: String = "runs/bench-rag"
 
@@ -74,7 +74,7 @@ struct BenchRAG: ParsableCommand {
             return r
         }
         let methodList = methods.split(separator: ",").map { String($0) }
-        let known = ["full", "prefix", "unchanged", "epic", "faithful", "cacheblend"]
+        let known = ["full", "prefix", "unchanged", "epic", "faithful", "cacheblend", "cachecraft"]
         for name in methodList where !known.contains(name) {
             throw ValidationError("--methods: unknown method '\(name)'; known: \(known.joined(separator: ", "))")
         }
@@ -100,6 +100,7 @@ struct BenchRAG: ParsableCommand {
             case "unchanged": [(ReusePolicy(method: .unchanged), nil)]
             case "epic": [(ReusePolicy(method: .epic, firstTokens: 16), nil)]
             case "faithful": ratioList.map { (ReusePolicy(method: .faithful, ratio: $0), $0) }
+            case "cachecraft": ratioList.map { (ReusePolicy(method: .cachecraft, alpha: $0), $0) }
             default: ratioList.map { (ReusePolicy(method: .cacheblend, ratio: $0), $0) }
             }
             for (policy, ratio) in variants {
@@ -295,7 +296,7 @@ struct BenchRAG: ParsableCommand {
         func x(_ f: Double) -> Double { left + f * (w - left - right) }
         func y(_ k: Double) -> Double { h - bottom - (log10(max(k, 1e-6)) - lo) / (hi - lo) * (h - bottom - top) }
         let colors = ["full": "#444444", "prefix": "#8c564b", "unchanged": "#d62728", "epic": "#9467bd", "faithful": "#ff7f0e",
-                      "cacheblend": "#1f77b4"]
+                      "cacheblend": "#1f77b4", "cachecraft": "#2ca02c"]
         var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" font-family=\"sans-serif\" font-size=\"12\">\n"
         svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
         svg += "<text x=\"\(left)\" y=\"18\" font-size=\"14\">Chunk reuse: median KL(full || method) at the first answer token vs FLOPs recomputed</text>\n"

@@ -25,10 +25,11 @@ import Yams
 ///         layout: zigzag              # zigzag | contiguous
 ///         threshold: 4096             # prompts of at least this many tokens
 ///       chunk_reuse:                  # reuse the KV of documents sent in `documents`
-///         policy: cacheblend          # full | unchanged | cacheblend | faithful | epic
+///         policy: cacheblend          # full | unchanged | cacheblend | faithful | epic | cachecraft
 ///         ratio: 0.15                 # share of cached tokens recomputed (cacheblend, faithful)
 ///         check_layer: 1
 ///         first_tokens: 16            # epic: tokens recomputed at the start of every chunk
+///         alpha: 1.0                  # cachecraft: scale of the recompute fraction
 ///         memory_mb: 512              # memory tier
 ///         directory: runs/chunks      # disk tier (optional)
 ///         disk_mb: 4096
@@ -108,7 +109,7 @@ struct ServeSection {
         if let cr = m["chunk_reuse"] {
             let sec = "serve.chunk_reuse"
             guard let cr = cr as? [String: Any] else { throw ConfigError(file: path, message: "'\(sec)' must be a mapping") }
-            try RunConfig.checkKeys(cr, known: ["policy", "ratio", "check_layer", "first_tokens", "memory_mb", "directory", "disk_mb",
+            try RunConfig.checkKeys(cr, known: ["policy", "ratio", "check_layer", "first_tokens", "alpha", "memory_mb", "directory", "disk_mb",
                                                   "audit_share", "audit_max_kl", "separator"],
                                     section: sec, file: path)
             var p = ReusePolicy()
@@ -126,6 +127,10 @@ struct ServeSection {
             }
             if cr["check_layer"] != nil { p.checkLayer = try r.int(cr, "check_layer", section: sec, min: 0) }
             if cr["first_tokens"] != nil { p.firstTokens = try r.int(cr, "first_tokens", section: sec, min: 0) }
+            if cr["alpha"] != nil {
+                p.alpha = try r.double(cr, "alpha", section: sec)
+                guard p.alpha >= 0 else { throw ConfigError(file: path, message: "'\(sec).alpha' is \(p.alpha); expected >= 0") }
+            }
             if cr["memory_mb"] != nil { s.reuseMemoryMB = try r.int(cr, "memory_mb", section: sec, min: 0) }
             if cr["directory"] != nil { s.reuseDirectory = try r.string(cr, "directory", section: sec) }
             if cr["disk_mb"] != nil { s.reuseDiskMB = try r.int(cr, "disk_mb", section: sec, min: 0) }

@@ -199,4 +199,29 @@ import TorusTensor
             try model.fuse(tokens: Self.tokens, cached: [true], kv: kv, policy: .full)
         }
     }
+
+    /// Cache-Craft's statistics: per chunk, the mass on what precedes it and on itself sum to
+    /// one; with chunks covering the prefix, the masses on earlier chunks add up to the
+    /// prefix mass; the first chunk sees nothing before it.
+    @Test func attentionStatisticsAddUp() throws {
+        let model = try Self.model()
+        var spans: [Range<Int>] = [], at = 0
+        for c in Self.chunks { spans.append(at..<(at + c.count)); at += c.count }
+        let kv = PromptKV(config: model.config, rows: Self.tokens.count)
+        let result = try model.fuse(tokens: Self.tokens, cached: [Bool](repeating: false, count: Self.tokens.count), kv: kv,
+                                    policy: .full, statistics: spans)
+        #expect(result.statistics.count == 3)
+        for (i, s) in result.statistics.enumerated() {
+            let prefix = s.tokenPrefixMass.reduce(0, +) / Float(s.tokenPrefixMass.count)
+            #expect(abs(prefix + s.selfMass - 1) < 1e-4, "chunk \(i): \(prefix) + \(s.selfMass)")
+            #expect(abs(s.priorMass.reduce(0, +) - prefix) < 1e-4)
+            #expect(s.priorMass.count == i && s.tokenPrefixMass.count == spans[i].count)
+            #expect(i == 0 ? prefix == 0 : prefix > 0.05)
+            #expect(s.cci > 0.5 || i == 0)
+        }
+        // The statistics do not change the prefill.
+        let plain = try model.fuse(tokens: Self.tokens, cached: [Bool](repeating: false, count: Self.tokens.count),
+                                   kv: PromptKV(config: model.config, rows: Self.tokens.count), policy: .full)
+        #expect(plain.logits == result.logits)
+    }
 }

@@ -133,4 +133,22 @@ import TorusTensor
         #expect(measured.report?.audit?.disabledChunks == 0 && lenient.currentStats.disabledChunks == 0)
         #expect(try await Self.run(lenient, reordered).report?.hits == 4)
     }
+
+    /// Cache-Craft: the same context recomputes nothing (beta' = 1); a reordered prefix
+    /// recomputes a share of the reused chunks chosen from their recorded statistics.
+    @Test func cacheCraftRecomputesMoreWhenTheContextChanges() async throws {
+        let (engine, store) = try Self.engine(policy: ReusePolicy(method: .cachecraft, alpha: 1))
+        defer { engine.shutdown() }
+        let first = Self.request(Self.docs, question: Self.question)
+        _ = try await Self.run(engine, first)
+        let key = store.key(tokens: Self.docs[2], tokenizer: "byte", salt: nil)
+        let v = try #require(store.lookup(key: key, context: ChunkStore.context(first.prompt[0..<(Self.docs[0].count + Self.docs[1].count)]),
+                                          tokens: Self.docs[2]))
+        #expect(v.stats?.priorMass.count == 2 && v.priorChunks.count == 2 && !v.approximate)
+        let same = try await Self.run(engine, Self.request(Self.docs, question: Self.question, maxTokens: 3))
+        #expect(same.report?.hits == 4 && same.report?.recomputedTokens == Self.question.count)
+        let moved = try await Self.run(engine, Self.request([Self.docs[3], Self.docs[1], Self.docs[0], Self.docs[2]], question: Self.question,
+                                                            maxTokens: 3))
+        #expect((moved.report?.recomputedTokens ?? 0) > Self.question.count + 4)
+    }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TorusModel
 @testable import TorusServe
 
 @Suite struct ChunkStoreTests {
@@ -146,5 +147,23 @@ import Testing
         #expect(store.lookup(key: alone.key, context: ChunkStore.context([8, 8][...]), tokens: tokens)?.data == after.data)
         #expect(store.lookup(key: alone.key, context: ChunkStore.context([][...]), tokens: tokens)?.data == alone.data)
         #expect(store.lookup(key: alone.key, context: ChunkStore.context([1][...]), tokens: tokens) != nil)
+    }
+
+    /// Cache-Craft's fraction: nothing when the same chunks precede in the same order; the
+    /// whole CCI when the order is reversed (gamma = 1) or none remain; in between by the kept
+    /// share of inter-chunk attention.
+    @Test func cacheCraftFractionFollowsBetaAndGamma() {
+        let stats = ChunkAttentionStats(tokenPrefixMass: [0.2, 0.4, 0.3], priorMass: [0.2, 0.1], selfMass: 0.7)
+        let cci = 1 / (1 + exp(-(0.3 / 0.7)))
+        #expect(abs(stats.cci - cci) < 1e-6)
+        func f(_ new: [String], alpha: Double = 1) -> Double {
+            ReusePolicy.cacheCraftFraction(stats: stats, old: ["a", "b"], new: new, alpha: alpha)
+        }
+        #expect(f(["a", "b"]) < 1e-9)
+        #expect(abs(f(["b", "a"]) - cci) < 1e-6)
+        #expect(abs(f([]) - cci) < 1e-6)
+        #expect(abs(f(["x", "a"]) - cci * (1 - 2.0 / 3.0)) < 1e-6)
+        #expect(abs(f(["b"]) - cci * (1 - 1.0 / 3.0)) < 1e-6)
+        #expect(f([], alpha: 5) == 1)
     }
 }
