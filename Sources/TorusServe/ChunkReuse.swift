@@ -206,7 +206,8 @@ public final class ChunkReuse: @unchecked Sendable {
             fusion = RecomputePolicy(forcedRows: Self.cacheCraftRows(found: found, spans: spans, keys: keys, alpha: chosen.alpha))
         }
         // A full prefill records how each chunk attends, for Cache-Craft's choice later.
-        let result = try model.fuse(tokens: tokens, cached: cached, kv: kv, policy: fusion, statistics: fusion.everyRow ? spans : [])
+        let capture = fusion.everyRow && !missed.isEmpty
+        let result = try model.fuse(tokens: tokens, cached: cached, kv: kv, policy: fusion, statistics: capture ? spans : [])
         report.recomputedTokens = result.recomputedCachedRows.count + (n - report.reusedTokens)
         report.flops = result.flops
         if report.hits > 0 && !fusion.everyRow && audit.share > 0

@@ -25,6 +25,9 @@ struct BenchRAG: ParsableCommand {
     var methods: String = "full,prefix,unchanged,epic,faithful,cacheblend,cachecraft"
     @Option(help: "Answer tokens compared (teacher-forced) and decoded.") var answerTokens: Int = 16
     @Option(help: "Directory for rag.json and rag.svg.") var out: String = "runs/bench-rag"
+    @Option(help: "Also write the trace as JSONL for 'torus bench serve --dataset': PREFIX-documents.jsonl (documents field, for torus serve --chunk-reuse) and PREFIX-inline.jsonl (documents in the prompt, for any server and vllm bench serve --dataset-name custom).")
+    var saveTrace: String?
+    @Option(help: "Output tokens per request in the saved trace.") var traceOutputTokens: Int = 16
 
     struct Request {
         var example: RAGExample
@@ -73,7 +76,7 @@ struct BenchRAG: ParsableCommand {
             }
             return r
         }
-        let methodList = methods.split(separator: ",").map { String($0) }
+        let methodList = methods.split(separator: ",").map { String($0) }.filter { $0 != "none" }
         let known = ["full", "prefix", "unchanged", "epic", "faithful", "cacheblend", "cachecraft"]
         for name in methodList where !known.contains(name) {
             throw ValidationError("--methods: unknown method '\(name)'; known: \(known.joined(separator: ", "))")
@@ -85,6 +88,8 @@ struct BenchRAG: ParsableCommand {
         print("trace: \(trace.count) requests from \(worlds) worlds (Zipf), \(chunkCounts.min() ?? 0)-\(chunkCounts.max() ?? 0) documents, "
               + "\(lengths.min() ?? 0)-\(lengths.max() ?? 0) tokens per prompt; \(popularityLine(trace))")
 
+        if let saveTrace { try writeTrace(trace, prefix: saveTrace) }
+        guard !methodList.isEmpty else { return }
         print("reference: full prefill of every request ...")
         var references: [Reference] = []
         for (i, r) in trace.enumerated() {
@@ -160,6 +165,24 @@ struct BenchRAG: ParsableCommand {
         let served = trace.filter { r in r.spans.contains { top.contains(r.tokens[$0].map(String.init).joined(separator: ",")) } }.count
         return String(format: "%d distinct documents; the top 5%% appear in %.0f%% of requests", counts.count,
                       100 * Double(served) / Double(trace.count))
+    }
+
+    /// The trace as two JSONL request files (the same requests with documents as a field and inline).
+    func writeTrace(_ trace: [Request], prefix: String) throws {
+        let dir = URL(fileURLWithPath: prefix).deletingLastPathComponent().path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var field: [String] = [], inline: [String] = []
+        for r in trace {
+            let e = r.example
+            let a = try JSONSerialization.data(withJSONObject: ["prompt": e.question, "documents": e.documents, "output_tokens": traceOutputTokens],
+                                               options: [.sortedKeys])
+            let b = try JSONSerialization.data(withJSONObject: ["prompt": e.prompt, "output_tokens": traceOutputTokens], options: [.sortedKeys])
+            field.append(String(decoding: a, as: UTF8.self))
+            inline.append(String(decoding: b, as: UTF8.self))
+        }
+        try (field.joined(separator: "\n") + "\n").write(toFile: prefix + "-documents.jsonl", atomically: true, encoding: .utf8)
+        try (inline.joined(separator: "\n") + "\n").write(toFile: prefix + "-inline.jsonl", atomically: true, encoding: .utf8)
+        print("trace: \(prefix)-documents.jsonl and \(prefix)-inline.jsonl (\(trace.count) requests)")
     }
 
     // MARK: - Measuring
@@ -282,7 +305,7 @@ struct BenchRAG: ParsableCommand {
 
     func format(_ r: Row) -> String {
         let name = (r.ratio.map { String(format: "%@ r=%.2f", r.method, $0) } ?? r.method).padding(toLength: 17, withPad: " ", startingAt: 0)
-        return name + String(format: " acc single %5.1f%%  two-hop %5.1f%%  KL med %.4f p95 %.4f  top-1 med %.3f  recompute %5.1f%% tokens %5.1f%% FLOPs  "
+        return name + String(format: " acc single %5.1f%%  two-hop %5.1f%%  KL med %.2e p95 %.2e  top-1 med %.3f  recompute %5.1f%% tokens %5.1f%% FLOPs  "
                       + "prefill %7.1f ms (%.2fx full)  chunk hits %3.0f%%",
                       100 * r.singleAccuracy, 100 * r.twoHopAccuracy, r.klMedian, r.klP95, r.top1Median,
                       100 * r.recomputedShare, 100 * r.flopsShare, r.prefillMsMedian, r.speedup, 100 * r.hitRate)
@@ -291,10 +314,12 @@ struct BenchRAG: ParsableCommand {
     /// Median KL (log scale) against the share of FLOPs recomputed, one series per method.
     func plot(_ rows: [Row]) -> String {
         let w = 720.0, h = 440.0, left = 70.0, bottom = 50.0, top = 30.0, right = 160.0
-        let kl = rows.map { max($0.klMedian, 1e-6) }
-        let lo = floor(log10(kl.min() ?? 1e-6)), hi = max(ceil(log10(kl.max() ?? 1)), lo + 1)
+        // Exact methods (KL 0) sit on the floor, a decade below the smallest positive KL.
+        let floorKL = (rows.map(\.klMedian).filter { $0 > 0 }.min() ?? 1e-6) / 10
+        let kl = rows.map { max($0.klMedian, floorKL) }
+        let lo = floor(log10(kl.min() ?? floorKL)), hi = max(ceil(log10(kl.max() ?? 1)), lo + 1)
         func x(_ f: Double) -> Double { left + f * (w - left - right) }
-        func y(_ k: Double) -> Double { h - bottom - (log10(max(k, 1e-6)) - lo) / (hi - lo) * (h - bottom - top) }
+        func y(_ k: Double) -> Double { h - bottom - (log10(max(k, floorKL)) - lo) / (hi - lo) * (h - bottom - top) }
         let colors = ["full": "#444444", "prefix": "#8c564b", "unchanged": "#d62728", "epic": "#9467bd", "faithful": "#ff7f0e",
                       "cacheblend": "#1f77b4", "cachecraft": "#2ca02c"]
         var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" font-family=\"sans-serif\" font-size=\"12\">\n"

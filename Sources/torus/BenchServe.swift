@@ -18,7 +18,7 @@ struct BenchServe: ParsableCommand {
     @Option(help: "Lengths are uniform in [len*(1-r), len*(1+r)].") var rangeRatio: Double = 0
     @Option(help: "Vocabulary to draw random prompt token ids from.") var vocab: Int = 256
     @Flag(help: "Draw prompt tokens from printable ASCII (32-126), so that prompts are text any byte tokenizer round-trips.") var ascii = false
-    @Option(help: "Requests from a JSONL file of {\"prompt\": text, \"output_tokens\": N} (vllm bench serve's custom dataset) instead of random ones.") var dataset: String?
+    @Option(help: "Requests from a JSONL file of {\"prompt\": text, \"output_tokens\": N} (vllm bench serve's custom dataset; an optional \"documents\" list is sent as Torus's documents field) instead of random ones.") var dataset: String?
     @Option(help: "Write the request set as such a JSONL file (needs --ascii), for vllm bench serve --dataset-name custom.") var saveDataset: String?
     @Option(help: "Requests per second (Poisson arrivals); inf sends all at once.") var requestRate: String = "inf"
     @Option(help: "Requests in flight at most.") var maxConcurrency: Int?
@@ -51,10 +51,10 @@ struct BenchServe: ParsableCommand {
             let lo = max(1, Int(Double(mean) * (1 - rangeRatio))), hi = max(lo, Int(Double(mean) * (1 + rangeRatio)))
             return lo + Int(rng.next() % UInt64(hi - lo + 1))
         }
-        var requests: [(prompt: Prompt, output: Int)] = (0..<numPrompts).map { _ in
+        var requests: [Request] = (0..<numPrompts).map { _ in
             let n = length(inputLen)
             let ids = (0..<n).map { _ in ascii ? 32 + Int(rng.next() % 95) : Int(rng.next() % UInt64(vocab)) }
-            return (ascii ? .text(String(decoding: ids.map(UInt8.init), as: UTF8.self)) : .ids(ids), length(outputLen))
+            return Request(prompt: ascii ? .text(String(decoding: ids.map(UInt8.init), as: UTF8.self)) : .ids(ids), output: length(outputLen))
         }
         if let dataset { requests = try Self.load(dataset: dataset, limit: numPrompts) }
         if let saveDataset {
@@ -85,7 +85,7 @@ struct BenchServe: ParsableCommand {
             slots.wait()
             group.enter()
             let thread = Thread {
-                let o = Self.send(client: client, model: model, prompt: r.prompt, maxTokens: r.output)
+                let o = Self.send(client: client, model: model, prompt: r.prompt, maxTokens: r.output, documents: r.documents)
                 let done = results.store(o, at: i)
                 if done % max(1, total / 10) == 0 {
                     FileHandle.standardError.write(Data(String(format: "bench serve: %d/%d done (%.1f s)\n", done, total,
@@ -102,6 +102,12 @@ struct BenchServe: ParsableCommand {
         report(results.all, duration: duration)
     }
 
+    struct Request {
+        var prompt: Prompt
+        var output: Int
+        var documents: [String]? = nil
+    }
+
     /// A prompt as token ids or as text.
     enum Prompt {
         case ids([Int])
@@ -110,26 +116,31 @@ struct BenchServe: ParsableCommand {
     }
 
     /// Requests of a JSONL file with "prompt" (text) and "output_tokens".
-    static func load(dataset path: String, limit: Int) throws -> [(prompt: Prompt, output: Int)] {
+    static func load(dataset path: String, limit: Int) throws -> [Request] {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw ValidationErrorMessage("--dataset \(path) does not exist or cannot be read")
         }
-        var out: [(prompt: Prompt, output: Int)] = []
+        var out: [Request] = []
         for (i, line) in text.split(separator: "\n").enumerated() where !line.trimmingCharacters(in: .whitespaces).isEmpty {
             guard let obj = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any],
                   let prompt = obj["prompt"] as? String else {
                 throw ValidationErrorMessage("--dataset \(path) line \(i + 1): expected {\"prompt\": text, \"output_tokens\": N}")
             }
-            out.append((.text(prompt), obj["output_tokens"] as? Int ?? 128))
+            let documents = obj["documents"] as? [String]
+            if obj["documents"] != nil && documents == nil {
+                throw ValidationErrorMessage("--dataset \(path) line \(i + 1): \"documents\" must be a list of strings")
+            }
+            out.append(Request(prompt: .text(prompt), output: obj["output_tokens"] as? Int ?? 128, documents: documents))
             if out.count == limit { break }
         }
         return out
     }
 
-    static func send(client: StreamingHTTPClient, model: String, prompt: Prompt, maxTokens: Int) -> Outcome {
+    static func send(client: StreamingHTTPClient, model: String, prompt: Prompt, maxTokens: Int, documents: [String]? = nil) -> Outcome {
         var o = Outcome()
-        let body: [String: Any] = ["model": model, "prompt": prompt.json, "max_tokens": maxTokens, "temperature": 0, "stream": true,
+        var body: [String: Any] = ["model": model, "prompt": prompt.json, "max_tokens": maxTokens, "temperature": 0, "stream": true,
                                    "ignore_eos": true, "stream_options": ["include_usage": true]]
+        if let documents { body["documents"] = documents }
         guard let data = try? JSONSerialization.data(withJSONObject: body) else { o.error = "cannot encode"; return o }
         let st = Date()
         var last = st, first = true

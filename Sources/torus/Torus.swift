@@ -11,6 +11,8 @@ struct Torus: ParsableCommand {
         subcommands: [InitCommand.self, TrainCommand.self, PlanCommand.self, LaunchCommand.self, DataCommand.self, EvalCommand.self, TraceCommand.self, GenerateCommand.self, ServeCommand.self, BenchCommand.self, CheckCommand.self])
 
     static func main() {
+        // Progress lines reach a log file or pipe as they are printed.
+        setvbuf(stdout, nil, _IOLBF, 0)
         ProcessSetup.prepare()
         // TORUS_TRACE=DIR records this rank's compute and communication spans into DIR.
         let traceDir = ProcessInfo.processInfo.environment["TORUS_TRACE"]
