@@ -11,13 +11,15 @@ public struct QAEvaluation {
         public var twoHopAccuracy: Double { twoHopTotal == 0 ? 0 : Double(twoHopCorrect) / Double(twoHopTotal) }
     }
 
-    public static func evaluate(model: LlamaModel, examples: [QAExample], maxAnswerTokens: Int = 16) throws -> Result {
-        let tokenizer = ByteTokenizer()
+    public static func evaluate(model: LlamaModel, examples: [QAExample], maxAnswerTokens: Int = 16,
+                                tokenizer: any TextTokenizer = ByteTokenizer()) throws -> Result {
         var r = Result()
         for e in examples {
             let prompt = tokenizer.encode(e.prompt)
             let out = try model.generate(prompt: prompt, maxNewTokens: maxAnswerTokens, stopToken: 10)
-            let text = tokenizer.decode(out).trimmingCharacters(in: .whitespacesAndNewlines)
+            // The answer is the first line (a tokenizer may emit newlines merged with more).
+            let line = tokenizer.decode(out).split(separator: "\n", omittingEmptySubsequences: false).first.map(String.init) ?? ""
+            let text = line.trimmingCharacters(in: .whitespaces)
             let ok = text == e.answer
             r.total += 1; r.correct += ok ? 1 : 0
             if e.hops == 2 { r.twoHopTotal += 1; r.twoHopCorrect += ok ? 1 : 0 }

@@ -1,4 +1,5 @@
 import Foundation
+import TorusModel
 import TorusTensor
 
 /// A question ("Q: ...\nA:") and its answer.
@@ -253,21 +254,32 @@ public struct RAGCorpus: Sendable {
     /// `trainingWindows` with one flag per byte: true on the questions and answers, false on
     /// the documents and the padding (for training on the questions only).
     public func trainingWindowsWithMask(count: Int, split: String, window: Int) -> (text: String, questions: [Bool]) {
-        var out = "", mask: [Bool] = []
+        let w = trainingTokenWindows(count: count, split: split, window: window, tokenizer: ByteTokenizer())
+        return (String(decoding: w.tokens.map { UInt8(truncatingIfNeeded: $0) }, as: UTF8.self), w.questions)
+    }
+
+    /// `trainingWindowsWithMask` in tokens of `tokenizer`: windows of exactly `window` tokens,
+    /// each document and each question line encoded on its own (so a document has the same
+    /// tokens in every prompt), padded with newline tokens.
+    public func trainingTokenWindows(count: Int, split: String, window: Int,
+                                     tokenizer: any TextTokenizer) -> (tokens: [Int32], questions: [Bool]) {
+        var tokens: [Int32] = [], mask: [Bool] = []
+        let newline = tokenizer.encode("\n")
+        let pad = newline.count == 1 ? newline[0] : 10
         for e in examples(count: count, split: split) {
-            var unit = e.prompt + " " + e.answer + "\n"
-            guard unit.utf8.count <= window else { continue }
+            let docs = e.documents.flatMap { tokenizer.encode($0) }
+            var unit = docs + tokenizer.encode(e.question + " " + e.answer + "\n")
+            guard unit.count <= window else { continue }
             for q in e.extra {
-                let line = q.question + " " + q.answer + "\n"
-                if unit.utf8.count + line.utf8.count > window { break }
+                let line = tokenizer.encode(q.question + " " + q.answer + "\n")
+                if unit.count + line.count > window { break }
                 unit += line
             }
-            let docBytes = e.documents.reduce(0) { $0 + $1.utf8.count }, unitBytes = unit.utf8.count
-            mask += [Bool](repeating: false, count: docBytes) + [Bool](repeating: true, count: unitBytes - docBytes)
-                + [Bool](repeating: false, count: window - unitBytes)
-            out += unit + String(repeating: "\n", count: window - unitBytes)
+            mask += [Bool](repeating: false, count: docs.count) + [Bool](repeating: true, count: unit.count - docs.count)
+                + [Bool](repeating: false, count: window - unit.count)
+            tokens += unit + [Int32](repeating: pad, count: window - unit.count)
         }
-        return (out, mask)
+        return (tokens, mask)
     }
 
     /// Training text: `count` examples with their answers, separated by blank lines; each

@@ -5,7 +5,7 @@ import TorusTrain
 
 struct DataCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "data",
-        abstract: "Prepare training data.", subcommands: [DataPrepare.self, DataSynth.self])
+        abstract: "Prepare training data.", subcommands: [DataPrepare.self, DataSynth.self, DataTokenizer.self])
 }
 
 struct DataPrepare: ParsableCommand {
@@ -63,5 +63,47 @@ struct DataSynth: ParsableCommand {
         try TokenFile.write(tokenizer.encode(heldout), to: out + "/heldout.tokens")
         let lines = questions.map { String(decoding: $0, as: UTF8.self) }
         try (lines.joined(separator: "\n") + "\n").write(toFile: out + "/heldout.jsonl", atomically: true, encoding: .utf8)
+    }
+}
+
+struct DataTokenizer: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "tokenizer",
+        abstract: "Train a byte-level BPE tokenizer (GPT-2's pre-tokenizer) and write DIR/tokenizer.json.")
+    @Option(parsing: .upToNextOption, help: "Text files to train on.") var input: [String] = []
+    @Option(help: "Or a built-in corpus: qa or rag (its training split).") var synth: String?
+    @Option(help: "Examples of the built-in corpus.") var examples: Int = 2000
+    @Option(help: "Seed of the built-in corpus.") var seed: UInt64 = 0
+    @Option(help: "Vocabulary size (256 byte tokens plus merges).") var vocab: Int = 1024
+    @Option(help: "Output directory.") var out: String
+
+    func run() throws {
+        guard vocab >= 256 else { throw ValidationError("--vocab \(vocab): at least 256 (the bytes)") }
+        var text = ""
+        if let synth {
+            switch synth {
+            case "qa": text = SyntheticCorpus(seed: seed).text(count: examples, split: "train")
+            case "rag": text = RAGCorpus(seed: seed).text(count: examples, split: "train")
+            default: throw ValidationError("--synth \(synth): known corpora are qa and rag")
+            }
+        }
+        for path in input {
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw ValidationErrorMessage("input \(path) does not exist or cannot be read")
+            }
+            text += String(decoding: data, as: UTF8.self)
+        }
+        guard !text.isEmpty else { throw ValidationError("give --input FILE... or --synth qa|rag") }
+        let start = Date()
+        print("training a \(vocab)-token BPE on \(text.utf8.count) bytes ...")
+        let trainer = BPETrainer(text: text, vocabularySize: vocab) { n in
+            if n % 128 == 0 { print(String(format: "  %d tokens (%.1f s)", n, -start.timeIntervalSinceNow)) }
+        }
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        try trainer.json.write(toFile: out + "/tokenizer.json", atomically: true, encoding: .utf8)
+        let tokenizer = try TokenizerJSON.load(path: out + "/tokenizer.json", modelVocabulary: trainer.tokens.count)
+        let sample = String(text.prefix(200_000))
+        let count = tokenizer.encode(sample).count
+        print(String(format: "wrote %@/tokenizer.json: %d tokens (%d merges); %.2f bytes per token on the first %d bytes",
+                     out, trainer.tokens.count, trainer.merges.count, Double(sample.utf8.count) / Double(max(count, 1)), sample.utf8.count))
     }
 }

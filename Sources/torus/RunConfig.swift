@@ -46,7 +46,9 @@ struct DataSection {
     var ragDocuments = 6...10
     /// synth_rag: "all" tokens carry loss, or "questions" only (documents are context).
     var ragLoss = "all"
-    static let keys = ["train", "heldout", "synth_examples", "rag_documents", "rag_loss"]  // heldout: file, synth or none
+    /// A tokenizer.json for the built-in corpora (default: bytes); copied into the model directory.
+    var tokenizer: String?
+    static let keys = ["train", "heldout", "synth_examples", "rag_documents", "rag_loss", "tokenizer"]  // heldout: file, synth or none
 }
 
 /// The contents of a `configs/*.yaml` file.
@@ -137,6 +139,7 @@ struct RunConfig {
                 }
                 config.data.ragDocuments = pair[0]...pair[1]
             }
+            if d["tokenizer"] != nil { config.data.tokenizer = try r.string(d, "tokenizer", section: "data") }
             if d["rag_loss"] != nil {
                 config.data.ragLoss = try r.string(d, "rag_loss", section: "data")
                 guard ["all", "questions"].contains(config.data.ragLoss) else {

@@ -44,12 +44,19 @@ struct TrainCommand: ParsableCommand {
         } else {
             model = try LlamaModel.initialized(config: cfg.model, seed: cfg.seed, part: part)
         }
-        let tokens = try loadTokens(cfg.data.train, cfg: cfg, split: "train", vocab: model.config.vocabSize)
-        let trainer = try Trainer(model: model, tokens: tokens, options: options, comm: world, outDir: t.out)
-        if cfg.data.train == "synth_rag" && cfg.data.ragLoss == "questions" {
+        let tokenizer = try corpusTokenizer(cfg, vocab: model.config.vocabSize)
+        var mask: [Bool]?
+        let tokens: [Int32]
+        if cfg.data.train == "synth_rag" {
             let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments)
-            trainer.targetMask = corpus.trainingWindowsWithMask(count: cfg.data.synthExamples, split: "train", window: t.seqLen).questions
+            let windows = corpus.trainingTokenWindows(count: cfg.data.synthExamples, split: "train", window: t.seqLen, tokenizer: tokenizer)
+            tokens = windows.tokens
+            if cfg.data.ragLoss == "questions" { mask = windows.questions }
+        } else {
+            tokens = try loadTokens(cfg.data.train, cfg: cfg, split: "train", vocab: model.config.vocabSize)
         }
+        let trainer = try Trainer(model: model, tokens: tokens, options: options, comm: world, outDir: t.out)
+        trainer.targetMask = mask
         if let spec = ProcessInfo.processInfo.environment["TORUS_FAULT_KILL"] {
             let parts = spec.split(separator: ":").compactMap { Int($0) }
             if parts.count == 2 { trainer.faultInjection = (parts[0], parts[1]) }
@@ -96,6 +103,11 @@ struct TrainCommand: ParsableCommand {
         }
         let modelDir = t.out + "/model"
         try trainer.saveModel(to: modelDir)
+        if rank0, let path = cfg.data.tokenizer {
+            // The model reads the tokenizer it was trained with.
+            try? FileManager.default.removeItem(atPath: modelDir + "/tokenizer.json")
+            try FileManager.default.copyItem(atPath: path, toPath: modelDir + "/tokenizer.json")
+        }
         if rank0 {
             // Evaluation needs every layer: a pipeline stage reads the whole model back.
             let model = model.part.isWhole(model.config) ? model : try HFCheckpoint.load(directory: modelDir)
@@ -109,11 +121,12 @@ struct TrainCommand: ParsableCommand {
                 if heldout == "synth_rag" {
                     let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments)
                     let limit = model.config.maxPositionEmbeddings - 16
-                    let examples = (0..<60).map { corpus.example($0, split: "heldout") }.filter { $0.prompt.utf8.count <= limit }
+                    let examples = (0..<60).map { corpus.example($0, split: "heldout") }
+                        .filter { tokenizer.encode($0.prompt).count <= limit }
                     for kind in ["single", "friend", "previous"] {
                         let subset = examples.filter { $0.kind == kind }.map(\.qa)
                         guard !subset.isEmpty else { continue }
-                        let acc = try QAEvaluation.evaluate(model: model, examples: subset)
+                        let acc = try QAEvaluation.evaluate(model: model, examples: subset, tokenizer: tokenizer)
                         print(String(format: "heldout RAG QA (%@): answer accuracy %.1f%% (%d/%d)", kind, 100 * acc.accuracy, acc.correct, acc.total))
                     }
                 }
@@ -151,18 +164,31 @@ struct TrainCommand: ParsableCommand {
         print("peak resident memory per rank: " + lines.joined(separator: "; "))
     }
 
+    /// The tokenizer of the built-in corpora: `data.tokenizer`, else bytes.
+    func corpusTokenizer(_ cfg: RunConfig, vocab: Int) throws -> any TextTokenizer {
+        guard let path = cfg.data.tokenizer else { return ByteTokenizer() }
+        let t = try TokenizerJSON.load(path: path, modelVocabulary: vocab)
+        guard t.vocabularySize <= vocab else {
+            throw ConfigError(file: path, message: "the tokenizer has \(t.vocabularySize) tokens but model.vocab_size is \(vocab)")
+        }
+        return t
+    }
+
     func loadTokens(_ source: String, cfg: RunConfig, split: String, vocab: Int) throws -> [Int32] {
+        let tokenizer = try corpusTokenizer(cfg, vocab: vocab)
         if source == "synth" {
             let count = split == "train" ? cfg.data.synthExamples : 200
-            return ByteTokenizer().encode(SyntheticCorpus(seed: cfg.seed).text(count: count, split: split))
+            return tokenizer.encode(SyntheticCorpus(seed: cfg.seed).text(count: count, split: split))
         }
         if source == "synth_rag" {
             let count = split == "train" ? cfg.data.synthExamples : 40
             let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments)
             // Training windows hold one example each, whole, with as many questions about its
             // documents as fit (denser supervision).
-            if split == "train" { return ByteTokenizer().encode(corpus.trainingWindows(count: count, split: split, window: cfg.train.seqLen)) }
-            return ByteTokenizer().encode(corpus.text(count: count, split: split))
+            if split == "train" {
+                return corpus.trainingTokenWindows(count: count, split: split, window: cfg.train.seqLen, tokenizer: tokenizer).tokens
+            }
+            return tokenizer.encode(corpus.text(count: count, split: split))
         }
         return try readTokens(path: source, vocab: vocab)
     }

@@ -33,6 +33,28 @@ import TorusModel
         }
     }
 
+    /// A tokenizer Torus trains (BPETrainer) reads the same in the `tokenizers` package.
+    @Test func aTokenizerTorusTrainsEncodesTheSameInTheTokenizersPackage() throws {
+        guard let python = ClientPython.executable else { return }
+        let dir = NSTemporaryDirectory() + "torus-bpetrain-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var corpus = ""
+        for i in 0..<200 { corpus += "Doc: Person\(i % 17) lives in City\(i % 5). They keep a cat, don't they? 12.5% of \(i)\n\n" }
+        let trainer = BPETrainer(text: corpus, vocabularySize: 400)
+        try trainer.json.write(toFile: dir + "/tokenizer.json", atomically: true, encoding: .utf8)
+        let ours = try #require(try TokenizerJSON.load(path: dir + "/tokenizer.json", modelVocabulary: 400) as? ByteLevelBPE)
+        let texts = [corpus, "Doc: Nobody lives in Nowhere.\n", "héllo 😀  world\n\n\t x", "I'll've 3.14159 THE end  "]
+        let r = try TorusBinary.run(python, ["-c", "import sys, json; from tokenizers import Tokenizer; "
+            + "t = Tokenizer.from_file(sys.argv[1]); print(json.dumps([t.encode(x).ids for x in json.loads(sys.argv[2])]))",
+            dir + "/tokenizer.json", String(decoding: try JSONSerialization.data(withJSONObject: texts), as: UTF8.self)], timeout: 60)
+        guard r.status == 0 else {
+            #expect(r.stderr.contains("No module named 'tokenizers'"), "\(r.output)")
+            return
+        }
+        let theirs = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[Int]])
+        for (text, ids) in zip(texts, theirs) { #expect(ours.encode(text).map(Int.init) == ids, "\(text.prefix(60).debugDescription)") }
+    }
+
     /// What Torus writes for byte models reads back as the byte tokenizer, and the `tokenizers`
     /// package reads it with ids equal to the bytes.
     @Test func byteTokenizerJSONIsTheByteTokenizer() throws {
