@@ -81,7 +81,8 @@ struct BenchRAG: ParsableCommand {
         for name in methodList where !known.contains(name) {
             throw ValidationError("--methods: unknown method '\(name)'; known: \(known.joined(separator: ", "))")
         }
-        let trace = try makeTrace(config: m.config, range: parts[0]...parts[1])
+        let tokenizer = try ModelTokenizer.load(directory: model, vocabularySize: m.config.vocabSize)
+        let trace = try makeTrace(config: m.config, range: parts[0]...parts[1], tokenizer: tokenizer)
         print("machine: \(BLASEnvironment.availableCores) cores, OpenBLAS core \(BLAS.coreName), \(BLAS.threads) BLAS threads")
         print("model: \(model), \(m.config.parameterCount) parameters, \(m.config.numHiddenLayers) layers")
         let chunkCounts = trace.map(\.spans.count), lengths = trace.map(\.tokens.count)
@@ -93,7 +94,7 @@ struct BenchRAG: ParsableCommand {
         print("reference: full prefill of every request ...")
         var references: [Reference] = []
         for (i, r) in trace.enumerated() {
-            references.append(try reference(m, r))
+            references.append(try reference(m, r, tokenizer))
             if (i + 1) % 16 == 0 { print("  \(i + 1)/\(trace.count)") }
         }
         print("quality (accuracy, KL, top-1) over the requests that could reuse a chunk; recompute, FLOPs and time over all")
@@ -109,7 +110,8 @@ struct BenchRAG: ParsableCommand {
             default: ratioList.map { (ReusePolicy(method: .cacheblend, ratio: $0), $0) }
             }
             for (policy, ratio) in variants {
-                let row = try measure(m, trace: trace, references: references, name: name, policy: policy, ratio: ratio)
+                let row = try measure(m, trace: trace, references: references, name: name, policy: policy, ratio: ratio,
+                                      tokenizer: tokenizer)
                 rows.append(row)
                 print(format(row))
             }
@@ -125,9 +127,8 @@ struct BenchRAG: ParsableCommand {
 
     // MARK: - Trace
 
-    func makeTrace(config: LlamaConfig, range: ClosedRange<Int>) throws -> [Request] {
+    func makeTrace(config: LlamaConfig, range: ClosedRange<Int>, tokenizer: any TextTokenizer) throws -> [Request] {
         let corpus = RAGCorpus(seed: corpusSeed, documents: range)
-        let tokenizer = ByteTokenizer()
         var g = SeededGenerator(seed: seed)
         // Zipf(1.2) over worlds: a few worlds (and so their documents) serve most requests.
         let weights = (1...worlds).map { 1 / pow(Double($0), 1.2) }
@@ -187,13 +188,13 @@ struct BenchRAG: ParsableCommand {
 
     // MARK: - Measuring
 
-    func reference(_ m: LlamaModel, _ r: Request) throws -> Reference {
+    func reference(_ m: LlamaModel, _ r: Request, _ tokenizer: any TextTokenizer) throws -> Reference {
         let kv = PromptKV(config: m.config, rows: r.tokens.count + answerTokens + 1)
         let t0 = Date()
         let result = try m.fuse(tokens: r.tokens, cached: [Bool](repeating: false, count: r.tokens.count), kv: kv, policy: .full)
         let seconds = -t0.timeIntervalSinceNow
         let answer = try decode(m, kv: kv, length: r.tokens.count, first: result.logits)
-        return Reference(logits: result.logits, answer: answer, correct: isCorrect(answer, r.example.answer), seconds: seconds,
+        return Reference(logits: result.logits, answer: answer, correct: isCorrect(answer, r.example.answer, tokenizer), seconds: seconds,
                          flops: result.flops)
     }
 
@@ -207,14 +208,16 @@ struct BenchRAG: ParsableCommand {
         return out
     }
 
-    func isCorrect(_ answer: [Int32], _ expected: String) -> Bool {
-        ByteTokenizer().decode(answer).trimmingCharacters(in: .whitespacesAndNewlines) == expected
+    func isCorrect(_ answer: [Int32], _ expected: String, _ tokenizer: any TextTokenizer) -> Bool {
+        let text = tokenizer.decode(answer)
+        return (text.split(separator: "\n", omittingEmptySubsequences: false).first.map(String.init) ?? "")
+            .trimmingCharacters(in: .whitespaces) == expected
     }
 
     func measure(_ m: LlamaModel, trace: [Request], references: [Reference], name: String, policy: ReusePolicy?,
-                 ratio: Double?) throws -> Row {
+                 ratio: Double?, tokenizer: any TextTokenizer) throws -> Row {
         let store = try ChunkStore(fingerprint: ChunkReuse.fingerprint(m), memoryBudget: 8 << 30)
-        let reuse = ChunkReuse(store: store, policy: policy ?? ReusePolicy(method: .unchanged), tokenizer: "byte")
+        let reuse = ChunkReuse(store: store, policy: policy ?? ReusePolicy(method: .unchanged), tokenizer: ServeCommand.tokenizerIdentity(directory: model))
         var seenPrefixes = Set<[Int32]>()
         var kls: [Double] = [], top1: [Double] = [], seconds: [Double] = []
         var seenChunks = Set<[Int32]>()
@@ -278,7 +281,7 @@ struct BenchRAG: ParsableCommand {
             }
             top1.append(Double(agree) / Double(ref.answer.count))
             let answer = try decode(m, kv: kv, length: n, first: logits)
-            let ok = isCorrect(answer, r.example.answer)
+            let ok = isCorrect(answer, r.example.answer, tokenizer)
             if r.example.hops == 2 { twoHop = (twoHop.0 + (ok ? 1 : 0), twoHop.1 + 1) } else { single = (single.0 + (ok ? 1 : 0), single.1 + 1) }
         }
         let fullSeconds = references.map(\.seconds).sorted()[references.count / 2]
