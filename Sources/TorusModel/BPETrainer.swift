@@ -47,19 +47,6 @@ public struct BPETrainer {
     /// The trained tokenizer as `tokenizer.json` (GPT-2's byte-level pre-tokenizer with its
     /// regex, the byte-level decoder, no added tokens).
     public var json: String {
-        func quote(_ s: String) -> String {
-            let data = (try? JSONSerialization.data(withJSONObject: [s], options: [])) ?? Data("[\"\"]".utf8)
-            return String(String(decoding: data, as: UTF8.self).dropFirst().dropLast())
-        }
-        let vocab = tokens.enumerated().map { "\(quote($1)): \($0)" }.joined(separator: ", ")
-        let mergeList = merges.map { "[\(quote(tokens[Int($0.0)])), \(quote(tokens[Int($0.1)]))]" }.joined(separator: ", ")
-        return """
-        {"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
-         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-         "post_processor": null,
-         "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                   "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": {\(vocab)}, "merges": [\(mergeList)]}}
-        """
+        TokenizerJSON.byteLevelBPE(tokens: tokens, merges: merges.map { (tokens[Int($0.0)], tokens[Int($0.1)]) }, useRegex: true)
     }
 }

@@ -338,21 +338,26 @@ public enum TokenizerJSON {
     /// The `tokenizer.json` of the byte tokenizer (ids 0-255 are the bytes), which
     /// transformers, `tokenizers` and vLLM read as a byte-level BPE without merges.
     public static func byteTokenizerJSON() -> String {
-        var vocab: [(String, Int)] = []
-        for b in 0..<256 { vocab.append((String(ByteLevelBPE.byteToUnicode[b]), b)) }
+        byteLevelBPE(tokens: (0..<256).map { String(ByteLevelBPE.byteToUnicode[$0]) }, merges: [], useRegex: false)
+    }
+
+    /// A byte-level BPE `tokenizer.json`: `tokens` (byte-to-unicode strings) by id, `merges` in
+    /// order, GPT-2's pre-tokenizer pattern when `useRegex`, the byte-level decoder.
+    public static func byteLevelBPE(tokens: [String], merges: [(String, String)], useRegex: Bool) -> String {
         func quote(_ s: String) -> String {
             let data = (try? JSONSerialization.data(withJSONObject: [s], options: [])) ?? Data("[\"\"]".utf8)
-            let text = String(decoding: data, as: UTF8.self)
-            return String(text.dropFirst().dropLast())
+            return String(String(decoding: data, as: UTF8.self).dropFirst().dropLast())
         }
-        let entries = vocab.map { "\(quote($0.0)): \($0.1)" }.joined(separator: ", ")
+        let vocab = tokens.enumerated().map { "\(quote($1)): \($0)" }.joined(separator: ", ")
+        let mergeList = merges.map { "[\(quote($0.0)), \(quote($0.1))]" }.joined(separator: ", ")
+        let byteLevel = "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": \(useRegex), \"use_regex\": \(useRegex)}"
         return """
         {"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
-         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+         "pre_tokenizer": \(byteLevel),
          "post_processor": null,
-         "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+         "decoder": \(byteLevel),
          "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                   "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": {\(entries)}, "merges": []}}
+                   "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": {\(vocab)}, "merges": [\(mergeList)]}}
         """
     }
 }
