@@ -172,10 +172,12 @@ public final class ChunkReuse: @unchecked Sendable {
         report.chunks = spans.count
         var missed: [Range<Int>] = [], reusedKeys: [String] = []
         var found: [(span: Range<Int>, variant: ChunkVariant)] = []
-        let keys = spans.map { store.key(tokens: Array(tokens[$0]), tokenizer: tokenizer, salt: salt).hex }
-        for s in spans {
+        // Each chunk's key once (SHA-256 over its tokens), for lookup, statistics and storing.
+        let keyBytes = spans.map { store.key(tokens: Array(tokens[$0]), tokenizer: tokenizer, salt: salt) }
+        let keys = keyBytes.map(\.hex)
+        for (index, s) in spans.enumerated() {
             let chunk = Array(tokens[s])
-            let key = store.key(tokens: chunk, tokenizer: tokenizer, salt: salt)
+            let key = keyBytes[index]
             if disabledKeys.contains(key.hex) {
                 report.disabled += 1
                 continue
@@ -228,7 +230,7 @@ public final class ChunkReuse: @unchecked Sendable {
                 }
             }
             let chunk = Array(tokens[s])
-            var v = ChunkVariant(key: store.key(tokens: chunk, tokenizer: tokenizer, salt: salt),
+            var v = ChunkVariant(key: keyBytes[index],
                                  context: ChunkStore.context(tokens[0..<s.lowerBound]), start: s.lowerBound, tokens: chunk,
                                  approximate: !exact, layers: layers, width: kw, data: data,
                                  savedFLOPs: Self.prefillFLOPs(model.config, start: s.lowerBound, count: rows))
@@ -275,7 +277,7 @@ public final class ChunkReuse: @unchecked Sendable {
         return AuditResult(kl: kl, top1Agrees: agrees, disabledChunks: disabled)
     }
 
-    static func argmax(_ a: [Float]) -> Int { a.indices.max { a[$0] < a[$1] } ?? 0 }
+    public static func argmax(_ a: [Float]) -> Int { a.indices.max { a[$0] < a[$1] } ?? 0 }
 
     /// KL(p || q) of the softmax distributions of two logit rows, in nats.
     public static func klDivergence(_ p: [Float], _ q: [Float]) -> Double {

@@ -58,7 +58,10 @@ public struct SHA256: Sendable {
 
     private mutating func compress() {
         totalBytes &+= 64
-        var w = [UInt32](repeating: 0, count: 64)
+        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 64) { compress(schedule: $0.baseAddress!) }
+    }
+
+    private mutating func compress(schedule w: UnsafeMutablePointer<UInt32>) {
         for i in 0..<16 {
             w[i] = UInt32(buffer[4 * i]) << 24 | UInt32(buffer[4 * i + 1]) << 16 | UInt32(buffer[4 * i + 2]) << 8 | UInt32(buffer[4 * i + 3])
         }

@@ -244,15 +244,9 @@ public struct RAGCorpus: Sendable {
 
     /// Training windows of exactly `window` bytes, one example each: its documents, its question
     /// and answer, then as many other questions about the same documents as fit, then newline
-    /// padding. A window never cuts a prompt from its documents (a plain stream cut into windows
-    /// would leave many questions without them). Examples whose documents and question do not
-    /// fit are skipped.
-    public func trainingWindows(count: Int, split: String, window: Int) -> String {
-        trainingWindowsWithMask(count: count, split: split, window: window).text
-    }
-
-    /// `trainingWindows` with one flag per byte: true on the questions and answers, false on
-    /// the documents and the padding (for training on the questions only).
+    /// padding (a plain stream cut into windows would leave many questions without their
+    /// documents); with one flag per byte, true on the questions and answers. Examples that do
+    /// not fit are skipped.
     public func trainingWindowsWithMask(count: Int, split: String, window: Int) -> (text: String, questions: [Bool]) {
         let w = trainingTokenWindows(count: count, split: split, window: window, tokenizer: ByteTokenizer())
         return (String(decoding: w.tokens.map { UInt8(truncatingIfNeeded: $0) }, as: UTF8.self), w.questions)
@@ -282,16 +276,11 @@ public struct RAGCorpus: Sendable {
         return (tokens, mask)
     }
 
-    /// Training text: `count` examples with their answers, separated by blank lines; each
-    /// example asks its question and then up to `questionsPerPrompt - 1` more about the same
-    /// documents.
-    public func text(count: Int, split: String, questionsPerPrompt: Int = 1) -> String {
+    /// Text of `count` examples, each its prompt and answer, separated by blank lines (the
+    /// held-out text).
+    public func text(count: Int, split: String) -> String {
         var out = ""
-        for e in examples(count: count, split: split) {
-            out += e.prompt + " " + e.answer + "\n"
-            for q in e.extra.prefix(max(0, questionsPerPrompt - 1)) { out += q.question + " " + q.answer + "\n" }
-            out += "\n"
-        }
+        for e in examples(count: count, split: split) { out += e.prompt + " " + e.answer + "\n\n" }
         return out
     }
 }

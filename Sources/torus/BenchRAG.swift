@@ -269,7 +269,7 @@ struct BenchRAG: ParsableCommand {
             let reusable = r.spans.contains { seenChunks.contains(Array(r.tokens[$0])) }
             for s in r.spans { seenChunks.insert(Array(r.tokens[s])) }
             guard reusable else { continue }
-            kls.append(klDivergence(ref.logits, logits))
+            kls.append(ChunkReuse.klDivergence(ref.logits, logits))
             // Top-1 agreement over the full-prefill answer, teacher-forced on this method's cache.
             var agree = argmax(logits) == Int(ref.answer[0]) ? 1 : 0
             if ref.answer.count > 1 {
@@ -289,20 +289,13 @@ struct BenchRAG: ParsableCommand {
         return Row(method: name, ratio: ratio, requests: trace.count, reuseRequests: kls.count,
                    singleAccuracy: single.1 == 0 ? 0 : Double(single.0) / Double(single.1),
                    twoHopAccuracy: twoHop.1 == 0 ? 0 : Double(twoHop.0) / Double(twoHop.1),
-                   klMedian: percentile(kls, 0.5), klP95: percentile(kls, 0.95),
-                   top1Median: percentile(top1, 0.5), top1Mean: top1.reduce(0, +) / Double(max(top1.count, 1)),
+                   klMedian: Stats.percentile(kls, 50), klP95: Stats.percentile(kls, 95),
+                   top1Median: Stats.percentile(top1, 50), top1Mean: top1.reduce(0, +) / Double(max(top1.count, 1)),
                    recomputedShare: Double(recomputed) / Double(tokens), flopsShare: flops / fullFlops,
                    prefillMsMedian: median * 1000, speedup: fullSeconds / median, hitRate: chunks == 0 ? 0 : Double(hits) / Double(chunks))
     }
 
-    func argmax(_ a: [Float]) -> Int { a.indices.max { a[$0] < a[$1] } ?? 0 }
-
-    func percentile(_ a: [Double], _ q: Double) -> Double {
-        let s = a.sorted()
-        return s.isEmpty ? 0 : s[min(s.count - 1, Int(q * Double(s.count - 1)))]
-    }
-
-    func klDivergence(_ p: [Float], _ q: [Float]) -> Double { ChunkReuse.klDivergence(p, q) }
+    func argmax(_ a: [Float]) -> Int { ChunkReuse.argmax(a) }
 
     // MARK: - Output
 
