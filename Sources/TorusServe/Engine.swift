@@ -72,7 +72,8 @@ public final class Engine: @unchecked Sendable {
     /// `group` of several ranks this is rank 0's engine: every step's plan goes to the other
     /// ranks (which run `Engine.serveWorker`), and prompts of at least `prefillThreshold`
     /// tokens are prefilled across them. With `reuse`, prompts whose request names chunks
-    /// reuse their stored KV (on one rank; across ranks they get a plain prefill for now).
+    /// reuse their stored KV: rank 0 computes the blend and keeps the sequence (one too long
+    /// for rank 0's pool gets a plain prefill across the ranks instead).
     public init(model: LlamaModel, config: EngineConfig, eosTokenID: Int32? = nil, group: ServeGroup = SingleRankGroup(),
                 prefillThreshold: Int? = nil, reuse: ChunkReuse? = nil) throws {
         guard group.rank == 0 else { throw EngineConfigError("the engine runs on rank 0; other ranks run Engine.serveWorker") }
@@ -87,7 +88,7 @@ public final class Engine: @unchecked Sendable {
                               prefillGranularity: group.prefillGranularity, prefillPositions: { try group.prefillPositions(length: $0) })
         executor = Self.makeExecutor(model: model, config: config, blocks: blocks, maxLength: maxLength, group: group)
         self.reuse = reuse
-        scheduler.blendEnabled = reuse != nil && group.size == 1
+        scheduler.blendEnabled = reuse != nil
         let thread = Thread { [unowned self] in self.loop() }
         thread.name = "torus-engine"
         thread.stackSize = 8 << 20

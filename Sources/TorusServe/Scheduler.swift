@@ -31,8 +31,8 @@ enum ScheduledStep {
     case batch([ScheduledChunk])
     /// The first `length` prompt tokens of a sequence, split across the ranks.
     case prefill(Sequence, length: Int, blocks: [[Int32]])
-    /// A prompt with retrieved chunks, prefilled reusing their stored KV (blocks for all its
-    /// tokens are allocated on rank 0).
+    /// A prompt with retrieved chunks, prefilled on rank 0 reusing their stored KV (blocks for
+    /// all its tokens are allocated on rank 0, where the sequence then lives).
     case blend(Sequence)
 }
 
@@ -53,7 +53,7 @@ final class Scheduler {
     /// Positions held by each rank when `length` positions are prefilled across the ranks.
     let prefillPositions: (Int) throws -> [[Int]]
     let prefillGranularity: Int
-    /// Prompts with chunks get a chunk-reuse prefill (one rank only, for now).
+    /// Prompts with chunks get a chunk-reuse prefill on rank 0 (when their rows fit its pool).
     var blendEnabled = false
     var running: [Sequence] = []
     var waiting: [Sequence] = []
@@ -78,8 +78,8 @@ final class Scheduler {
     var ranks: Int { pools.count }
 
     func schedule() -> ScheduledStep {
-        if let step = admitAcrossRanks() { return step }
         if let step = admitBlend() { return step }
+        if let step = admitAcrossRanks() { return step }
         var budget = limits.maxBatchedTokens
         var chunks: [ScheduledChunk] = []
         var preempted = false
@@ -169,8 +169,11 @@ final class Scheduler {
         return .prefill(seq, length: length, blocks: taken)
     }
 
+    /// A prompt with chunks is blended on rank 0 when its prompt and output fit that rank's
+    /// pool; one too long for one rank is prefilled across the ranks without reuse instead.
     private func wantsBlend(_ seq: Sequence) -> Bool {
-        blendEnabled && ranks == 1 && !seq.request.chunks.isEmpty && seq.computed == 0 && !seq.holdsBlocks
+        blendEnabled && !seq.request.chunks.isEmpty && seq.computed == 0 && !seq.holdsBlocks
+            && seq.tokens.count + seq.maxTokens <= pools[0].blockCount * blockSize
     }
 
     /// A prompt with chunks at the head of the queue: a step of its own that prefills all of
@@ -214,7 +217,7 @@ final class Scheduler {
     }
 
     private func isLong(_ seq: Sequence) -> Bool {
-        guard let t = prefillThreshold, seq.computed == 0, !seq.holdsBlocks else { return false }
+        guard let t = prefillThreshold, seq.computed == 0, !seq.holdsBlocks, !wantsBlend(seq) else { return false }
         return seq.tokens.count >= t && seq.tokens.count > prefillGranularity
     }
 

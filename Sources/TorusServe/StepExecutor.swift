@@ -1,5 +1,6 @@
 import TorusModel
 import TorusTensor
+import TorusTrace
 
 /// Runs step plans on one rank: the batched model step over this rank's KV blocks, with every
 /// rank's attention partials merged in rank order (the one merge function) when several ranks
@@ -24,16 +25,22 @@ final class StepExecutor {
         gathered = Tensor(zeros: [group.size > 1 ? group.size * workspace.rowCapacity * width : 1])
     }
 
+    /// Plans run so far (the step number of trace spans).
+    private var executed = 0
+
     /// Runs `plan`; returns the logits of the plan's logit rows on rank 0 (nil elsewhere and
-    /// for prefills).
+    /// for prefills). With a timeline, each plan is a step span: "serve prefill N tokens"
+    /// across the ranks, or "serve batch N rows".
     func execute(_ plan: StepPlan) throws -> Tensor? {
+        executed += 1
+        Timeline.current?.step = executed
         switch plan.kind {
         case .stop: return nil
         case .prefill:
-            try prefill(plan)
+            try Timeline.measure("serve prefill \(plan.prefillTokens.count) tokens", kind: .step) { try prefill(plan) }
             return nil
         case .batch:
-            return try batch(plan)
+            return try Timeline.measure("serve batch \(plan.tokens.count) rows", kind: .step) { try batch(plan) }
         }
     }
 

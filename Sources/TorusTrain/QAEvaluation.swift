@@ -11,12 +11,14 @@ public struct QAEvaluation {
         public var twoHopAccuracy: Double { twoHopTotal == 0 ? 0 : Double(twoHopCorrect) / Double(twoHopTotal) }
     }
 
-    public static func evaluate(model: LlamaModel, examples: [QAExample], maxAnswerTokens: Int = 16,
+    public static func evaluate(model: LlamaModel, examples: [QAExample], maxAnswerTokens: Int = 64,
                                 tokenizer: any TextTokenizer = ByteTokenizer()) throws -> Result {
         var r = Result()
+        let newline = tokenizer.encode("\n")
+        let stop = newline.count == 1 ? newline[0] : 10
         for e in examples {
             let prompt = tokenizer.encode(e.prompt)
-            let out = try model.generate(prompt: prompt, maxNewTokens: maxAnswerTokens, stopToken: 10)
+            let out = try model.generate(prompt: prompt, maxNewTokens: maxAnswerTokens, stopToken: stop)
             // The answer is the first line (a tokenizer may emit newlines merged with more).
             let line = tokenizer.decode(out).split(separator: "\n", omittingEmptySubsequences: false).first.map(String.init) ?? ""
             let text = line.trimmingCharacters(in: .whitespaces)

@@ -16,7 +16,12 @@ public struct RAGExample: Codable, Equatable, Sendable {
     public var documents: [String]
     /// "Q: ...\nA:"
     public var question: String
+    /// The answer line: the fact that answers, stated as the documents state it, and for a
+    /// two-document question the linking fact first ("Abe is a friend of Kim. Kim lives in
+    /// Tarsa."), so that each step copies from one document.
     public var answer: String
+    /// What was asked for ("Tarsa").
+    public var value: String
     /// "single": one document answers; "friend": two documents (a friend's facts);
     /// "previous": a document that refers to "the person in the previous document".
     public var kind: String
@@ -110,17 +115,15 @@ public struct RAGCorpus: Sendable {
             if g.next() % 2 == 0 { people[i].friend = (i + 1 + Int(g.next() % UInt64(count - 1))) % count }
             if g.next() % 3 == 0 {
                 let s = fresh(), job = Self.pick(Self.jobs, &g), city = Self.pick(Self.cities, &g)
-                var facts = ["The person in the previous document has a sister named \(s).", "\(s) works as a \(job).",
-                             "\(s) lives in \(city)."]
+                var facts = ["The person in the previous document has a sister named \(s).", Self.jobFact(s, job), Self.cityFact(s, city)]
                 facts.append(Self.filler("\(s)", &g))
                 people[i].sister = Sister(name: s, job: job, city: city, document: "Doc: " + facts.joined(separator: " ") + "\n")
             }
         }
         for i in people.indices {
             let p = people[i], n = p.name
-            var facts = ["\(n) lives in \(p.city).", "\(n) works as a \(p.job).", "\(n) likes the color \(p.color).",
-                         "\(n) keeps a \(p.pet)."]
-            if let f = p.friend { facts.append("\(n) is a friend of \(people[f].name).") }
+            var facts = Self.singleQuestions(p).map(\.answer)
+            if let f = p.friend { facts.append(Self.friendFact(n, people[f].name)) }
             Self.shuffle(&facts, &g)
             var text = facts.joined(separator: " ")
             // Filler that answers nothing, up to 150-400 bytes.
@@ -131,6 +134,19 @@ public struct RAGCorpus: Sendable {
             people[i].document = "Doc: " + text + "\n"
         }
         return people
+    }
+
+    static func cityFact(_ n: String, _ city: String) -> String { "\(n) lives in \(city)." }
+    static func jobFact(_ n: String, _ job: String) -> String { "\(n) works as a \(job)." }
+    static func friendFact(_ n: String, _ f: String) -> String { "\(n) is a friend of \(f)." }
+    static func sisterFact(_ n: String, _ s: String) -> String { "\(n) has a sister named \(s)." }
+
+    /// The four one-document questions about a person: (question, answer line, answer value).
+    static func singleQuestions(_ p: Person) -> [(question: String, answer: String, value: String)] {
+        [("Where does \(p.name) live?", cityFact(p.name, p.city), p.city),
+         ("What does \(p.name) work as?", jobFact(p.name, p.job), p.job),
+         ("What color does \(p.name) like?", "\(p.name) likes the color \(p.color).", p.color),
+         ("What pet does \(p.name) keep?", "\(p.name) keeps a \(p.pet).", p.pet)]
     }
 
     static func filler(_ name: String, _ g: inout SeededGenerator) -> String {
@@ -148,30 +164,29 @@ public struct RAGCorpus: Sendable {
         let withSister = people.indices.filter { people[$0].sister != nil }
         if kind == "friend" && withFriend.isEmpty { kind = "single" }
         if kind == "previous" && withSister.isEmpty { kind = "single" }
-        var needed: [Int] = [], question = "", answer = "", hops = 1
+        var needed: [Int] = [], question = "", answer = "", value = "", hops = 1
         switch kind {
         case "friend":
             let a = Self.pick(withFriend, &g), f = people[a].friend ?? a
             needed = [a, f]
             hops = 2
-            if g.next() % 2 == 0 { (question, answer) = ("Where does the friend of \(people[a].name) live?", people[f].city) }
-            else { (question, answer) = ("What does the friend of \(people[a].name) work as?", people[f].job) }
+            let link = Self.friendFact(people[a].name, people[f].name)
+            if g.next() % 2 == 0 { (question, answer, value) = ("Where does the friend of \(people[a].name) live?", link + " " + Self.cityFact(people[f].name, people[f].city), people[f].city) }
+            else { (question, answer, value) = ("What does the friend of \(people[a].name) work as?", link + " " + Self.jobFact(people[f].name, people[f].job), people[f].job) }
         case "previous":
             let a = Self.pick(withSister, &g)
             needed = [a]
             hops = 2
             let s = people[a].sister ?? Sister(name: "", job: "", city: "", document: "")
-            if g.next() % 2 == 0 { (question, answer) = ("What does the sister of \(people[a].name) work as?", s.job) }
-            else { (question, answer) = ("Where does the sister of \(people[a].name) live?", s.city) }
+            let link = Self.sisterFact(people[a].name, s.name)
+            if g.next() % 2 == 0 { (question, answer, value) = ("What does the sister of \(people[a].name) work as?", link + " " + Self.jobFact(s.name, s.job), s.job) }
+            else { (question, answer, value) = ("Where does the sister of \(people[a].name) live?", link + " " + Self.cityFact(s.name, s.city), s.city) }
         default:
             let a = Self.pick(Array(people.indices), &g)
             needed = [a]
-            switch g.next() % 4 {
-            case 0: (question, answer) = ("Where does \(people[a].name) live?", people[a].city)
-            case 1: (question, answer) = ("What does \(people[a].name) work as?", people[a].job)
-            case 2: (question, answer) = ("What color does \(people[a].name) like?", people[a].color)
-            default: (question, answer) = ("What pet does \(people[a].name) keep?", people[a].pet)
-            }
+            let p = people[a]
+            let asked = Self.singleQuestions(p)[Int(g.next() % 4)]
+            (question, answer, value) = (asked.question, asked.answer, asked.value)
         }
         // Units of documents: a person's document, followed by their sister's when that is needed
         // or comes along with a distractor.
@@ -199,22 +214,23 @@ public struct RAGCorpus: Sendable {
         let docs = units.flatMap { $0 }
         var extra: [QuestionAnswer] = []
         for p in people where docs.contains(p.document) {
-            extra += [QuestionAnswer(question: "Q: Where does \(p.name) live?\nA:", answer: p.city),
-                      QuestionAnswer(question: "Q: What does \(p.name) work as?\nA:", answer: p.job),
-                      QuestionAnswer(question: "Q: What color does \(p.name) like?\nA:", answer: p.color),
-                      QuestionAnswer(question: "Q: What pet does \(p.name) keep?\nA:", answer: p.pet)]
+            extra += Self.singleQuestions(p).map { QuestionAnswer(question: "Q: \($0.question)\nA:", answer: $0.answer) }
             if let f = p.friend, docs.contains(people[f].document) {
-                extra.append(QuestionAnswer(question: "Q: Where does the friend of \(p.name) live?\nA:", answer: people[f].city))
-                extra.append(QuestionAnswer(question: "Q: What does the friend of \(p.name) work as?\nA:", answer: people[f].job))
+                let link = Self.friendFact(p.name, people[f].name)
+                extra.append(QuestionAnswer(question: "Q: Where does the friend of \(p.name) live?\nA:",
+                                            answer: link + " " + Self.cityFact(people[f].name, people[f].city)))
+                extra.append(QuestionAnswer(question: "Q: What does the friend of \(p.name) work as?\nA:",
+                                            answer: link + " " + Self.jobFact(people[f].name, people[f].job)))
             }
             if let s = p.sister, let at = docs.firstIndex(of: p.document), at + 1 < docs.count, docs[at + 1] == s.document {
-                extra.append(QuestionAnswer(question: "Q: What does the sister of \(p.name) work as?\nA:", answer: s.job))
-                extra.append(QuestionAnswer(question: "Q: Where does the sister of \(p.name) live?\nA:", answer: s.city))
+                let link = Self.sisterFact(p.name, s.name)
+                extra.append(QuestionAnswer(question: "Q: What does the sister of \(p.name) work as?\nA:", answer: link + " " + Self.jobFact(s.name, s.job)))
+                extra.append(QuestionAnswer(question: "Q: Where does the sister of \(p.name) live?\nA:", answer: link + " " + Self.cityFact(s.name, s.city)))
             }
         }
         extra.removeAll { $0.question == "Q: \(question)\nA:" }
         Self.shuffle(&extra, &g)
-        return RAGExample(documents: docs, question: "Q: \(question)\nA:", answer: answer, kind: kind, hops: hops, extra: extra)
+        return RAGExample(documents: docs, question: "Q: \(question)\nA:", answer: answer, value: value, kind: kind, hops: hops, extra: extra)
     }
 
     /// The standard split: world w holds `peoplePerWorld` people and `questionsPerWorld` questions.

@@ -23,7 +23,7 @@ struct BenchRAG: ParsableCommand {
     @Option(help: "Recompute ratios for cacheblend and faithful, comma-separated.") var ratios: String = "0,0.05,0.1,0.15,0.2,0.3,0.5,1"
     @Option(help: "Methods, comma-separated: full, prefix, unchanged, epic, faithful, cacheblend, cachecraft (its alpha from --ratios).")
     var methods: String = "full,prefix,unchanged,epic,faithful,cacheblend,cachecraft"
-    @Option(help: "Answer tokens compared (teacher-forced) and decoded.") var answerTokens: Int = 16
+    @Option(help: "Answer tokens compared (teacher-forced) and decoded.") var answerTokens: Int = 32
     @Option(help: "Directory for rag.json and rag.svg.") var out: String = "runs/bench-rag"
     @Option(help: "Also write the trace as JSONL for 'torus bench serve --dataset': PREFIX-documents.jsonl (documents field, for torus serve --chunk-reuse) and PREFIX-inline.jsonl (documents in the prompt, for any server and vllm bench serve --dataset-name custom).")
     var saveTrace: String?
@@ -309,41 +309,18 @@ struct BenchRAG: ParsableCommand {
 
     /// Median KL (log scale) against the share of FLOPs recomputed, one series per method.
     func plot(_ rows: [Row]) -> String {
-        let w = 720.0, h = 440.0, left = 70.0, bottom = 50.0, top = 30.0, right = 160.0
         // Exact methods (KL 0) sit on the floor, a decade below the smallest positive KL.
         let floorKL = (rows.map(\.klMedian).filter { $0 > 0 }.min() ?? 1e-6) / 10
-        let kl = rows.map { max($0.klMedian, floorKL) }
-        let lo = floor(log10(kl.min() ?? floorKL)), hi = max(ceil(log10(kl.max() ?? 1)), lo + 1)
-        func x(_ f: Double) -> Double { left + f * (w - left - right) }
-        func y(_ k: Double) -> Double { h - bottom - (log10(max(k, floorKL)) - lo) / (hi - lo) * (h - bottom - top) }
         let colors = ["full": "#444444", "prefix": "#8c564b", "unchanged": "#d62728", "epic": "#9467bd", "faithful": "#ff7f0e",
                       "cacheblend": "#1f77b4", "cachecraft": "#2ca02c"]
-        var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" font-family=\"sans-serif\" font-size=\"12\">\n"
-        svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-        svg += "<text x=\"\(left)\" y=\"18\" font-size=\"14\">Chunk reuse: median KL(full || method) at the first answer token vs FLOPs recomputed</text>\n"
-        svg += "<line x1=\"\(left)\" y1=\"\(h - bottom)\" x2=\"\(w - right)\" y2=\"\(h - bottom)\" stroke=\"black\"/>\n"
-        svg += "<line x1=\"\(left)\" y1=\"\(top)\" x2=\"\(left)\" y2=\"\(h - bottom)\" stroke=\"black\"/>\n"
-        for t in stride(from: 0.0, through: 1.0, by: 0.2) {
-            svg += "<text x=\"\(x(t) - 10)\" y=\"\(h - bottom + 18)\">\(Int(t * 100))%</text>\n"
-        }
-        for e in Int(lo)...Int(hi) {
-            svg += "<text x=\"8\" y=\"\(y(pow(10, Double(e))) + 4)\">1e\(e)</text>\n"
-        }
-        svg += "<text x=\"\(x(0.4))\" y=\"\(h - 12)\">FLOPs recomputed (share of full prefill)</text>\n"
-        var legend = 0
+        var chart = SVGPlot(title: "Chunk reuse: median KL(full || method) at the first answer token vs FLOPs recomputed",
+                            xLabel: "FLOPs recomputed (share of full prefill)", yLabel: "median KL", logY: true, xRange: 0...1)
+        chart.xTick = { "\(Int(($0 * 100).rounded()))%" }
         for (method, color) in colors.sorted(by: { $0.key < $1.key }) {
             let series = rows.filter { $0.method == method }.sorted { $0.flopsShare < $1.flopsShare }
             guard !series.isEmpty else { continue }
-            let points = series.map { String(format: "%.1f,%.1f", x(min($0.flopsShare, 1)), y($0.klMedian)) }
-            if points.count > 1 { svg += "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"2\" points=\"\(points.joined(separator: " "))\"/>\n" }
-            for p in points {
-                let xy = p.split(separator: ",")
-                svg += "<circle cx=\"\(xy[0])\" cy=\"\(xy[1])\" r=\"4\" fill=\"\(color)\"/>\n"
-            }
-            svg += "<rect x=\"\(w - right + 15)\" y=\"\(top + 20 * Double(legend))\" width=\"12\" height=\"12\" fill=\"\(color)\"/>"
-            svg += "<text x=\"\(w - right + 32)\" y=\"\(top + 20 * Double(legend) + 11)\">\(method)</text>\n"
-            legend += 1
+            chart.series.append(.init(name: method, color: color, points: series.map { (min($0.flopsShare, 1), max($0.klMedian, floorKL)) }))
         }
-        return svg + "</svg>\n"
+        return SVGPlot.figure([chart])
     }
 }

@@ -30,10 +30,13 @@ struct TrainSection {
     var progressUs = 0
     var out = "runs/train"
     var initFrom: String?
+    /// Evaluate held-out answer accuracy every this many steps (0: at the end only; synth and
+    /// synth_rag held-out data).
+    var evalEvery = 0
 
     static let keys = ["steps", "batch_size", "micro_batches", "seq_len", "lr", "min_lr", "warmup_steps", "weight_decay",
                        "beta1", "beta2", "eps", "clip_norm", "log_every", "checkpoint_every", "check_weights_every",
-                       "bucket_mb", "progress_us", "out", "init_from"]
+                       "bucket_mb", "progress_us", "out", "init_from", "eval_every"]
 }
 
 /// The `data:` section: `train` and `heldout` are token or text files, or `synth` for the
@@ -121,6 +124,7 @@ struct RunConfig {
             if t["progress_us"] != nil { s.progressUs = try r.int(t, "progress_us", section: "train", min: 0) }
             if t["out"] != nil { s.out = try r.string(t, "out", section: "train") }
             if t["init_from"] != nil { s.initFrom = try r.string(t, "init_from", section: "train") }
+            if t["eval_every"] != nil { s.evalEvery = try r.int(t, "eval_every", section: "train", min: 0) }
             config.train = s
         }
         if let d = map["data"] {

@@ -11,6 +11,8 @@ struct TraceCommand: ParsableCommand {
     @Option(help: "Directory with rank-N.jsonl files.") var dir: String
     @Option(help: "Chrome trace output (default: DIR/trace.json); open in Perfetto or chrome://tracing.") var out: String?
     @Option(help: "Only report steps at or after this one (skips warm-up).") var fromStep: Int = 0
+    @Option(help: "Only report steps whose step span's name contains this (for example 'prefill' for a server's prefills).")
+    var stepsNamed: String?
 
     func run() throws {
         let files = (try? FileManager.default.contentsOfDirectory(atPath: dir))?.filter { $0.hasPrefix("rank-") && $0.hasSuffix(".jsonl") } ?? []
@@ -29,6 +31,13 @@ struct TraceCommand: ParsableCommand {
         let target = out ?? (dir as NSString).appendingPathComponent("trace.json")
         try ChromeTrace.json(spans: spans).write(to: URL(fileURLWithPath: target))
         print("trace: \(spans.count) spans from \(files.count) rank(s) -> \(target)")
-        for line in OverlapReport(spans: spans.filter { $0.step >= fromStep }).lines() { print(line) }
+        var kept = spans.filter { $0.step >= fromStep }
+        if let stepsNamed {
+            let steps = Set(kept.filter { $0.kind == .step && $0.name.contains(stepsNamed) }.map(\.step))
+            kept = kept.filter { steps.contains($0.step) }
+            guard !kept.isEmpty else { throw ValidationErrorMessage("no step span in \(dir) is named like '\(stepsNamed)'") }
+            print("steps named like '\(stepsNamed)': \(steps.count)")
+        }
+        for line in OverlapReport(spans: kept).lines() { print(line) }
     }
 }

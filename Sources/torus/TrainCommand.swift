@@ -88,6 +88,17 @@ struct TrainCommand: ParsableCommand {
                                  report.gflops, report.allReduceWaitSeconds * 1e3, formatDuration(report.etaSeconds)))
                 }
             }
+            if t.evalEvery > 0 && trainer.step % t.evalEvery == 0 && trainer.step < t.steps && cfg.data.heldout != nil
+                && trainer.stages == 1 {
+                // Every rank answers a share of the questions (the whole model is on each).
+                let scores = try accuracies(model: model, cfg: cfg, tokenizer: tokenizer, world: world)
+                if rank0, !scores.isEmpty {
+                    let tokensSeen = trainer.step * t.batchSize * t.microBatches * t.seqLen
+                    print("step \(trainer.step), \(tokensSeen) tokens: " + scores.map(\.line).filter { !$0.isEmpty }.joined(separator: "; "))
+                    try metrics?.writeEvaluation(step: trainer.step, tokens: tokensSeen, scores: scores)
+                    try TrainingCurve.write(metrics: t.out + "/metrics.jsonl", to: t.out + "/curve.svg", tokensPerStep: t.batchSize * t.microBatches * t.seqLen)
+                }
+            }
             if t.checkpointEvery > 0 && trainer.step % t.checkpointEvery == 0 && trainer.step < t.steps {
                 try trainer.checkpoint()
                 if rank0 { print("checkpoint: \(trainer.lastCheckpoint ?? "")") }
@@ -118,33 +129,70 @@ struct TrainCommand: ParsableCommand {
                 let held = try loadTokens(heldout, cfg: cfg, split: "heldout", vocab: model.config.vocabSize)
                 let loss = try model.windowedLoss(tokens: held, seqLen: t.seqLen, batch: 4).meanLoss
                 print(String(format: "heldout: loss %.4f, perplexity %.3f over %d tokens", loss, exp(loss), held.count))
-                if heldout == "synth_rag" {
-                    let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments)
-                    let limit = model.config.maxPositionEmbeddings - 16
-                    let examples = (0..<60).map { corpus.example($0, split: "heldout") }
-                        .filter { tokenizer.encode($0.prompt).count <= limit }
-                    for kind in ["single", "friend", "previous"] {
-                        let subset = examples.filter { $0.kind == kind }.map(\.qa)
-                        guard !subset.isEmpty else { continue }
-                        let acc = try QAEvaluation.evaluate(model: model, examples: subset, tokenizer: tokenizer)
-                        print(String(format: "heldout RAG QA (%@): answer accuracy %.1f%% (%d/%d)", kind, 100 * acc.accuracy, acc.correct, acc.total))
-                    }
+                if trainer.stages > 1 {
+                    for score in try accuracies(model: model, cfg: cfg, tokenizer: tokenizer, world: nil) where !score.line.isEmpty { print(score.line) }
                 }
-                if heldout == "synth" {
-                    let corpus = SyntheticCorpus(seed: cfg.seed)
-                    let limit = model.config.maxPositionEmbeddings - 16
-                    let examples = (0..<40).map { corpus.example($0, split: "heldout") }.filter { $0.prompt.utf8.count <= limit }
-                    let acc = try QAEvaluation.evaluate(model: model, examples: examples)
-                    if examples.isEmpty {
-                        print("heldout QA: skipped (questions are longer than max_position_embeddings \(model.config.maxPositionEmbeddings))")
-                    } else { print(String(format: "heldout QA: answer accuracy %.1f%% (%d/%d), two-hop %.1f%% (%d/%d)",
-                                 100 * acc.accuracy, acc.correct, acc.total, 100 * acc.twoHopAccuracy, acc.twoHopCorrect, acc.twoHopTotal))
-                    }
-                }
+            }
+        }
+        if cfg.data.heldout != nil && trainer.stages == 1 {
+            // Every rank holds the whole model and answers a share of the questions.
+            let scores = try accuracies(model: model, cfg: cfg, tokenizer: tokenizer, world: world)
+            if rank0 {
+                for score in scores where !score.line.isEmpty { print(score.line) }
+                let perStep = t.batchSize * t.microBatches * t.seqLen
+                try metrics?.writeEvaluation(step: trainer.step, tokens: trainer.step * perStep, scores: scores)
+                try TrainingCurve.write(metrics: t.out + "/metrics.jsonl", to: t.out + "/curve.svg", tokensPerStep: perStep)
+                print("curve (loss and held-out accuracy against tokens seen): \(t.out)/curve.svg")
             }
         }
         try world.barrier()
     }
+
+    /// Held-out answer accuracy for the built-in corpora (none for other data). With `world`,
+    /// rank r answers questions r, r+P, ... and the counts are summed; without it the calling
+    /// rank answers all.
+    func accuracies(model: LlamaModel, cfg: RunConfig, tokenizer: any TextTokenizer, world: Communicator?) throws -> [AccuracyScore] {
+        let limit = model.config.maxPositionEmbeddings - 64
+        let (rank, size) = (world?.rank ?? 0, world?.size ?? 1)
+        func evaluate(_ examples: [QAExample]) throws -> (correct: Int, total: Int, twoHopCorrect: Int, twoHopTotal: Int) {
+            let mine = examples.enumerated().filter { $0.offset % size == rank }.map(\.element)
+            let r = try QAEvaluation.evaluate(model: model, examples: mine, tokenizer: tokenizer)
+            var counts = [Double(r.correct), Double(r.total), Double(r.twoHopCorrect), Double(r.twoHopTotal)]
+            if let world { counts = try world.allReduce(counts) }
+            return (Int(counts[0]), Int(counts[1]), Int(counts[2]), Int(counts[3]))
+        }
+        func percent(_ a: Int, _ b: Int) -> Double { b == 0 ? 0 : 100 * Double(a) / Double(b) }
+        switch cfg.data.heldout {
+        case "synth_rag":
+            let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments)
+            let examples = (0..<Self.ragQuestions).map { corpus.example($0, split: "heldout") }
+                .filter { tokenizer.encode($0.prompt).count <= limit }
+            return try ["single", "friend", "previous"].compactMap { kind in
+                let subset = examples.filter { $0.kind == kind }.map(\.qa)
+                guard !subset.isEmpty else { return nil }
+                let r = try evaluate(subset)
+                return AccuracyScore(name: kind, correct: r.correct, total: r.total,
+                                     line: String(format: "heldout RAG QA (%@): answer accuracy %.1f%% (%d/%d)", kind, percent(r.correct, r.total), r.correct, r.total))
+            }
+        case "synth":
+            let corpus = SyntheticCorpus(seed: cfg.seed)
+            let examples = (0..<40).map { corpus.example($0, split: "heldout") }.filter { $0.prompt.utf8.count <= limit }
+            guard !examples.isEmpty else {
+                print("heldout QA: skipped (questions are longer than max_position_embeddings \(model.config.maxPositionEmbeddings))")
+                return []
+            }
+            let r = try evaluate(examples)
+            return [AccuracyScore(name: "all", correct: r.correct, total: r.total,
+                                  line: String(format: "heldout QA: answer accuracy %.1f%% (%d/%d), two-hop %.1f%% (%d/%d)", percent(r.correct, r.total),
+                                               r.correct, r.total, percent(r.twoHopCorrect, r.twoHopTotal), r.twoHopCorrect, r.twoHopTotal)),
+                    AccuracyScore(name: "two-hop", correct: r.twoHopCorrect, total: r.twoHopTotal, line: "")]
+        default:
+            return []
+        }
+    }
+
+    /// Held-out RAG questions asked (each kind counted on its own).
+    static let ragQuestions = 100
 
     /// Prints every stage's peak resident memory (whole process) beside the plan's estimate.
     func reportMemory(trainer: Trainer, world: Communicator) throws {
@@ -225,6 +273,11 @@ final class MetricsLog {
 
     func write(_ report: StepReport) throws {
         handle.write(try encoder.encode(report) + Data("\n".utf8))
+    }
+
+    /// One line `{"step":..,"tokens":..,"accuracy":{"single":{"correct":..,"total":..},..}}`.
+    func writeEvaluation(step: Int, tokens: Int, scores: [AccuracyScore]) throws {
+        handle.write(try encoder.encode(EvaluationRecord(step: step, tokens: tokens, scores: scores)) + Data("\n".utf8))
     }
 }
 

@@ -52,8 +52,9 @@ import TorusModel
 
     /// `mpirun -np 2|3 torus serve`: long prompts prefilled across the ranks (Ring Attention with
     /// zigzag chunks on 2, TokenRing with contiguous chunks on 3), short ones on one rank each,
-    /// decode merging every rank's partials: the same tokens as one rank, prefix caching, freed
-    /// blocks after a disconnect, and SIGTERM ending every rank.
+    /// decode merging every rank's partials: the same tokens as one rank, prefix caching, chunk
+    /// reuse (blended on rank 0: a full recompute gives the tokens of a plain prefill across the
+    /// ranks), freed blocks after a disconnect, and SIGTERM ending every rank.
     @Test(.enabled(if: ClientPython.executable != nil, Comment(rawValue: ClientPython.skipMessage)),
           arguments: [(2, "ring", "zigzag"), (3, "tokenring", "contiguous")])
     func severalRanksGiveTheTokensOfOne(ranks: Int, method: String, layout: String) throws {
@@ -63,7 +64,8 @@ import TorusModel
         let server = try ServerProcess(mpirun, TorusBinary.rootFlags + ["--oversubscribe", "-np", String(ranks), TorusBinary.path, "serve",
                                                                          "--model", model, "--port", "0", "--served-model-name", "tiny",
                                                                          "--kv-cache-memory-mb", "32", "--sequence-parallel", method,
-                                                                         "--sp-layout", layout, "--sp-threshold", "120"],
+                                                                         "--sp-layout", layout, "--sp-threshold", "120",
+                                                                         "--chunk-reuse", "cacheblend", "--chunk-store", model + "-chunks"],
                                        environment: ["TORUS_NO_REEXEC": "1"])
         defer { server.stop() }
         #expect(server.log.contains("\(ranks) ranks"), "\(server.log)")
@@ -72,7 +74,7 @@ import TorusModel
         let r = try TorusBinary.run(python, [ClientPython.repository + "/Tests/serve/openai_client_test.py", "--base", server.base,
                                              "--key", "none", "--torus", TorusBinary.path, "--model-dir", model, "--name", "tiny",
                                              "--max-len", "512", "--pid", String(rank0),
-                                             "--checks", "greedy completion,16 concurrent,long prompts,prefix cache,disconnects,SIGTERM"],
+                                             "--checks", "greedy completion,16 concurrent,long prompts,prefix cache,documents:,disconnects,SIGTERM"],
                                     timeout: 300)
         #expect(r.status == 0 && r.stdout.contains(" passed, 0 failed"), "\(r.output)\n--- server log ---\n\(server.log)")
         // SIGTERM to rank 0 stops the other ranks too: mpirun ends by itself.

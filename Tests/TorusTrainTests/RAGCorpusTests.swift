@@ -16,7 +16,16 @@ import TorusTrain
                 #expect((150...420).contains(d.utf8.count), "document of \(d.utf8.count) bytes: \(d)")
             }
             #expect(e.question.hasPrefix("Q: ") && e.question.hasSuffix("\nA:"))
-            #expect(e.documents.contains { $0.contains(e.answer) }, "answer \(e.answer) in no document")
+            #expect(e.documents.contains { $0.contains(e.value) }, "answer \(e.value) in no document")
+            #expect(e.answer.hasSuffix(" \(e.value)."), "answer line \(e.answer) does not end with \(e.value)")
+            // Each sentence of the answer line is copied from one document (a sister's link is
+            // stated there as "the person in the previous document").
+            for sentence in e.answer.components(separatedBy: ". ").map({ $0.hasSuffix(".") ? $0 : $0 + "." }) {
+                let stated = sentence.replacingOccurrences(of: #"^\S+ has a sister"#, with: "The person in the previous document has a sister",
+                                                           options: .regularExpression)
+                #expect(e.documents.contains { $0.contains(stated) }, "'\(sentence)' is stated in no document")
+            }
+            #expect(e.answer.components(separatedBy: ". ").count == e.hops, "\(e.answer)")
             #expect(e.prompt == e.documents.joined() + e.question)
         }
         #expect(kinds["single", default: 0] > 60 && kinds["friend", default: 0] > 30 && kinds["previous", default: 0] > 20, "\(kinds)")
@@ -35,7 +44,7 @@ import TorusTrain
             let own = e.documents.firstIndex { $0.contains("\(name) lives in") }
             #expect(own != nil, "\(name)")
             if let own {
-                #expect(own + 1 < e.documents.count && e.documents[own + 1].contains("previous document") && e.documents[own + 1].contains(e.answer))
+                #expect(own + 1 < e.documents.count && e.documents[own + 1].contains("previous document") && e.documents[own + 1].contains(e.value))
             }
         }
         #expect(seen > 10)
