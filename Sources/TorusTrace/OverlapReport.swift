@@ -88,6 +88,22 @@ public struct OverlapReport: Sendable {
         }
         return out
     }
+
+    /// One line per rank summed over all its steps: communication, the part exposed (also as a
+    /// share of the steps' time), compute, overlap, bytes sent and idle time.
+    public func summaryLines() -> [String] {
+        var out = ["rank steps   comm ms  exposed ms (of steps)  compute ms  overlap   sent MB   steps ms   idle"]
+        for rank in Set(entries.map(\.rank)).sorted() {
+            let mine = entries.filter { $0.rank == rank }
+            let comm = mine.reduce(0) { $0 + $1.communication }, exposed = mine.reduce(0) { $0 + $1.exposed }
+            let compute = mine.reduce(0) { $0 + $1.compute }, time = mine.reduce(0) { $0 + $1.stepTime }
+            let bytes = mine.reduce(0) { $0 + $1.bytes }
+            out.append(String(format: "%4d %5d %9.1f %11.1f (%5.1f%%) %11.1f %7.1f%% %9.2f %10.1f %5.1f%%", rank, mine.count, comm * 1e3,
+                              exposed * 1e3, time > 0 ? 100 * exposed / time : 0, compute * 1e3, comm > 0 ? 100 * (1 - exposed / comm) : 100,
+                              Double(bytes) / 1e6, time * 1e3, time > 0 ? 100 * max(0, 1 - compute / time) : 0))
+        }
+        return out
+    }
 }
 
 /// Chrome trace event format (chrome://tracing, Perfetto): one process per rank, lanes for

@@ -7,6 +7,8 @@ public struct QAEvaluation {
     public struct Result: Sendable {
         public var total = 0, correct = 0
         public var twoHopTotal = 0, twoHopCorrect = 0
+        /// The first wrong answer and what was expected.
+        public var firstWrong: (answer: String, expected: String)?
         public var accuracy: Double { total == 0 ? 0 : Double(correct) / Double(total) }
         public var twoHopAccuracy: Double { twoHopTotal == 0 ? 0 : Double(twoHopCorrect) / Double(twoHopTotal) }
     }
@@ -24,6 +26,7 @@ public struct QAEvaluation {
             let text = line.trimmingCharacters(in: .whitespaces)
             let ok = text == e.answer
             r.total += 1; r.correct += ok ? 1 : 0
+            if !ok && r.firstWrong == nil { r.firstWrong = (text, e.answer) }
             if e.hops == 2 { r.twoHopTotal += 1; r.twoHopCorrect += ok ? 1 : 0 }
         }
         return r

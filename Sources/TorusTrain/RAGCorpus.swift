@@ -42,8 +42,8 @@ public struct RAGExample: Codable, Equatable, Sendable {
 /// their document) and some a sister, described by a document that only says "the person in
 /// the previous document" and so means something only right after that person's document.
 /// A prompt holds 6-10 documents (the answering ones plus distractors, shuffled, a sister's
-/// document kept right after its person's) and a question. Names are random syllables, so
-/// answers must be read from the documents. The same world and seed give the same documents
+/// document kept right after its person's) and a question. Names come from a pool of 400
+/// and facts are random per world, so answers must be read from the documents. The same world and seed give the same documents
 /// in every prompt, so documents recur across requests.
 public struct RAGCorpus: Sendable {
     static let cities = ["Tarsa", "Molvik", "Queren", "Adlo", "Bexhal", "Corin", "Dunmar", "Elsby", "Fenwick", "Galto",
@@ -85,13 +85,38 @@ public struct RAGCorpus: Sendable {
     public let seed: UInt64
     /// Documents per prompt (the answering ones plus distractors).
     public let documents: ClosedRange<Int>
-    public init(seed: UInt64, documents: ClosedRange<Int> = 6...10) {
+    /// Whether documents carry filler (false: facts only, for a first curriculum phase; the
+    /// people and facts are the same either way).
+    public let filler: Bool
+    public init(seed: UInt64, documents: ClosedRange<Int> = 6...10, filler: Bool = true) {
         self.seed = seed
         self.documents = documents
+        self.filler = filler
     }
 
-    /// Random syllable names, as the QA corpus makes them.
-    static func name(_ g: inout SeededGenerator) -> String { SyntheticCorpus.name(&g) }
+    /// People's names: a fixed pool of two-syllable names (the same for every seed, so one
+    /// tokenizer trained on the corpus holds each as one token); a world draws its people from
+    /// the pool at random and gives them random facts, so answers must still be read from the
+    /// documents.
+    public static let names: [String] = {
+        var g = SeededGenerator(seed: 0x4E41_4D45)
+        var seen = Set<String>(), out: [String] = []
+        let consonants = Array("bdfgklmnprstvz"), vowels = Array("aeiou")
+        let taken = Set(cities + colors + jobs + pets)
+        while out.count < namePoolSize {
+            var s = ""
+            for _ in 0..<2 {
+                s.append(consonants[Int(g.next() % UInt64(consonants.count))])
+                s.append(vowels[Int(g.next() % UInt64(vowels.count))])
+            }
+            let n = s.prefix(1).uppercased() + s.dropFirst()
+            if !taken.contains(n), seen.insert(n).inserted { out.append(n) }
+        }
+        return out
+    }()
+    static let namePoolSize = 400
+
+    static func name(_ g: inout SeededGenerator) -> String { pick(names, &g) }
 
     static func pick<T>(_ list: [T], _ g: inout SeededGenerator) -> T { list[Int(g.next() % UInt64(list.count))] }
 
@@ -116,7 +141,8 @@ public struct RAGCorpus: Sendable {
             if g.next() % 3 == 0 {
                 let s = fresh(), job = Self.pick(Self.jobs, &g), city = Self.pick(Self.cities, &g)
                 var facts = ["The person in the previous document has a sister named \(s).", Self.jobFact(s, job), Self.cityFact(s, city)]
-                facts.append(Self.filler("\(s)", &g))
+                let extra = Self.filler("\(s)", &g)
+                if filler { facts.append(extra) }
                 people[i].sister = Sister(name: s, job: job, city: city, document: "Doc: " + facts.joined(separator: " ") + "\n")
             }
         }
@@ -130,7 +156,7 @@ public struct RAGCorpus: Sendable {
             let target = 150 + Int(g.next() % 200)
             var unused = Self.fillers
             Self.shuffle(&unused, &g)
-            while text.utf8.count < target, let f = unused.popLast() { text += " " + f.replacingOccurrences(of: "{N}", with: n) }
+            while filler, text.utf8.count < target, let f = unused.popLast() { text += " " + f.replacingOccurrences(of: "{N}", with: n) }
             people[i].document = "Doc: " + text + "\n"
         }
         return people

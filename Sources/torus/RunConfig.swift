@@ -49,9 +49,11 @@ struct DataSection {
     var ragDocuments = 6...10
     /// synth_rag: "all" tokens carry loss, or "questions" only (documents are context).
     var ragLoss = "all"
+    /// synth_rag: documents with filler (false: facts only).
+    var ragFiller = true
     /// A tokenizer.json for the built-in corpora (default: bytes); copied into the model directory.
     var tokenizer: String?
-    static let keys = ["train", "heldout", "synth_examples", "rag_documents", "rag_loss", "tokenizer"]  // heldout: file, synth or none
+    static let keys = ["train", "heldout", "synth_examples", "rag_documents", "rag_loss", "rag_filler", "tokenizer"]  // heldout: file, synth or none
 }
 
 /// The contents of a `configs/*.yaml` file.
@@ -144,6 +146,10 @@ struct RunConfig {
                 config.data.ragDocuments = pair[0]...pair[1]
             }
             if d["tokenizer"] != nil { config.data.tokenizer = try r.string(d, "tokenizer", section: "data") }
+            if let f = d["rag_filler"] {
+                guard let b = f as? Bool else { throw ConfigError(file: path, message: "'data.rag_filler' must be true or false") }
+                config.data.ragFiller = b
+            }
             if d["rag_loss"] != nil {
                 config.data.ragLoss = try r.string(d, "rag_loss", section: "data")
                 guard ["all", "questions"].contains(config.data.ragLoss) else {

@@ -13,6 +13,7 @@ struct TraceCommand: ParsableCommand {
     @Option(help: "Only report steps at or after this one (skips warm-up).") var fromStep: Int = 0
     @Option(help: "Only report steps whose step span's name contains this (for example 'prefill' for a server's prefills).")
     var stepsNamed: String?
+    @Flag(help: "One line per rank summed over the steps, instead of one per rank and step.") var summary = false
 
     func run() throws {
         let files = (try? FileManager.default.contentsOfDirectory(atPath: dir))?.filter { $0.hasPrefix("rank-") && $0.hasSuffix(".jsonl") } ?? []
@@ -38,6 +39,7 @@ struct TraceCommand: ParsableCommand {
             guard !kept.isEmpty else { throw ValidationErrorMessage("no step span in \(dir) is named like '\(stepsNamed)'") }
             print("steps named like '\(stepsNamed)': \(steps.count)")
         }
-        for line in OverlapReport(spans: kept).lines() { print(line) }
+        let report = OverlapReport(spans: kept)
+        for line in summary ? report.summaryLines() : report.lines() { print(line) }
     }
 }

@@ -48,7 +48,7 @@ struct TrainCommand: ParsableCommand {
         var mask: [Bool]?
         let tokens: [Int32]
         if cfg.data.train == "synth_rag" {
-            let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments)
+            let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments, filler: cfg.data.ragFiller)
             let windows = corpus.trainingTokenWindows(count: cfg.data.synthExamples, split: "train", window: t.seqLen, tokenizer: tokenizer)
             tokens = windows.tokens
             if cfg.data.ragLoss == "questions" { mask = windows.questions }
@@ -157,6 +157,9 @@ struct TrainCommand: ParsableCommand {
         func evaluate(_ examples: [QAExample]) throws -> (correct: Int, total: Int, twoHopCorrect: Int, twoHopTotal: Int) {
             let mine = examples.enumerated().filter { $0.offset % size == rank }.map(\.element)
             let r = try QAEvaluation.evaluate(model: model, examples: mine, tokenizer: tokenizer)
+            if rank == 0, let w = r.firstWrong, ProcessInfo.processInfo.environment["TORUS_SHOW_WRONG"] != nil {
+                print("  wrong: '\(w.answer)' (expected '\(w.expected)')")
+            }
             var counts = [Double(r.correct), Double(r.total), Double(r.twoHopCorrect), Double(r.twoHopTotal)]
             if let world { counts = try world.allReduce(counts) }
             return (Int(counts[0]), Int(counts[1]), Int(counts[2]), Int(counts[3]))
@@ -164,7 +167,7 @@ struct TrainCommand: ParsableCommand {
         func percent(_ a: Int, _ b: Int) -> Double { b == 0 ? 0 : 100 * Double(a) / Double(b) }
         switch cfg.data.heldout {
         case "synth_rag":
-            let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments)
+            let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments, filler: cfg.data.ragFiller)
             let examples = (0..<Self.ragQuestions).map { corpus.example($0, split: "heldout") }
                 .filter { tokenizer.encode($0.prompt).count <= limit }
             return try ["single", "friend", "previous"].compactMap { kind in
@@ -230,7 +233,7 @@ struct TrainCommand: ParsableCommand {
         }
         if source == "synth_rag" {
             let count = split == "train" ? cfg.data.synthExamples : 40
-            let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments)
+            let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments, filler: cfg.data.ragFiller)
             // Training windows hold one example each, whole, with as many questions about its
             // documents as fit (denser supervision).
             if split == "train" {

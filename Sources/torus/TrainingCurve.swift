@@ -47,7 +47,7 @@ enum TrainingCurve {
             return (losses[i].x, window.map(\.y).reduce(0, +) / Double(window.count))
         }
         func tokens(_ v: Double) -> String { v >= 1e6 ? String(format: "%.1fM", v / 1e6) : String(format: "%.0fK", v / 1e3) }
-        var loss = SVGPlot(title: "Training loss (mean of 10 steps)", xLabel: "tokens seen", yLabel: "loss")
+        var loss = SVGPlot(title: "Training loss (mean of 10 steps)", xLabel: "tokens seen", yLabel: "loss (log scale)", logY: true)
         loss.xTick = tokens
         loss.series = [.init(name: "train loss", color: SVGPlot.palette[0], points: smoothed)]
         var accuracy = SVGPlot(title: "Held-out answer accuracy (full prefill)", xLabel: "tokens seen", yLabel: "accuracy (%)",

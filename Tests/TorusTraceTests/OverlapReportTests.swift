@@ -29,6 +29,19 @@ import TorusTrace
         #expect(r.lines().contains { $0.hasPrefix("step 1: overlap min 25.0% median 100.0% max 100.0% across 2 ranks") })
     }
 
+    /// The summary sums each rank's steps: rank 0 has 4 + 2 ms of communication, 2 ms of it
+    /// exposed (step 2 has no compute), in 4 + 2 ms of steps.
+    @Test func summarySumsEachRanksSteps() {
+        let r = OverlapReport(spans: [span(.send, 0, 4, rank: 0, bytes: 2_000_000), span(.compute, 0, 4, rank: 0),
+                                      span(.send, 0, 4, rank: 1), span(.compute, 2, 3, rank: 1),
+                                      span(.collective, 10, 12, rank: 0, step: 2, bytes: 1_000_000)])
+        let lines = r.summaryLines()
+        #expect(lines.count == 3)
+        #expect(lines[1].hasPrefix("   0     2       6.0         2.0 ( 33.3%)"), "\(lines[1])")
+        #expect(lines[1].contains("66.7%") && lines[1].contains("3.00"), "\(lines[1])")
+        #expect(lines[2].hasPrefix("   1     1       4.0         3.0 ( 75.0%)"), "\(lines[2])")
+    }
+
     /// Idle is the step's time without compute (a pipeline stage's bubble plus exposed
     /// communication); the step span sets the window when present.
     @Test func idleIsTheStepWithoutCompute() throws {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TorusModel
 import TorusTrain
 
 @Suite struct RAGCorpusTests {
@@ -79,5 +80,19 @@ import TorusTrain
             let padded = unit.reversed().prefix { $0 == "\n" }.count
             #expect(!flags.suffix(max(padded - 1, 0)).contains(true))
         }
+    }
+
+    /// The default model's tokenizer (configs/rag-tokenizer.json, written by `torus data
+    /// tokenizer --synth rag --vocab 2048 --examples 20000`) holds every name of the pool as one
+    /// token, so copying a name is one token's work; a whole example round-trips.
+    @Test func theDefaultTokenizerHoldsEachNameAsOneToken() throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("configs/rag-tokenizer.json").path
+        let tokenizer = try TokenizerJSON.load(path: path, modelVocabulary: 1408)
+        #expect(RAGCorpus.names.count == 400 && Set(RAGCorpus.names).count == 400)
+        let split = RAGCorpus.names.filter { tokenizer.encode(" " + $0).count != 1 }
+        #expect(split.isEmpty, "names of several tokens: \(split.prefix(10))")
+        let e = corpus.example(7, split: "heldout")
+        #expect(tokenizer.decode(tokenizer.encode(e.prompt + " " + e.answer)) == e.prompt + " " + e.answer)
     }
 }
