@@ -14,6 +14,9 @@ public struct ReusePolicy: Sendable, Equatable {
         case cacheblend
         /// CacheBlend with the bottom-right mask of its public code (to measure the exact mask).
         case faithful
+        /// CacheBlend's gradual filtering: twice `ratio` kept at the check layer, `ratio` of
+        /// those from the next layer on (by their deviation there).
+        case gradual
         /// EPIC: the first `firstTokens` tokens of every cached chunk.
         case epic
         /// Cache-Craft: per chunk, a share CFO = alpha x CCI x (1 - beta') of its tokens, those
@@ -44,6 +47,9 @@ public struct ReusePolicy: Sendable, Equatable {
         case .unchanged: return .unchanged
         case .cacheblend: return .cacheBlend(ratio: ratio, checkLayer: check)
         case .faithful: return .cacheBlend(ratio: ratio, checkLayer: check, mask: .bottomRight)
+        case .gradual:
+            guard check + 1 < layers else { return .cacheBlend(ratio: ratio, checkLayer: check) }
+            return RecomputePolicy(checks: [.init(layer: check, ratio: min(1, 2 * ratio)), .init(layer: check + 1, ratio: ratio)])
         case .epic:
             let rows = spans.flatMap { s in s.prefix(firstTokens).filter { cached[$0] } }
             return RecomputePolicy(forcedRows: rows)

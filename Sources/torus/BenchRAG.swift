@@ -22,7 +22,7 @@ struct BenchRAG: ParsableCommand {
     @Option(help: "Documents per prompt, min-max.") var documents: String = "6-10"
     @Option(help: "Recompute ratios for cacheblend and faithful, comma-separated.") var ratios: String = "0,0.05,0.1,0.15,0.2,0.3,0.5,1"
     @Option(help: "Methods, comma-separated: full, prefix, unchanged, epic, faithful, cacheblend, cachecraft (its alpha from --ratios).")
-    var methods: String = "full,prefix,unchanged,epic,faithful,cacheblend,cachecraft"
+    var methods: String = "full,prefix,unchanged,epic,faithful,cacheblend,gradual,cachecraft"
     @Option(help: "Answer tokens compared (teacher-forced) and decoded.") var answerTokens: Int = 32
     @Option(help: "Directory for rag.json and rag.svg.") var out: String = "runs/bench-rag"
     @Option(help: "Also write the trace as JSONL for 'torus bench serve --dataset': PREFIX-documents.jsonl (documents field, for torus serve --chunk-reuse) and PREFIX-inline.jsonl (documents in the prompt, for any server and vllm bench serve --dataset-name custom).")
@@ -77,7 +77,7 @@ struct BenchRAG: ParsableCommand {
             return r
         }
         let methodList = methods.split(separator: ",").map { String($0) }.filter { $0 != "none" }
-        let known = ["full", "prefix", "unchanged", "epic", "faithful", "cacheblend", "cachecraft"]
+        let known = ["full", "prefix", "unchanged", "epic", "faithful", "cacheblend", "gradual", "cachecraft"]
         for name in methodList where !known.contains(name) {
             throw ValidationError("--methods: unknown method '\(name)'; known: \(known.joined(separator: ", "))")
         }
@@ -106,6 +106,7 @@ struct BenchRAG: ParsableCommand {
             case "unchanged": [(ReusePolicy(method: .unchanged), nil)]
             case "epic": [(ReusePolicy(method: .epic, firstTokens: 16), nil)]
             case "faithful": ratioList.map { (ReusePolicy(method: .faithful, ratio: $0), $0) }
+            case "gradual": ratioList.map { (ReusePolicy(method: .gradual, ratio: $0), $0) }
             case "cachecraft": ratioList.map { (ReusePolicy(method: .cachecraft, alpha: $0), $0) }
             default: ratioList.map { (ReusePolicy(method: .cacheblend, ratio: $0), $0) }
             }
@@ -311,7 +312,7 @@ struct BenchRAG: ParsableCommand {
     func plot(_ rows: [Row]) -> String {
         // Exact methods (KL 0) sit on the floor, a decade below the smallest positive KL.
         let floorKL = (rows.map(\.klMedian).filter { $0 > 0 }.min() ?? 1e-6) / 10
-        let colors = ["full": "#444444", "prefix": "#8c564b", "unchanged": "#d62728", "epic": "#9467bd", "faithful": "#ff7f0e",
+        let colors = ["full": "#444444", "prefix": "#8c564b", "unchanged": "#d62728", "epic": "#9467bd", "faithful": "#ff7f0e", "gradual": "#17becf",
                       "cacheblend": "#1f77b4", "cachecraft": "#2ca02c"]
         var chart = SVGPlot(title: "Chunk reuse: median KL(full || method) at the first answer token vs FLOPs recomputed",
                             xLabel: "FLOPs recomputed (share of full prefill)", yLabel: "median KL", logY: true, xRange: 0...1)

@@ -27,7 +27,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Under mpirun: prefill long prompts across the ranks with ring or tokenring.") var sequenceParallel: String?
     @Option(help: "Layout of a prompt over the ranks: zigzag or contiguous.") var spLayout: String?
     @Option(help: "Prompts of at least this many tokens are prefilled across the ranks.") var spThreshold: Int?
-    @Option(help: "Reuse the KV of request documents: full, unchanged, cacheblend, faithful or epic (serve.chunk_reuse.policy).")
+    @Option(help: "Reuse the KV of request documents: full, unchanged, cacheblend, gradual, faithful, epic or cachecraft (serve.chunk_reuse.policy).")
     var chunkReuse: String?
     @Option(help: "Share of cached tokens recomputed (serve.chunk_reuse.ratio).") var reuseRatio: Double?
     @Option(help: "Directory of the chunk store's disk tier (serve.chunk_reuse.directory).") var chunkStore: String?

@@ -186,6 +186,23 @@ import TorusTensor
         #expect(errors[3] < 1e-4)
     }
 
+    /// Gradual filtering (two check layers): 2r of the cached rows kept at layer 0, r of those
+    /// from layer 1 on; keeping everything at both is full prefill.
+    @Test func gradualFilteringNarrowsAtEachCheckLayer() throws {
+        let model = try Self.model()
+        let kv = try Self.chunksAlone(model)
+        let policy = RecomputePolicy(checks: [.init(layer: 0, ratio: 0.5), .init(layer: 1, ratio: 0.25)])
+        let result = try model.fuse(tokens: Self.tokens, cached: Self.cachedFlags, kv: kv, policy: policy)
+        let (wide, narrow) = (Int((0.5 * Double(Self.chunkRows)).rounded(.up)), Int((0.25 * Double(Self.chunkRows)).rounded(.up)))
+        #expect(result.projectedRows == [Self.tokens.count, Self.question.count + wide, Self.question.count + narrow])
+        #expect(result.computedRows == [Self.question.count + wide, Self.question.count + narrow, Self.question.count + narrow])
+        #expect(result.recomputedCachedRows.count == narrow)
+        let reference = try Self.fullPrefill(model, Self.tokens)
+        let all = try model.fuse(tokens: Self.tokens, cached: Self.cachedFlags, kv: try Self.chunksAlone(model),
+                                 policy: RecomputePolicy(checks: [.init(layer: 0, ratio: 1), .init(layer: 1, ratio: 1)]))
+        #expect(Self.maxDifference(all.logits, reference.logits) < 1e-4)
+    }
+
     @Test func badPoliciesAreRefused() throws {
         let model = try Self.model()
         let kv = PromptKV(config: model.config, rows: Self.tokens.count)

@@ -98,6 +98,24 @@ import TorusTensor
         #expect(r.tokens.count == 12)
     }
 
+    /// Gradual filtering keeps twice the ratio at the check layer and the ratio after the next
+    /// layer: it recomputes the same number of tokens as CacheBlend and spends more FLOPs (the
+    /// wider layer after the check; the test model has two layers, so the checks are 0 and 1).
+    @Test func gradualFilteringNarrowsOverTwoLayers() async throws {
+        func run(_ policy: ReusePolicy) async throws -> ReuseReport {
+            let (engine, _) = try Self.engine(policy: policy)
+            defer { engine.shutdown() }
+            _ = try await Self.run(engine, Self.request(Self.docs, question: Self.question))
+            return try #require(try await Self.run(engine, Self.request(Array(Self.docs.reversed()), question: Self.question)).report)
+        }
+        let gradual = try await run(ReusePolicy(method: .gradual, ratio: 0.15, checkLayer: 0))
+        let blend = try await run(ReusePolicy(method: .cacheblend, ratio: 0.15, checkLayer: 0))
+        let chunkTokens = Self.docs.map(\.count).reduce(0, +)
+        #expect(gradual.recomputedTokens == Self.question.count + Int((0.15 * Double(chunkTokens)).rounded(.up)))
+        #expect(gradual.recomputedTokens == blend.recomputedTokens)
+        #expect(gradual.flops > blend.flops, "gradual \(gradual.flops) vs cacheblend \(blend.flops)")
+    }
+
     /// Two tenants' salts never share chunk KV.
     @Test func saltsIsolateTenants() async throws {
         let (engine, _) = try Self.engine(policy: ReusePolicy(method: .unchanged))
