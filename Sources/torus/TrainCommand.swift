@@ -77,6 +77,9 @@ struct TrainCommand: ParsableCommand {
             }
         }
         let metrics = rank0 ? try MetricsLog(path: t.out + "/metrics.jsonl", append: start > 0, keepThrough: start) : nil
+        // Held-out accuracy during training, one line per evaluation (steps stay alone in metrics.jsonl).
+        let evaluations = rank0 && cfg.data.heldout != nil
+            ? try MetricsLog(path: t.out + "/evaluation.jsonl", append: start > 0, keepThrough: start) : nil
         let last = min(t.steps, stopAfter ?? t.steps)
         while trainer.step < last {
             let report = try trainer.trainStep()
@@ -95,8 +98,8 @@ struct TrainCommand: ParsableCommand {
                 if rank0, !scores.isEmpty {
                     let tokensSeen = trainer.step * t.batchSize * t.microBatches * t.seqLen
                     print("step \(trainer.step), \(tokensSeen) tokens: " + scores.map(\.line).filter { !$0.isEmpty }.joined(separator: "; "))
-                    try metrics?.writeEvaluation(step: trainer.step, tokens: tokensSeen, scores: scores)
-                    try TrainingCurve.write(metrics: t.out + "/metrics.jsonl", to: t.out + "/curve.svg", tokensPerStep: t.batchSize * t.microBatches * t.seqLen)
+                    try evaluations?.writeEvaluation(step: trainer.step, tokens: tokensSeen, scores: scores)
+                    try TrainingCurve.write(out: t.out, tokensPerStep: t.batchSize * t.microBatches * t.seqLen)
                 }
             }
             if t.checkpointEvery > 0 && trainer.step % t.checkpointEvery == 0 && trainer.step < t.steps {
@@ -140,8 +143,8 @@ struct TrainCommand: ParsableCommand {
             if rank0 {
                 for score in scores where !score.line.isEmpty { print(score.line) }
                 let perStep = t.batchSize * t.microBatches * t.seqLen
-                try metrics?.writeEvaluation(step: trainer.step, tokens: trainer.step * perStep, scores: scores)
-                try TrainingCurve.write(metrics: t.out + "/metrics.jsonl", to: t.out + "/curve.svg", tokensPerStep: perStep)
+                if !scores.isEmpty { try evaluations?.writeEvaluation(step: trainer.step, tokens: trainer.step * perStep, scores: scores) }
+                try TrainingCurve.write(out: t.out, tokensPerStep: perStep)
                 print("curve (loss and held-out accuracy against tokens seen): \(t.out)/curve.svg")
             }
         }
@@ -152,11 +155,13 @@ struct TrainCommand: ParsableCommand {
     /// rank r answers questions r, r+P, ... and the counts are summed; without it the calling
     /// rank answers all.
     func accuracies(model: LlamaModel, cfg: RunConfig, tokenizer: any TextTokenizer, world: Communicator?) throws -> [AccuracyScore] {
-        let limit = model.config.maxPositionEmbeddings - 64
+        // Room for the answer: RAG answer lines are up to ~20 BPE tokens (64 bytes); QA answers one word.
+        let answerRoom = cfg.data.heldout == "synth_rag" ? 64 : 16
+        let limit = model.config.maxPositionEmbeddings - answerRoom
         let (rank, size) = (world?.rank ?? 0, world?.size ?? 1)
         func evaluate(_ examples: [QAExample]) throws -> (correct: Int, total: Int, twoHopCorrect: Int, twoHopTotal: Int) {
             let mine = examples.enumerated().filter { $0.offset % size == rank }.map(\.element)
-            let r = try QAEvaluation.evaluate(model: model, examples: mine, tokenizer: tokenizer)
+            let r = try QAEvaluation.evaluate(model: model, examples: mine, maxAnswerTokens: answerRoom, tokenizer: tokenizer)
             if rank == 0, let w = r.firstWrong, ProcessInfo.processInfo.environment["TORUS_SHOW_WRONG"] != nil {
                 print("  wrong: '\(w.answer)' (expected '\(w.expected)')")
             }

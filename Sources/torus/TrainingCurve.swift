@@ -10,7 +10,7 @@ struct AccuracyScore: Sendable {
     var accuracy: Double { total == 0 ? 0 : Double(correct) / Double(total) }
 }
 
-/// A metrics-file line of an evaluation: `{"step", "tokens", "accuracy": {kind: {correct, total}}}`.
+/// An `evaluation.jsonl` line: `{"step", "tokens", "accuracy": {kind: {correct, total}}}`.
 struct EvaluationRecord: Codable {
     struct Count: Codable { var correct: Int, total: Int }
     var step: Int
@@ -24,23 +24,19 @@ struct EvaluationRecord: Codable {
     }
 }
 
-/// The training curve of a run: loss, and held-out accuracy per question kind, against tokens
-/// seen, read from its metrics file and drawn as SVG.
+/// The training curve of a run: loss (from `metrics.jsonl`) and held-out accuracy per question
+/// kind (from `evaluation.jsonl`) against tokens seen, drawn as `curve.svg` in the run's directory.
 enum TrainingCurve {
-    static func write(metrics path: String, to out: String, tokensPerStep: Int) throws {
-        let text = try String(contentsOfFile: path, encoding: .utf8)
+    static func write(out dir: String, tokensPerStep: Int) throws {
         struct LossLine: Decodable { let step: Int, loss: Float }
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
-        var losses: [(x: Double, y: Double)] = [], evaluations: [EvaluationRecord] = []
-        for line in text.split(separator: "\n") {
-            let data = Data(line.utf8)
-            if let l = try? decoder.decode(LossLine.self, from: data) {
-                losses.append((Double(l.step * tokensPerStep), Double(l.loss)))
-            } else if let e = try? decoder.decode(EvaluationRecord.self, from: data) {
-                evaluations.append(e)
-            }
+        func lines(_ name: String) -> [Data] {
+            ((try? String(contentsOfFile: dir + "/" + name, encoding: .utf8)) ?? "").split(separator: "\n").map { Data($0.utf8) }
         }
+        let losses = lines("metrics.jsonl").compactMap { try? decoder.decode(LossLine.self, from: $0) }
+            .map { (x: Double($0.step * tokensPerStep), y: Double($0.loss)) }
+        let evaluations = lines("evaluation.jsonl").compactMap { try? decoder.decode(EvaluationRecord.self, from: $0) }
         // A running mean over 10 steps: single-step losses of small batches are noisy.
         let smoothed = losses.indices.map { i -> (x: Double, y: Double) in
             let window = losses[max(0, i - 9)...i]
@@ -62,6 +58,6 @@ enum TrainingCurve {
             let n = evaluations.last?.accuracy[kind]?.total ?? 0
             accuracy.series.append(.init(name: "\(kind) (\(n) q)", color: SVGPlot.palette[(i + 1) % SVGPlot.palette.count], points: points))
         }
-        try SVGPlot.figure([loss, accuracy]).write(toFile: out, atomically: true, encoding: .utf8)
+        try SVGPlot.figure([loss, accuracy]).write(toFile: dir + "/curve.svg", atomically: true, encoding: .utf8)
     }
 }

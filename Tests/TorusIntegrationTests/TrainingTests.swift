@@ -74,6 +74,45 @@ import TorusModel
         return r
     }
 
+    /// `train.eval_every` on the RAG corpus in the default BPE tokenizer: every 2 steps the 2
+    /// ranks answer shares of the held-out questions; each evaluation is a line of
+    /// evaluation.jsonl with every question kind counted over all ranks, and curve.svg draws it.
+    @Test func ragEvaluationDuringTrainingCountsEveryQuestion() throws {
+        let dir = Self.workDir("rag-eval")
+        let tokenizer = ClientPython.repository + "/configs/rag-tokenizer.json"
+        try """
+        \(TestYAML.model(vocab: 1408, maxPositions: 512))
+        seed: 3
+        train:
+          steps: 4
+          batch_size: 2
+          seq_len: 256
+          warmup_steps: 1
+          log_every: 1
+          eval_every: 2
+        data:
+          train: synth_rag
+          heldout: synth_rag
+          synth_examples: 40
+          rag_documents: [1, 2]
+          rag_filler: false
+          tokenizer: \(tokenizer)
+        """.write(toFile: dir + "/rag.yaml", atomically: true, encoding: .utf8)
+        let r = try train(ranks: 2, config: dir + "/rag.yaml", out: dir + "/out")
+        try #require(r.status == 0, "\(r.output)")
+        #expect(r.stdout.contains("step 2, 1024 tokens: heldout RAG QA (single)"), "\(r.stdout)")
+        struct Evaluation: Decodable { struct Count: Decodable { let correct: Int, total: Int }; let step: Int; let tokens: Int; let accuracy: [String: Count] }
+        let lines = try String(contentsOfFile: dir + "/out/evaluation.jsonl", encoding: .utf8).split(separator: "\n")
+        let evals = try lines.map { try JSONDecoder().decode(Evaluation.self, from: Data($0.utf8)) }
+        #expect(evals.map(\.step) == [2, 4] && evals.map(\.tokens) == [1024, 2048])
+        for e in evals {
+            #expect(Set(e.accuracy.keys) == ["single", "friend", "previous"], "\(e.accuracy.keys)")
+            #expect(e.accuracy.values.map(\.total).reduce(0, +) == 100, "every held-out question answered once: \(e.accuracy)")
+        }
+        #expect(try String(contentsOfFile: dir + "/out/curve.svg", encoding: .utf8).contains("single ("))
+        #expect(FileManager.default.fileExists(atPath: dir + "/out/model/tokenizer.json"))
+    }
+
     /// The same global batch on 1, 2 and 4 ranks gives the same losses and weights. Tolerance:
     /// fp32 sums in a different order (per-rank partial gradients then all-reduce) differ by
     /// about 1e-7 relative per step; over 6 AdamW steps we allow 2e-4 on the loss and 2e-3
@@ -91,6 +130,14 @@ import TorusModel
         #expect((base.last?.loss ?? .infinity) < (base.first?.loss ?? 0), "loss did not fall: \(base.map(\.loss))")
         for ranks in [2, 4] {
             try Self.expectMatches(dir + "/np\(ranks)", base: base, baseWeights: baseWeights, "np=\(ranks)")
+        }
+        // The curve is drawn from metrics.jsonl, which keeps one line per step (Self.lines decodes
+        // every line as a step); this model's context is too short for held-out questions, so no
+        // evaluation is written.
+        for ranks in [1, 2, 4] {
+            #expect(try String(contentsOfFile: dir + "/np\(ranks)/curve.svg", encoding: .utf8).contains("<polyline"))
+            let evaluations = (try? String(contentsOfFile: dir + "/np\(ranks)/evaluation.jsonl", encoding: .utf8)) ?? ""
+            #expect(evaluations.isEmpty, "\(evaluations)")
         }
         // A background progress thread moves the same data: same results.
         let threaded = dir + "/progress.yaml"
