@@ -194,15 +194,22 @@ struct BenchRAG: ParsableCommand {
         let t0 = Date()
         let result = try m.fuse(tokens: r.tokens, cached: [Bool](repeating: false, count: r.tokens.count), kv: kv, policy: .full)
         let seconds = -t0.timeIntervalSinceNow
-        let answer = try decode(m, kv: kv, length: r.tokens.count, first: result.logits)
+        let answer = try decode(m, kv: kv, length: r.tokens.count, first: result.logits, stop: Self.newline(tokenizer))
         return Reference(logits: result.logits, answer: answer, correct: isCorrect(answer, r.example.answer, tokenizer), seconds: seconds,
                          flops: result.flops)
     }
 
-    /// Greedy answer tokens after a prefill whose last logits are `first` (stops at a newline).
-    func decode(_ m: LlamaModel, kv: PromptKV, length: Int, first: [Float]) throws -> [Int32] {
+    /// The tokenizer's newline token (byte 10 when a newline takes several tokens).
+    static func newline(_ tokenizer: any TextTokenizer) -> Int32 {
+        let ids = tokenizer.encode("\n")
+        return ids.count == 1 ? ids[0] : 10
+    }
+
+    /// Greedy answer tokens after a prefill whose last logits are `first`, through the first
+    /// `stop` (newline) token.
+    func decode(_ m: LlamaModel, kv: PromptKV, length: Int, first: [Float], stop: Int32) throws -> [Int32] {
         var out: [Int32] = [Int32(argmax(first))]
-        while out.count < answerTokens && out.last != 10 {
+        while out.count < answerTokens && out.last != stop {
             let logits = try m.extend(kv: kv, length: length + out.count - 1, tokens: [out[out.count - 1]])
             out.append(Int32(argmax(Array(UnsafeBufferPointer(start: logits.pointer, count: m.config.vocabSize)))))
         }
@@ -281,7 +288,7 @@ struct BenchRAG: ParsableCommand {
                 }
             }
             top1.append(Double(agree) / Double(ref.answer.count))
-            let answer = try decode(m, kv: kv, length: n, first: logits)
+            let answer = try decode(m, kv: kv, length: n, first: logits, stop: Self.newline(tokenizer))
             let ok = isCorrect(answer, r.example.answer, tokenizer)
             if r.example.hops == 2 { twoHop = (twoHop.0 + (ok ? 1 : 0), twoHop.1 + 1) } else { single = (single.0 + (ok ? 1 : 0), single.1 + 1) }
         }

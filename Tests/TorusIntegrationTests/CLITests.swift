@@ -19,6 +19,29 @@ import TorusModel
         return path
     }
 
+    /// `torus bench rag` on a fresh model in the default RAG tokenizer: full prefill is its own
+    /// reference (KL 0), CacheBlend at ratio 1 recomputes every cached token and matches it, reuse
+    /// unchanged differs; the table and plot are written.
+    @Test func benchRagComparesMethodsAgainstFullPrefill() throws {
+        let dir = tempDir()
+        try """
+        \(TestYAML.model(vocab: 1408, maxPositions: 1024))
+        seed: 7
+        """.write(toFile: dir + "/m.yaml", atomically: true, encoding: .utf8)
+        #expect(try TorusBinary.torus(["init", "--config", dir + "/m.yaml", "--out", dir + "/model"]).status == 0)
+        try? FileManager.default.removeItem(atPath: dir + "/model/tokenizer.json")
+        try FileManager.default.copyItem(atPath: ClientPython.repository + "/configs/rag-tokenizer.json", toPath: dir + "/model/tokenizer.json")
+        let r = try TorusBinary.torus(["bench", "rag", "--model", dir + "/model", "--requests", "6", "--worlds", "1", "--documents", "2-3",
+                                       "--methods", "full,unchanged,cacheblend", "--ratios", "1", "--out", dir + "/bench"], timeout: 300)
+        #expect(r.status == 0, "\(r.output)")
+        func row(_ name: String) -> String { r.stdout.split(separator: "\n").first { $0.hasPrefix(name) }.map(String.init) ?? "" }
+        #expect(row("full ").contains("KL med 0.00e+00"), "\(r.stdout)")
+        #expect(row("cacheblend r=1.00").contains("recompute 100.0% tokens"), "\(r.stdout)")
+        let kl = { (line: String) in Double(line.components(separatedBy: "KL med ").last?.split(separator: " ").first ?? "") ?? -1 }
+        #expect(kl(row("cacheblend r=1.00")) < 1e-6 && kl(row("unchanged")) > kl(row("cacheblend r=1.00")), "\(r.stdout)")
+        #expect(FileManager.default.fileExists(atPath: dir + "/bench/rag.json") && FileManager.default.fileExists(atPath: dir + "/bench/rag.svg"))
+    }
+
     @Test func initEvalGenerateEndToEnd() throws {
         let dir = tempDir()
         let config = try writeConfig(dir)
