@@ -10,6 +10,15 @@ public protocol TextTokenizer: Sendable {
     func decode(_ tokens: [Int32]) -> String
 }
 
+extension TextTokenizer {
+    /// The token of "\n" (byte 10 when a newline takes several tokens): where a one-line
+    /// answer stops.
+    public var newlineToken: Int32 {
+        let ids = encode("\n")
+        return ids.count == 1 ? ids[0] : 10
+    }
+}
+
 extension ByteTokenizer: TextTokenizer {
     public var vocabularySize: Int { ByteTokenizer.vocabularyFloor }
     public var eosTokenID: Int32? { nil }

@@ -16,19 +16,22 @@ public struct QAEvaluation {
     public static func evaluate(model: LlamaModel, examples: [QAExample], maxAnswerTokens: Int = 64,
                                 tokenizer: any TextTokenizer = ByteTokenizer()) throws -> Result {
         var r = Result()
-        let newline = tokenizer.encode("\n")
-        let stop = newline.count == 1 ? newline[0] : 10
+        let stop = tokenizer.newlineToken
         for e in examples {
             let prompt = tokenizer.encode(e.prompt)
             let out = try model.generate(prompt: prompt, maxNewTokens: maxAnswerTokens, stopToken: stop)
-            // The answer is the first line (a tokenizer may emit newlines merged with more).
-            let line = tokenizer.decode(out).split(separator: "\n", omittingEmptySubsequences: false).first.map(String.init) ?? ""
-            let text = line.trimmingCharacters(in: .whitespaces)
+            let text = answerLine(tokenizer.decode(out))
             let ok = text == e.answer
             r.total += 1; r.correct += ok ? 1 : 0
             if !ok && r.firstWrong == nil { r.firstWrong = (text, e.answer) }
             if e.hops == 2 { r.twoHopTotal += 1; r.twoHopCorrect += ok ? 1 : 0 }
         }
         return r
+    }
+
+    /// The answer in generated text: its first line without surrounding spaces (a tokenizer
+    /// may emit the newline merged with more).
+    public static func answerLine(_ text: String) -> String {
+        (text.split(separator: "\n", omittingEmptySubsequences: false).first.map(String.init) ?? "").trimmingCharacters(in: .whitespaces)
     }
 }

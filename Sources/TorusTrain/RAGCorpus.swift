@@ -300,14 +300,21 @@ public struct RAGCorpus: Sendable {
     public func trainingTokenWindows(count: Int, split: String, window: Int,
                                      tokenizer: any TextTokenizer) -> (tokens: [Int32], questions: [Bool]) {
         var tokens: [Int32] = [], mask: [Bool] = []
-        let newline = tokenizer.encode("\n")
-        let pad = newline.count == 1 ? newline[0] : 10
+        let pad = tokenizer.newlineToken
+        // Documents and question lines recur across the examples of a world: each is encoded once.
+        var encoded: [String: [Int32]] = [:]
+        func encode(_ text: String) -> [Int32] {
+            if let ids = encoded[text] { return ids }
+            let ids = tokenizer.encode(text)
+            encoded[text] = ids
+            return ids
+        }
         for e in examples(count: count, split: split) {
-            let docs = e.documents.flatMap { tokenizer.encode($0) }
-            var unit = docs + tokenizer.encode(e.question + " " + e.answer + "\n")
+            let docs = e.documents.flatMap(encode)
+            var unit = docs + encode(e.question + " " + e.answer + "\n")
             guard unit.count <= window else { continue }
             for q in e.extra {
-                let line = tokenizer.encode(q.question + " " + q.answer + "\n")
+                let line = encode(q.question + " " + q.answer + "\n")
                 if unit.count + line.count > window { break }
                 unit += line
             }

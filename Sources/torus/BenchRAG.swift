@@ -20,8 +20,8 @@ struct BenchRAG: ParsableCommand {
     @Option(help: "Seed of the corpus (the training config's seed: its held-out split).") var corpusSeed: UInt64 = 11
     @Option(help: "Seed of the trace.") var seed: UInt64 = 1
     @Option(help: "Documents per prompt, min-max.") var documents: String = "6-10"
-    @Option(help: "Recompute ratios for cacheblend and faithful, comma-separated.") var ratios: String = "0,0.05,0.1,0.15,0.2,0.3,0.5,1"
-    @Option(help: "Methods, comma-separated: full, prefix, unchanged, epic, faithful, cacheblend, cachecraft (its alpha from --ratios).")
+    @Option(help: "Recompute ratios for cacheblend, gradual and faithful, comma-separated.") var ratios: String = "0,0.05,0.1,0.15,0.2,0.3,0.5,1"
+    @Option(help: "Methods, comma-separated: full, prefix, unchanged, epic, faithful, cacheblend, gradual, cachecraft (its alpha from --ratios); none only writes --save-trace.")
     var methods: String = "full,prefix,unchanged,epic,faithful,cacheblend,gradual,cachecraft"
     @Option(help: "Answer tokens compared (teacher-forced) and decoded.") var answerTokens: Int = 32
     @Option(help: "Directory for rag.json and rag.svg.") var out: String = "runs/bench-rag"
@@ -194,15 +194,9 @@ struct BenchRAG: ParsableCommand {
         let t0 = Date()
         let result = try m.fuse(tokens: r.tokens, cached: [Bool](repeating: false, count: r.tokens.count), kv: kv, policy: .full)
         let seconds = -t0.timeIntervalSinceNow
-        let answer = try decode(m, kv: kv, length: r.tokens.count, first: result.logits, stop: Self.newline(tokenizer))
+        let answer = try decode(m, kv: kv, length: r.tokens.count, first: result.logits, stop: tokenizer.newlineToken)
         return Reference(logits: result.logits, answer: answer, correct: isCorrect(answer, r.example.answer, tokenizer), seconds: seconds,
                          flops: result.flops)
-    }
-
-    /// The tokenizer's newline token (byte 10 when a newline takes several tokens).
-    static func newline(_ tokenizer: any TextTokenizer) -> Int32 {
-        let ids = tokenizer.encode("\n")
-        return ids.count == 1 ? ids[0] : 10
     }
 
     /// Greedy answer tokens after a prefill whose last logits are `first`, through the first
@@ -217,9 +211,7 @@ struct BenchRAG: ParsableCommand {
     }
 
     func isCorrect(_ answer: [Int32], _ expected: String, _ tokenizer: any TextTokenizer) -> Bool {
-        let text = tokenizer.decode(answer)
-        return (text.split(separator: "\n", omittingEmptySubsequences: false).first.map(String.init) ?? "")
-            .trimmingCharacters(in: .whitespaces) == expected
+        QAEvaluation.answerLine(tokenizer.decode(answer)) == expected
     }
 
     func measure(_ m: LlamaModel, trace: [Request], references: [Reference], name: String, policy: ReusePolicy?,
@@ -288,7 +280,7 @@ struct BenchRAG: ParsableCommand {
                 }
             }
             top1.append(Double(agree) / Double(ref.answer.count))
-            let answer = try decode(m, kv: kv, length: n, first: logits, stop: Self.newline(tokenizer))
+            let answer = try decode(m, kv: kv, length: n, first: logits, stop: tokenizer.newlineToken)
             let ok = isCorrect(answer, r.example.answer, tokenizer)
             if r.example.hops == 2 { twoHop = (twoHop.0 + (ok ? 1 : 0), twoHop.1 + 1) } else { single = (single.0 + (ok ? 1 : 0), single.1 + 1) }
         }

@@ -53,7 +53,7 @@ struct TrainCommand: ParsableCommand {
             tokens = windows.tokens
             if cfg.data.ragLoss == "questions" { mask = windows.questions }
         } else {
-            tokens = try loadTokens(cfg.data.train, cfg: cfg, split: "train", vocab: model.config.vocabSize)
+            tokens = try loadTokens(cfg.data.train, cfg: cfg, split: "train", vocab: model.config.vocabSize, tokenizer: tokenizer)
         }
         let trainer = try Trainer(model: model, tokens: tokens, options: options, comm: world, outDir: t.out)
         trainer.targetMask = mask
@@ -129,7 +129,7 @@ struct TrainCommand: ParsableCommand {
             print("model: \(modelDir)")
             print("metrics: \(t.out)/metrics.jsonl")
             if let heldout = cfg.data.heldout {
-                let held = try loadTokens(heldout, cfg: cfg, split: "heldout", vocab: model.config.vocabSize)
+                let held = try loadTokens(heldout, cfg: cfg, split: "heldout", vocab: model.config.vocabSize, tokenizer: tokenizer)
                 let loss = try model.windowedLoss(tokens: held, seqLen: t.seqLen, batch: 4).meanLoss
                 print(String(format: "heldout: loss %.4f, perplexity %.3f over %d tokens", loss, exp(loss), held.count))
                 if trainer.stages > 1 {
@@ -230,21 +230,16 @@ struct TrainCommand: ParsableCommand {
         return t
     }
 
-    func loadTokens(_ source: String, cfg: RunConfig, split: String, vocab: Int) throws -> [Int32] {
-        let tokenizer = try corpusTokenizer(cfg, vocab: vocab)
+    /// Tokens of a data source: the built-in QA corpus, the RAG corpus's held-out text (its
+    /// training windows are built by `RAGCorpus.trainingTokenWindows`), or a file.
+    func loadTokens(_ source: String, cfg: RunConfig, split: String, vocab: Int, tokenizer: any TextTokenizer) throws -> [Int32] {
         if source == "synth" {
             let count = split == "train" ? cfg.data.synthExamples : 200
             return tokenizer.encode(SyntheticCorpus(seed: cfg.seed).text(count: count, split: split))
         }
         if source == "synth_rag" {
-            let count = split == "train" ? cfg.data.synthExamples : 40
             let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments, filler: cfg.data.ragFiller)
-            // Training windows hold one example each, whole, with as many questions about its
-            // documents as fit (denser supervision).
-            if split == "train" {
-                return corpus.trainingTokenWindows(count: count, split: split, window: cfg.train.seqLen, tokenizer: tokenizer).tokens
-            }
-            return tokenizer.encode(corpus.text(count: count, split: split))
+            return tokenizer.encode(corpus.text(count: 40, split: split))
         }
         return try readTokens(path: source, vocab: vocab)
     }
