@@ -22,4 +22,10 @@ static inline int torus_mpi_any_tag(void) { return MPI_ANY_TAG; }
 static inline int torus_mpi_undefined(void) { return MPI_UNDEFINED; }
 static inline int torus_mpi_max_error_string(void) { return MPI_MAX_ERROR_STRING; }
 static inline void *torus_mpi_in_place(void) { return MPI_IN_PLACE; }
+/* The largest tag the communicator accepts (MPI_TAG_UB; at least 32767 by the standard). */
+static inline int torus_mpi_tag_upper_bound(MPI_Comm comm) {
+    int *value = 0, found = 0;
+    if (MPI_Comm_get_attr(comm, MPI_TAG_UB, &value, &found) != MPI_SUCCESS || !found || !value) return 32767;
+    return *value;
+}
 #endif

@@ -139,8 +139,8 @@ public struct CommunicatorChecks {
             let owner = (comm.rank - step + p) % p
             var reqs: [Request] = []
             if step < p - 1 {
-                reqs.append(try comm.irecv(incoming, from: prev, tag: 100 + step))
-                reqs.append(try comm.isend(current, to: next, tag: 100 + step))
+                reqs.append(try comm.irecv(incoming, from: prev, tag: MessageTag.of(.probe, step)))
+                reqs.append(try comm.isend(current, to: next, tag: MessageTag.of(.probe, step)))
             }
             for i in 0..<count { try expect("ring step \(step)", current[i], value(rank: owner, index: i), index: i) }
             seen.append(owner)

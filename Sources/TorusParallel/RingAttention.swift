@@ -22,7 +22,7 @@ public final class RingAttention: SequenceParallelGroup, SequenceParallelAttenti
         let mySegments = layout.segments(rank: comm.rank)
         for step in 0..<comm.size {
             let owner = rank(-step)
-            let requests = step < comm.size - 1 ? try passAlong(current, receiving: incoming, tag: 1000 + step) : []
+            let requests = step < comm.size - 1 ? try passAlong(current, receiving: incoming, tag: MessageTag.of(.ringKeysValues, step)) : []
             blocks.forward(querySegments: mySegments, keySegments: layout.segments(rank: owner), q: q.pointer,
                            k: current.pointer, v: current.pointer + n * kw, out: out.pointer, lse: lse.pointer,
                            partOut: partOut, partLSE: partLSE, poll: requests)
@@ -48,10 +48,10 @@ public final class RingAttention: SequenceParallelGroup, SequenceParallelAttenti
         let mySegments = layout.segments(rank: comm.rank)
         for step in 0..<comm.size {
             let owner = rank(-step)
-            let kvRequests = step < comm.size - 1 ? try passAlong(kv, receiving: kvIncoming, tag: 3000 + step) : []
+            let kvRequests = step < comm.size - 1 ? try passAlong(kv, receiving: kvIncoming, tag: MessageTag.of(.ringBackwardKeysValues, step)) : []
             // The accumulated gradient of this block (from ranks owner..rank-1) arrives while we compute.
             var gradRecv: Request?
-            if step > 0 { gradRecv = try comm.irecv(accumulatedIncoming, from: prev, tag: 4000 + step) }
+            if step > 0 { gradRecv = try comm.irecv(accumulatedIncoming, from: prev, tag: MessageTag.of(.ringGradients, step)) }
             local.fill(0)
             blocks.backward(querySegments: mySegments, keySegments: layout.segments(rank: owner), q: q.pointer,
                             k: kv.pointer, v: kv.pointer + n * kw, dOut: dOut.pointer, lse: lse.pointer, rowDot: rowDot.pointer,
@@ -65,14 +65,14 @@ public final class RingAttention: SequenceParallelGroup, SequenceParallelAttenti
             }
             VectorMath.add(local.pointer, into: accumulated.pointer, count: local.count)
             // Pass the running gradient on; after the last step it reaches the block's owner.
-            gradSend = try isend(accumulated, to: next, tag: 4000 + (step + 1) % comm.size)
+            gradSend = try isend(accumulated, to: next, tag: MessageTag.of(.ringGradients, (step + 1) % comm.size))
             try waitAll(kvRequests)
             swap(&kv, &kvIncoming)
         }
         // Our own block's complete gradient comes back from the previous rank.
         // (into the buffer not being sent: the last send is from `accumulated`).
         let home = accumulatedIncoming
-        try waitAll([try comm.irecv(home, from: prev, tag: 4000)])
+        try waitAll([try comm.irecv(home, from: prev, tag: MessageTag.of(.ringGradients, 0))])
         try waitAll([gradSend])
         return (dq, home.view(offset: 0, shape: [n, kw]), home.view(offset: n * kw, shape: [n, kw]))
     }

@@ -94,7 +94,25 @@ public enum SequenceParallelMethod: String, Sendable, CaseIterable {
         self = m
     }
 
+    /// How many messages of each stream the method numbers in a group of `groupSize` ranks.
+    public func messages(groupSize p: Int) -> [(kind: MessageKind, count: Int)] {
+        switch self {
+        case .ring: return [(.ringKeysValues, p), (.ringBackwardKeysValues, p), (.ringGradients, p)]
+        case .tokenring:
+            let parts = TokenRingAttention.partsPerStep
+            return [(.tokenRingQueries, p * parts), (.tokenRingPartials, p), (.tokenRingBackwardPacks, p * parts), (.tokenRingBackwardPartials, p)]
+        }
+    }
+
+    /// Throws unless every tag the method uses in a group of `groupSize` is within `upperBound`.
+    public func checkTags(groupSize: Int, upperBound: Int) throws {
+        for m in messages(groupSize: groupSize) {
+            try MessageTag.check(m.kind, count: m.count, upperBound: upperBound, what: "\(rawValue) on \(groupSize) ranks")
+        }
+    }
+
     public func make(comm: Communicator, layout: SequenceLayout, shape: AttentionShape, causal: Bool) throws -> SequenceParallelAttention {
+        try checkTags(groupSize: comm.size, upperBound: comm.tagUpperBound)
         switch self {
         case .ring: return try RingAttention(comm: comm, layout: layout, shape: shape, causal: causal)
         case .tokenring: return try TokenRingAttention(comm: comm, layout: layout, shape: shape, causal: causal)

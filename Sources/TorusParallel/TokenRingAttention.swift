@@ -30,13 +30,25 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
         return layout.segments(rank: holder).contains { blocks.visible(early, $0) }
     }
 
-    /// Sends `ranges` (offset, count) of `t` to `dest` as separate messages `tag`, `tag+1`, ...
-    func sendRanges(_ t: Tensor, _ ranges: [(Int, Int)], to dest: Int, tag: Int) throws -> [Request] {
-        try ranges.enumerated().map { i, r in try isend(t, offset: r.0, count: r.1, to: dest, tag: tag + i) }
+    /// The most messages one step of a query stream is split into.
+    static let partsPerStep = 4
+
+    /// The tag of part `part` of step `step` of a query stream (`kind`).
+    static func tag(_ kind: MessageKind, step: Int, part: Int) -> Int {
+        precondition(part < partsPerStep, "TokenRing sends at most \(partsPerStep) parts a step")
+        return MessageTag.of(kind, step * partsPerStep + part)
     }
 
-    func receiveRanges(_ t: Tensor, _ ranges: [(Int, Int)], from source: Int, tag: Int) throws -> [Request] {
-        try ranges.enumerated().map { i, r in try comm.irecv(t.pointer + r.0, count: r.1, from: source, tag: tag + i, keepAlive: t) }
+    /// Sends `ranges` (offset, count) of `t` to `dest` as separate messages, parts 0, 1, ... of
+    /// step `step` of `kind`.
+    func sendRanges(_ t: Tensor, _ ranges: [(Int, Int)], to dest: Int, kind: MessageKind, step: Int) throws -> [Request] {
+        try ranges.enumerated().map { i, r in try isend(t, offset: r.0, count: r.1, to: dest, tag: Self.tag(kind, step: step, part: i)) }
+    }
+
+    func receiveRanges(_ t: Tensor, _ ranges: [(Int, Int)], from source: Int, kind: MessageKind, step: Int) throws -> [Request] {
+        try ranges.enumerated().map { i, r in
+            try comm.irecv(t.pointer + r.0, count: r.1, from: source, tag: Self.tag(kind, step: step, part: i), keepAlive: t)
+        }
     }
 
     public func forward(q: Tensor, k: Tensor, v: Tensor) throws -> (out: Tensor, lse: Tensor) {
@@ -51,7 +63,7 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
         let out = Tensor(zeros: [n, qw]), lse = Tensor(zeros: [n, hq])
         lse.fill(-.infinity)
         var heldQ = q.copy(), incomingQ = Tensor(zeros: [n, qw])
-        let partials = try ReturnedPartials(group: self, size: resultSize, tag: 6000)
+        let partials = try ReturnedPartials(group: self, size: resultSize, kind: .tokenRingPartials)
         func mergeReceived(_ s: Int) throws {
             try partials.consume(step: s) { buffer in
                 AttentionMerge.merge(out: out.pointer, lse: lse.pointer, otherOut: buffer.pointer, otherLSE: buffer.pointer + n * qw,
@@ -66,8 +78,8 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
                 // The queries of `owner` go to the previous rank; it gets the next rank's (rank(s + 1)).
                 let sendFull = needsEarlyHalf(owner: owner, holder: prev)
                 let recvFull = needsEarlyHalf(owner: rank(s + 1), holder: comm.rank)
-                qRequests += try receiveRanges(incomingQ, recvFull ? [(0, n * qw)] : [(half, n * qw - half)], from: next, tag: 5000 + 10 * s)
-                qRequests += try sendRanges(heldQ, sendFull ? [(0, n * qw)] : [(half, n * qw - half)], to: prev, tag: 5000 + 10 * s)
+                qRequests += try receiveRanges(incomingQ, recvFull ? [(0, n * qw)] : [(half, n * qw - half)], from: next, kind: .tokenRingQueries, step: s)
+                qRequests += try sendRanges(heldQ, sendFull ? [(0, n * qw)] : [(half, n * qw - half)], to: prev, kind: .tokenRingQueries, step: s)
             }
             if s == 0 {
                 blocks.forward(querySegments: mySegments, keySegments: mySegments, q: q.pointer, k: k.pointer, v: v.pointer,
@@ -106,7 +118,7 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
         BlockAttention.rowDot(dOut: dOut.pointer, out: out.pointer, rows: n, shape: shape, result: rowDot.pointer)
         var held = Tensor.concatenating([q, dOut, lse, rowDot]), incoming = Tensor(zeros: [packSize])
         let dq = Tensor(zeros: [n, qw]), dk = Tensor(zeros: [n, kw]), dv = Tensor(zeros: [n, kw])
-        let partials = try ReturnedPartials(group: self, size: n * qw, tag: 7000)
+        let partials = try ReturnedPartials(group: self, size: n * qw, kind: .tokenRingBackwardPartials)
         // The late halves of Q, dO, lse and D inside the pack.
         let c = n / 2
         let lateRanges = [(c * qw, (n - c) * qw), (n * qw + c * qw, (n - c) * qw),
@@ -120,8 +132,8 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
             if s < p - 1 {
                 let sendFull = needsEarlyHalf(owner: owner, holder: prev)
                 let recvFull = needsEarlyHalf(owner: rank(s + 1), holder: comm.rank)
-                packRequests += try receiveRanges(incoming, recvFull ? [(0, packSize)] : lateRanges, from: next, tag: 8000 + 10 * s)
-                packRequests += try sendRanges(held, sendFull ? [(0, packSize)] : lateRanges, to: prev, tag: 8000 + 10 * s)
+                packRequests += try receiveRanges(incoming, recvFull ? [(0, packSize)] : lateRanges, from: next, kind: .tokenRingBackwardPacks, step: s)
+                packRequests += try sendRanges(held, sendFull ? [(0, packSize)] : lateRanges, to: prev, kind: .tokenRingBackwardPacks, step: s)
             }
             let hp = held.pointer
             if s == 0 {
@@ -155,14 +167,14 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
 /// masked exchange nothing (both sides know it).
 final class ReturnedPartials {
     let group: TokenRingAttention
-    let tag: Int
+    let kind: MessageKind
     private let sendBuffers: [Tensor], receiveBuffers: [Tensor]
     private var sends: [Request?] = [nil, nil], receives: [Request?] = [nil, nil]
 
     /// Posts the receives of steps 1 and 2.
-    init(group: TokenRingAttention, size: Int, tag: Int) throws {
+    init(group: TokenRingAttention, size: Int, kind: MessageKind) throws {
         self.group = group
-        self.tag = tag
+        self.kind = kind
         sendBuffers = [Tensor(zeros: [size]), Tensor(zeros: [size])]
         receiveBuffers = [Tensor(zeros: [size]), Tensor(zeros: [size])]
         try post(step: 1)
@@ -176,7 +188,7 @@ final class ReturnedPartials {
     func post(step s: Int) throws {
         let source = group.rank(-s)
         guard s >= 1 && s < group.comm.size && group.hasWork(queryOwner: group.comm.rank, keyOwner: source) else { return }
-        receives[s % 2] = try group.comm.irecv(receiveBuffers[s % 2], from: source, tag: tag + s)
+        receives[s % 2] = try group.comm.irecv(receiveBuffers[s % 2], from: source, tag: MessageTag.of(kind, s))
     }
 
     /// The buffer for this step's outgoing partial, once its previous send has finished.
@@ -186,7 +198,7 @@ final class ReturnedPartials {
     }
 
     func send(step s: Int, to owner: Int) throws {
-        sends[s % 2] = try group.isend(sendBuffers[s % 2], to: owner, tag: tag + s)
+        sends[s % 2] = try group.isend(sendBuffers[s % 2], to: owner, tag: MessageTag.of(kind, s))
     }
 
     /// Waits for step `s`'s incoming partial (if any) and hands it to `body`.

@@ -1,4 +1,5 @@
 import Foundation
+import TorusComm
 import TorusModel
 
 /// One line of an Open MPI hostfile: `host slots=N`.
@@ -71,6 +72,10 @@ public struct ParallelPlan: Sendable {
 
     /// Pipeline bubble of GPipe / 1F1B, (p - 1) / (m + p - 1); with v virtual stages per
     /// stage (interleaved 1F1B), (p - 1) / (v m + p - 1).
+    /// The largest point-to-point tag a step sends (set by `Trainer.plan`; nil without
+    /// sequence or pipeline parallelism).
+    public var largestMessageTag: Int?
+
     public var bubbleFraction: Double {
         Double(pipelineParallel - 1) / Double(virtualStages * microBatches + pipelineParallel - 1)
     }
@@ -245,6 +250,10 @@ public struct ParallelPlan: Sendable {
         let mem = memoryPerRankBytes.map { Double($0) / 1_048_576 }
         out.append(String(format: "  estimated memory per rank: %.0f-%.0f MiB (weights, gradients, AdamW state, activations)",
                           mem.min() ?? 0, mem.max() ?? 0))
+        if let tag = largestMessageTag {
+            out.append("  message tags: up to \(tag)" + (tag <= MessageTag.portableUpperBound ? " (within the 32767 every MPI accepts)"
+                                                                                       : " (past the 32767 every MPI accepts; Open MPI accepts 2147483647)"))
+        }
         return out
     }
 }

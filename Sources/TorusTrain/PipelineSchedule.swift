@@ -1,3 +1,5 @@
+import TorusComm
+
 /// One forward or backward pass a pipeline stage runs: micro-batch `micro` through its
 /// virtual stage `chunk` (0 without interleaving).
 public struct PipelineOp: Equatable, Sendable, CustomStringConvertible {
@@ -54,5 +56,22 @@ public enum PipelineSchedule {
         }
         for i in (total - warmup)..<total { order.append(op(i, false)) }
         return order
+    }
+}
+
+extension PipelineSchedule {
+    /// The tag of the activation (`forward`) or activation gradient sent to virtual stage
+    /// `receiver` for micro-batch `micro` of `microBatches`.
+    public static func tag(receiver: Int, micro: Int, microBatches m: Int, forward: Bool) -> Int {
+        MessageTag.of(forward ? .pipelineActivations : .pipelineGradients, receiver * m + micro)
+    }
+
+    /// Throws unless every tag of a step of `stages` x `virtualStages` pieces and `microBatches`
+    /// is within `upperBound`.
+    public static func checkTags(stages: Int, virtualStages: Int, microBatches: Int, upperBound: Int) throws {
+        let what = "the pipeline (\(stages) stages x \(virtualStages) pieces x \(microBatches) micro-batches)"
+        for kind in [MessageKind.pipelineActivations, .pipelineGradients] {
+            try MessageTag.check(kind, count: stages * virtualStages * microBatches, upperBound: upperBound, what: what)
+        }
     }
 }

@@ -132,13 +132,28 @@ public final class Trainer {
 
     /// The DP x PP x SP plan for `options` on `worldSize` ranks (placed on `hosts` when given);
     /// throws `PlanError` with the reason when it cannot run.
-    public static func plan(config: LlamaConfig, options: TrainOptions, worldSize: Int, hosts: [HostSlots]? = nil) throws -> ParallelPlan {
-        try ParallelPlan.make(model: config, world: worldSize, sequenceParallel: options.sequenceParallel?.size ?? 1,
+    public static func plan(config: LlamaConfig, options: TrainOptions, worldSize: Int, hosts: [HostSlots]? = nil,
+                            tagUpperBound: Int = Int(Int32.max)) throws -> ParallelPlan {
+        var plan = try ParallelPlan.make(model: config, world: worldSize, sequenceParallel: options.sequenceParallel?.size ?? 1,
                               pipelineParallel: options.pipelineStages ?? 1,
                               layout: options.sequenceParallel?.layout ?? "zigzag", seqLen: options.seqLen,
                               globalSequences: options.globalSequences, microBatches: options.microBatches,
                               schedule: options.pipelineSchedule ?? "gpipe",
                               virtualStages: options.pipelineVirtualStages ?? 1, hosts: hosts)
+        // Every point-to-point tag of a step: the sequence-parallel method's and the pipeline's.
+        var streams: [(kind: MessageKind, count: Int)] = []
+        if let sp = options.sequenceParallel, sp.size > 1 {
+            let method = try SequenceParallelMethod(name: sp.method)
+            streams += method.messages(groupSize: sp.size)
+            try method.checkTags(groupSize: sp.size, upperBound: tagUpperBound)
+        }
+        if plan.pipelineParallel > 1 {
+            try PipelineSchedule.checkTags(stages: plan.pipelineParallel, virtualStages: plan.virtualStages,
+                                           microBatches: plan.microBatches, upperBound: tagUpperBound)
+            streams += [(.pipelineGradients, plan.pipelineParallel * plan.virtualStages * plan.microBatches)]
+        }
+        plan.largestMessageTag = streams.map { MessageTag.of($0.kind, $0.count - 1) }.max()
+        return plan
     }
 
     /// The part of the model that rank `rank` holds: its pipeline stage's layers (the embedding
@@ -312,7 +327,10 @@ public final class Trainer {
                                            microBatches: m, virtualStages: v)
         /// The rank running virtual stage k (same replica and SP position as this rank).
         func rank(ofVirtual k: Int) -> Int { comm.rank % stageStride + (k % stages) * stageStride }
-        func tag(_ receiver: Int, _ micro: Int, forward: Bool) -> Int { 2 * (receiver * m + micro) + (forward ? 0 : 1) }
+        try PipelineSchedule.checkTags(stages: stages, virtualStages: v, microBatches: m, upperBound: comm.tagUpperBound)
+        func tag(_ receiver: Int, _ micro: Int, forward: Bool) -> Int {
+            PipelineSchedule.tag(receiver: receiver, micro: micro, microBatches: m, forward: forward)
+        }
         // What pass i receives (its input, or the gradient of its output), posted ahead.
         var received: [Int: (buffer: Tensor, request: Request)] = [:]
         let receiveAhead = 2

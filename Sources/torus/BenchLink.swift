@@ -30,21 +30,21 @@ struct BenchLink: ParsableCommand {
             for _ in 0..<(roundTrips + 5) {
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 if world.rank == 0 {
-                    try world.send(small, to: other, tag: 1)
-                    try world.recv(small, from: other, tag: 2)
+                    try world.send(small, to: other, tag: MessageTag.of(.probe, 1))
+                    try world.recv(small, from: other, tag: MessageTag.of(.probe, 2))
                 } else {
-                    try world.recv(small, from: other, tag: 1)
-                    try world.send(small, to: other, tag: 2)
+                    try world.recv(small, from: other, tag: MessageTag.of(.probe, 1))
+                    try world.send(small, to: other, tag: MessageTag.of(.probe, 2))
                 }
                 trips.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e3)
             }
             trips = Array(trips.dropFirst(5)).sorted()
             let t0 = DispatchTime.now().uptimeNanoseconds
             for i in 0..<messages {
-                if world.rank == 0 { try world.send(big, to: other, tag: 10 + i) } else { try world.recv(big, from: other, tag: 10 + i) }
+                if world.rank == 0 { try world.send(big, to: other, tag: MessageTag.of(.probe, 10 + i)) } else { try world.recv(big, from: other, tag: MessageTag.of(.probe, 10 + i)) }
             }
             // The last message's acknowledgement closes the window.
-            if world.rank == 0 { try world.recv(small, from: other, tag: 3) } else { try world.send(small, to: other, tag: 3) }
+            if world.rank == 0 { try world.recv(small, from: other, tag: MessageTag.of(.probe, 3)) } else { try world.send(small, to: other, tag: MessageTag.of(.probe, 3)) }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             if world.rank == 0 {
                 let gbit = Double(messages * big.count * 4) * 8 / seconds / 1e9

@@ -24,6 +24,6 @@ struct CheckComm: ParsableCommand {
             for line in report { print("rank \(world.rank): \(line)") }
         }
         try world.barrier()
-        if world.rank == 0 { print("comm check passed on \(world.size) ranks (MPI thread level \(MPIRuntime.threadLevel))") }
+        if world.rank == 0 { print("comm check passed on \(world.size) ranks (MPI thread level \(MPIRuntime.threadLevel), MPI_TAG_UB \(world.tagUpperBound))") }
     }
 }

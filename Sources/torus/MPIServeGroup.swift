@@ -13,7 +13,8 @@ final class MPIServeGroup: ServeGroup {
     let comm: Communicator
     let method: SequenceParallelMethod
     let layout: SequenceLayoutKind
-    private static let headerTag = 30_001, planTag = 30_002, heartbeatTag = 30_003
+    private static let headerTag = MessageTag.of(.servePlanHeader, 0), planTag = MessageTag.of(.servePlan, 0),
+        heartbeatTag = MessageTag.of(.serveHeartbeat, 0)
     /// A rank silent this long is taken for dead.
     static let heartbeatTimeout = 1.5
 

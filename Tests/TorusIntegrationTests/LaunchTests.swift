@@ -33,6 +33,32 @@ import Testing
         #expect(r.stdout.contains("(p-1)/(m+p-1) = 1/2 = 50.0%"))
     }
 
+    /// A 1,024-rank job over 128 hosts of 8 slots: the plan (every host, SP groups inside hosts,
+    /// message tags within MPI's portable bound) and launch's mpirun command, without running it.
+    @Test func aThousandRankHostfileIsPlannedAndLaunchedDry() throws {
+        let (dir, _) = try setUp()
+        let hosts = "# 128 hosts x 8 slots\n" + (0..<128).map { String(format: "node%03d slots=8", $0) }.joined(separator: "\n") + "\n"
+        try hosts.write(toFile: dir + "/hosts1024", atomically: true, encoding: .utf8)
+        try """
+        \(TestYAML.model(layers: 4))
+        \(TestYAML.shortRun(out: dir + "/out", heldout: "synth").replacingOccurrences(of: "batch_size: 4", with: "batch_size: 64"))
+        sequence_parallel:
+          size: 8
+          method: tokenring
+        pipeline_parallel:
+          size: 4
+        """.write(toFile: dir + "/big.yaml", atomically: true, encoding: .utf8)
+        let plan = try TorusBinary.torus(["plan", "--config", dir + "/big.yaml", "--hostfile", dir + "/hosts1024"])
+        #expect(plan.status == 0, "\(plan.output)")
+        #expect(plan.stdout.contains("plan: 1024 ranks = DP 32 x PP 4 x SP 8"), "\(plan.output)")
+        #expect(plan.stdout.contains("host node127: ranks 1016,1017,1018,1019,1020,1021,1022,1023"))
+        #expect(plan.stdout.contains("every sequence-parallel group stays inside one host"))
+        #expect(plan.stdout.contains("message tags: up to") && plan.stdout.contains("within the 32767 every MPI accepts"), "\(plan.output)")
+        let dry = try TorusBinary.torus(["launch", "--config", dir + "/big.yaml", "--hostfile", dir + "/hosts1024", "--dry-run"])
+        #expect(dry.status == 0, "\(dry.output)")
+        #expect(dry.stdout.contains("mpirun -np 1024 --hostfile \(dir)/hosts1024"), "\(dry.output)")
+    }
+
     @Test func impossiblePlansAreRefusedWithTheReason() throws {
         let (dir, config) = try setUp()
         let r1 = try TorusBinary.torus(["plan", "--config", config, "--np", "3"])
