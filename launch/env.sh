@@ -25,12 +25,17 @@ torus_export_env() {
   if [ "$(id -u)" -eq 0 ]; then
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
   fi
-  # OpenBLAS reads OPENBLAS_CORETYPE when it loads; Debian's build picks a slow generic kernel
-  # on these AVX-512 CPUs without it. torus re-executes itself to set it; test bundles need it
-  # from the start.
-  if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -q avx512f /proc/cpuinfo 2>/dev/null \
-     && grep -q avx512bw /proc/cpuinfo && grep -q avx512vl /proc/cpuinfo; then
+  # OpenBLAS reads OPENBLAS_CORETYPE when it loads. The launch scripts let torus choose the
+  # core (TORUS_BLAS_CORE=auto: SkylakeX kernels on AVX-512 CPUs, else the library's own
+  # detection), even over a machine's preset; TORUS_BLAS_CORE=<core> picks one instead.
+  # torus re-executes itself to apply it; test bundles need it from the start.
+  export TORUS_BLAS_CORE="${TORUS_BLAS_CORE:-auto}"
+  if [ "$TORUS_BLAS_CORE" != auto ]; then
+    export OPENBLAS_CORETYPE="$TORUS_BLAS_CORE"
+  elif grep -q avx512f /proc/cpuinfo 2>/dev/null && grep -q avx512bw /proc/cpuinfo && grep -q avx512vl /proc/cpuinfo; then
     export OPENBLAS_CORETYPE=SkylakeX
+  else
+    unset OPENBLAS_CORETYPE
   fi
 }
 

@@ -110,3 +110,63 @@ TORUS_CLONES
 void torus_scale(float *x, long n, float s) {
     for (long i = 0; i < n; i++) x[i] *= s;
 }
+
+/* The per-core fp32 peak: independent FMA chains (more than latency x pipes, fewer than the
+   vector registers: 16 of 32 with AVX-512, 12 of 16 with AVX2) keep both FMA pipes busy. */
+#define TORUS_FMA_CHAINS 16
+#define TORUS_FMA_CHAINS_AVX2 12
+#if defined(__x86_64__) && defined(__clang__)
+typedef float torus_v16 __attribute__((vector_size(64)));
+typedef float torus_v8 __attribute__((vector_size(32)));
+
+__attribute__((target("avx512f")))
+static double fma_loop_avx512(long iterations, float *sink) {
+    torus_v16 acc[TORUS_FMA_CHAINS];
+    torus_v16 m = (torus_v16){0} + 0.999999f, a = (torus_v16){0} + 1e-7f;
+    for (int j = 0; j < TORUS_FMA_CHAINS; j++) acc[j] = (torus_v16){0} + (float)j;
+    for (long i = 0; i < iterations; i++) {
+        for (int j = 0; j < TORUS_FMA_CHAINS; j++) acc[j] = __builtin_elementwise_fma(acc[j], m, a);
+        __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]));
+    }
+    float s = 0;
+    for (int j = 0; j < TORUS_FMA_CHAINS; j++) for (int k = 0; k < 16; k++) s += acc[j][k];
+    *sink = s;
+    return 2.0 * 16 * TORUS_FMA_CHAINS * (double)iterations;
+}
+
+__attribute__((target("avx2,fma")))
+static double fma_loop_avx2(long iterations, float *sink) {
+    torus_v8 acc[TORUS_FMA_CHAINS_AVX2];
+    torus_v8 m = (torus_v8){0} + 0.999999f, a = (torus_v8){0} + 1e-7f;
+    for (int j = 0; j < TORUS_FMA_CHAINS_AVX2; j++) acc[j] = (torus_v8){0} + (float)j;
+    for (long i = 0; i < iterations; i++) {
+        for (int j = 0; j < TORUS_FMA_CHAINS_AVX2; j++) acc[j] = __builtin_elementwise_fma(acc[j], m, a);
+        __asm__ volatile("" : "+x"(acc[0]), "+x"(acc[1]), "+x"(acc[2]), "+x"(acc[3]));
+    }
+    float s = 0;
+    for (int j = 0; j < TORUS_FMA_CHAINS_AVX2; j++) for (int k = 0; k < 8; k++) s += acc[j][k];
+    *sink = s;
+    return 2.0 * 8 * TORUS_FMA_CHAINS_AVX2 * (double)iterations;
+}
+#endif
+
+static double fma_loop_sse(long iterations, float *sink) {
+    float acc[TORUS_FMA_CHAINS][4];
+    for (int j = 0; j < TORUS_FMA_CHAINS; j++) for (int k = 0; k < 4; k++) acc[j][k] = (float)j;
+    for (long i = 0; i < iterations; i++)
+        for (int j = 0; j < TORUS_FMA_CHAINS; j++) for (int k = 0; k < 4; k++) acc[j][k] = acc[j][k] * 0.999999f + 1e-7f;
+    float s = 0;
+    for (int j = 0; j < TORUS_FMA_CHAINS; j++) for (int k = 0; k < 4; k++) s += acc[j][k];
+    *sink = s;
+    return 2.0 * 4 * TORUS_FMA_CHAINS * (double)iterations;
+}
+
+double torus_fma_loop(long iterations, int *width, float *sink) {
+#if defined(__x86_64__) && defined(__clang__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) { *width = 16; return fma_loop_avx512(iterations, sink); }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) { *width = 8; return fma_loop_avx2(iterations, sink); }
+#endif
+    *width = 4;
+    return fma_loop_sse(iterations, sink);
+}

@@ -35,11 +35,39 @@ public enum BLASEnvironment {
         return max(1, cores / max(1, local))
     }
 
-    /// Variables to add to the environment before OpenBLAS loads. Values the user set are kept.
-    public static func environmentOverrides(environment: [String: String] = ProcessInfo.processInfo.environment) -> [String: String] {
+    /// The OpenBLAS core this process should load, from `TORUS_BLAS_CORE`: unset keeps an
+    /// `OPENBLAS_CORETYPE` already in the environment (a user's or a machine's preset) and
+    /// otherwise takes `preferredCoreType`; `auto` takes `preferredCoreType` whatever the
+    /// environment says; any other value names the core. nil: let the library detect it.
+    public static func chosenCoreType(environment: [String: String] = ProcessInfo.processInfo.environment,
+                                      preferred: String? = preferredCoreType()) -> String? {
+        switch environment["TORUS_BLAS_CORE"] {
+        case nil, "": return environment["OPENBLAS_CORETYPE"] ?? preferred
+        case "auto": return preferred
+        case let named?: return named
+        }
+    }
+
+    /// The core the environment's `OPENBLAS_CORETYPE` holds OpenBLAS to when it is not the one
+    /// torus would choose and `TORUS_BLAS_CORE` says nothing (so whether it is slower is worth
+    /// measuring and saying); nil otherwise.
+    public static func environmentForcedCore(environment: [String: String] = ProcessInfo.processInfo.environment,
+                                             preferred: String? = preferredCoreType()) -> String? {
+        guard (environment["TORUS_BLAS_CORE"] ?? "").isEmpty, let forced = environment["OPENBLAS_CORETYPE"], forced != preferred else { return nil }
+        return forced
+    }
+
+    /// Variables to add to the environment before OpenBLAS loads (`chosenCoreType` and the
+    /// thread count; an empty value means remove the variable); the thread count the user set
+    /// is kept.
+    public static func environmentOverrides(environment: [String: String] = ProcessInfo.processInfo.environment,
+                                            preferred: String? = preferredCoreType()) -> [String: String] {
         var out: [String: String] = [:]
-        if environment["OPENBLAS_CORETYPE"] == nil, let core = preferredCoreType() {
+        let chosen = chosenCoreType(environment: environment, preferred: preferred)
+        if let core = chosen, core != environment["OPENBLAS_CORETYPE"] {
             out["OPENBLAS_CORETYPE"] = core
+        } else if chosen == nil, environment["OPENBLAS_CORETYPE"] != nil {
+            out["OPENBLAS_CORETYPE"] = ""  // unset: the library detects the core
         }
         if environment["OPENBLAS_NUM_THREADS"] == nil && environment["OMP_NUM_THREADS"] == nil {
             out["OPENBLAS_NUM_THREADS"] = String(threadsPerRank(environment: environment))

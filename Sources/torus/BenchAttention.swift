@@ -21,6 +21,7 @@ struct BenchAttention: ParsableCommand {
     @Option(help: "Drive MPI progress from a background thread polling every N microseconds (0: off, transfers move only at the polls between blocks).") var progressUs: Int = 0
 
     func run() throws {
+        BLASCoreCheck.warnOnce()
         let world = try MPIRuntime.world()
         guard let kind = SequenceLayoutKind(rawValue: layout) else { throw SequenceParallelError.unknownLayout(layout) }
         let chosen = try methods.split(separator: ",").map { try SequenceParallelMethod(name: String($0)) }

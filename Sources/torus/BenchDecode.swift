@@ -17,6 +17,7 @@ struct BenchDecode: ParsableCommand {
     @Option(help: "Buffer for the bandwidth loops, MiB.") var bufferMb: Int = 1024
 
     func run() throws {
+        BLASCoreCheck.warnOnce()
         let m = try HFCheckpoint.load(directory: model)
         let weightBytes = m.config.parameterCount * 4
         print("machine: \(BLASEnvironment.availableCores) cores, OpenBLAS core \(BLAS.coreName), \(BLAS.threads) BLAS threads, "

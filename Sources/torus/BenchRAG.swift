@@ -64,6 +64,7 @@ struct BenchRAG: ParsableCommand {
     }
 
     func run() throws {
+        BLASCoreCheck.warnOnce()
         let m = try HFCheckpoint.load(directory: model)
         try m.prepareServing(maxPositions: m.config.maxPositionEmbeddings)
         let parts = documents.split(separator: "-").compactMap { Int($0) }

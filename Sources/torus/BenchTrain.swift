@@ -18,6 +18,7 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Drive MPI progress from a background thread every N microseconds (default: train.progress_us; 0: off).") var progressUs: Int?
 
     func run() throws {
+        BLASCoreCheck.warnOnce()
         let world = try MPIRuntime.world()
         let cfg = try RunConfig.load(path: config)
         let b = batch ?? cfg.train.batchSize, t = seqLen ?? cfg.train.seqLen

@@ -110,7 +110,9 @@ struct LaunchCommand: ParsableCommand {
         if hostfile == nil && world > cores { args.append("--oversubscribe") }
         // Bind each rank to a core when they fit; otherwise let the OS schedule.
         args += ["--bind-to", bindTo == "auto" ? (perHost <= cores ? "core" : "none") : bindTo]
-        if let core = BLASEnvironment.preferredCoreType() { args += ["-x", "OPENBLAS_CORETYPE=\(core)"] }
+        // The ranks load the core this launcher chose (TORUS_BLAS_CORE, else the environment's, else the preferred).
+        if let core = BLASEnvironment.chosenCoreType() { args += ["-x", "OPENBLAS_CORETYPE=\(core)"] }
+        if let choice = ProcessInfo.processInfo.environment["TORUS_BLAS_CORE"] { args += ["-x", "TORUS_BLAS_CORE=\(choice)"] }
         args += ["-x", "OPENBLAS_NUM_THREADS=\(blasThreads ?? max(1, cores / max(1, perHost)))"]
         args += mpirunFlags
         args += extra

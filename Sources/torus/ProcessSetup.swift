@@ -15,7 +15,7 @@ enum ProcessSetup {
         let env = ProcessInfo.processInfo.environment
         let overrides = BLASEnvironment.environmentOverrides(environment: env)
         if !overrides.isEmpty && env["TORUS_REEXECED"] == nil && env["TORUS_NO_REEXEC"] == nil {
-            for (k, v) in overrides { setenv(k, v, 1) }
+            for (k, v) in overrides { if v.isEmpty { unsetenv(k) } else { setenv(k, v, 1) } }
             setenv("TORUS_REEXECED", "1", 1)
             let args = CommandLine.arguments
             var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }

@@ -36,6 +36,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Split completion prompts into chunks at this string (serve.chunk_reuse.separator).") var chunkSeparator: String?
 
     func run() throws {
+        BLASCoreCheck.warnOnce()
         var s = try config.map { try ServeSection.load(path: $0) } ?? ServeSection()
         if let model { s.model = model }
         if let servedModelName { s.servedModelName = servedModelName }

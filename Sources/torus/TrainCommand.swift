@@ -15,6 +15,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Stop (with a checkpoint) after this step, as if interrupted; the schedule still spans all steps.") var stopAfter: Int?
 
     func run() throws {
+        BLASCoreCheck.warnOnce()
         let world = try MPIRuntime.world()
         do {
             try train(world: world)

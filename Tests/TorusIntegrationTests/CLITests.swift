@@ -42,6 +42,25 @@ import TorusModel
         #expect(FileManager.default.fileExists(atPath: dir + "/bench/rag.json") && FileManager.default.fileExists(atPath: dir + "/bench/rag.svg"))
     }
 
+    /// `torus bench kernels` prints the measured limits (FMA peak, copy bandwidth, sgemm
+    /// ceiling) and every figure against them; an `OPENBLAS_CORETYPE` forcing OpenBLAS's
+    /// generic SSE3 kernels (Prescott, several times slower than the AVX2 or AVX-512 kernels of
+    /// any x86-64 CPU this runs on) is named once with the measured factor and the way out.
+    @Test func benchKernelsMeasuresTheLimitsAndNamesASlowForcedCore() throws {
+        let home = tempDir()
+        let r = try TorusBinary.run(TorusBinary.path, ["bench", "kernels", "--steps", "1", "--batch", "1", "--seq-len", "64"],
+                                    environment: ["OPENBLAS_CORETYPE": "Prescott", "TORUS_BLAS_CORE": "", "HOME": home, "XDG_CACHE_HOME": home + "/.cache"])
+        #expect(r.status == 0, "\(r.output)")
+        #expect(r.stdout.contains("limit: fp32 FMA peak") && r.stdout.contains("copy bandwidth"), "\(r.output)")
+        #expect(r.stdout.contains("limit: sgemm ceiling") && r.stdout.contains("of the measured FMA peak"), "\(r.output)")
+        #expect(r.stdout.contains("of the FMA peak") && r.stdout.contains("of the sgemm ceiling"), "\(r.output)")
+        #expect(!r.stdout.contains("134.4"))
+        let warning = r.stderr.split(separator: "\n").filter { $0.contains("OPENBLAS_CORETYPE=Prescott in the environment") }
+        #expect(warning.count == 1, "\(r.stderr)")
+        #expect(warning.first?.contains("TORUS_BLAS_CORE=auto lets torus choose") == true, "\(r.stderr)")
+        #expect(FileManager.default.fileExists(atPath: home + "/.cache/torus/blas-cores.json"))
+    }
+
     @Test func initEvalGenerateEndToEnd() throws {
         let dir = tempDir()
         let config = try writeConfig(dir)

@@ -24,3 +24,12 @@ double torus_sum_squares(const float *x, long n);
 /* x[i] *= s. */
 void torus_scale(float *x, long n, float s);
 #endif
+
+#ifndef TORUS_KERNELS_PEAK_H
+#define TORUS_KERNELS_PEAK_H
+/* Runs `iterations` rounds of fused multiply-adds on independent vector accumulators, with the
+   widest vectors the CPU has (AVX-512, AVX2+FMA, or SSE multiply and add); returns the fp32
+   flops done and sets *width to the floats per vector. A sum of the accumulators goes to
+   *sink so the work cannot be dropped. */
+double torus_fma_loop(long iterations, int *width, float *sink);
+#endif
