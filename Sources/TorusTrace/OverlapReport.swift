@@ -5,7 +5,22 @@ import Foundation
 /// the part of T_comm not covered by T_comp, and overlap = 1 - T_exposed / T_comm. Idle is the
 /// part of the step (its `.step` span, else its first to last span) without compute: on a
 /// pipeline stage, its bubble plus exposed communication.
+///
+/// A transfer's span lasts until a poll observes its completion, so a method that polls late
+/// looks better hidden than it is. With a `LinkModel` (the measured latency and bandwidth of
+/// `torus bench link`) the report also gives each rank's wire time (what its sends cost on the
+/// link), its blocked time (wait spans), and the exposed communication estimated from them:
+/// blocked time up to the wire time; blocked time beyond it is waiting for a peer's compute.
 public struct OverlapReport: Sendable {
+    /// A link's measured one-way latency (seconds) and bandwidth (bytes per second).
+    public struct LinkModel: Sendable {
+        public var latency: Double
+        public var bytesPerSecond: Double
+        public init(latency: Double, bytesPerSecond: Double) { self.latency = latency; self.bytesPerSecond = bytesPerSecond }
+        /// Seconds a message of `bytes` occupies the link.
+        public func wireTime(bytes: Int) -> Double { latency + Double(bytes) / bytesPerSecond }
+    }
+
     public struct Entry: Sendable {
         public var rank: Int
         public var step: Int
@@ -15,6 +30,17 @@ public struct OverlapReport: Sendable {
         public var bytes: Int
         /// Length of the step on this rank, seconds.
         public var stepTime: Double
+        /// Seconds blocked in waits for transfers (union of wait spans).
+        public var blocked: Double = 0
+        /// Seconds this rank's sends occupy the link by the link model (nil without one).
+        public var wire: Double?
+        /// Exposed share of the step.
+        public var exposedShare: Double { stepTime > 0 ? exposed / stepTime : 0 }
+        /// Exposed communication at most, from the wire time: blocked time up to the wire time
+        /// (blocked time may also be waiting for a peer's compute).
+        public var wireExposed: Double? { wire.map { min(blocked, $0) } }
+        /// Overlap against the wire time, at least: 1 - wireExposed / wire.
+        public var wireOverlap: Double? { wire.map { w in w > 0 ? 1 - min(blocked, w) / w : 1 } }
         public var overlap: Double { communication > 0 ? 1 - exposed / communication : 1 }
         /// Share of the step this rank computed nothing.
         public var idle: Double { stepTime > 0 ? max(0, 1 - compute / stepTime) : 0 }
@@ -22,7 +48,7 @@ public struct OverlapReport: Sendable {
 
     public let entries: [Entry]
 
-    public init(spans: [Span]) {
+    public init(spans: [Span], link: LinkModel? = nil) {
         var groups: [[Int]: [Span]] = [:]
         for s in spans { groups[[s.rank, s.step], default: []].append(s) }
         entries = groups.keys.sorted { ($0[1], $0[0]) < ($1[1], $1[0]) }.map { key in
@@ -34,7 +60,8 @@ public struct OverlapReport: Sendable {
             return Entry(rank: key[0], step: key[1], communication: Self.length(comm), compute: Self.length(comp),
                          exposed: Self.length(Self.subtract(comm, comp)),
                          bytes: list.filter { $0.kind == .send || $0.kind == .collective }.reduce(0) { $0 + $1.bytes },
-                         stepTime: window)
+                         stepTime: window, blocked: Self.length(Self.union(list.filter { $0.kind == .wait })),
+                         wire: link.map { l in list.filter { $0.kind == .send }.reduce(0) { $0 + l.wireTime(bytes: $1.bytes) } })
         }
     }
 
@@ -70,21 +97,31 @@ public struct OverlapReport: Sendable {
     static func length(_ ivs: [Interval]) -> Double { ivs.reduce(0) { $0 + Double($1.end - $1.start) } / 1e9 }
 
     /// Report lines: per rank and step, then min / median / max of the overlap across ranks.
+    /// Exposed time is also given as a share of the step; with a link model, the blocked time,
+    /// the wire time of the sends and the overlap against it follow.
     public func lines() -> [String] {
-        var out = ["rank step   comm ms  exposed ms  compute ms  overlap   sent MB   step ms   idle"]
+        let wired = entries.contains { $0.wire != nil }
+        var out = ["rank step   comm ms  exposed ms (of step)  compute ms  overlap   sent MB   step ms   idle"
+                   + (wired ? "  blocked ms   wire ms  wire overlap" : "")]
         for e in entries {
-            out.append(String(format: "%4d %4d %9.2f %11.2f %11.2f %7.1f%% %9.2f %9.2f %5.1f%%", e.rank, e.step, e.communication * 1e3,
-                              e.exposed * 1e3, e.compute * 1e3, 100 * e.overlap, Double(e.bytes) / 1e6, e.stepTime * 1e3, 100 * e.idle))
+            var line = String(format: "%4d %4d %9.2f %11.2f (%5.1f%%) %11.2f %7.1f%% %9.2f %9.2f %5.1f%%", e.rank, e.step, e.communication * 1e3,
+                              e.exposed * 1e3, 100 * e.exposedShare, e.compute * 1e3, 100 * e.overlap, Double(e.bytes) / 1e6,
+                              e.stepTime * 1e3, 100 * e.idle)
+            if let wire = e.wire, let o = e.wireOverlap {
+                line += String(format: " %11.2f %9.2f %12.1f%%", e.blocked * 1e3, wire * 1e3, 100 * o)
+            }
+            out.append(line)
         }
         let steps = Set(entries.map(\.step)).sorted()
         for step in steps {
             let o = entries.filter { $0.step == step && $0.communication > 0 }.map(\.overlap).sorted()
             guard !o.isEmpty else { continue }
             let exposed = entries.filter { $0.step == step }.map(\.exposed)
+            let shares = entries.filter { $0.step == step }.map(\.exposedShare)
             let idle = entries.filter { $0.step == step }.map(\.idle).sorted()
-            out.append(String(format: "step %d: overlap min %.1f%% median %.1f%% max %.1f%% across %d ranks; exposed max %.2f ms; idle min %.1f%% median %.1f%% max %.1f%%",
+            out.append(String(format: "step %d: overlap min %.1f%% median %.1f%% max %.1f%% across %d ranks; exposed max %.2f ms (%.1f%% of the step); idle min %.1f%% median %.1f%% max %.1f%%",
                               step, 100 * o[0], 100 * o[o.count / 2], 100 * o[o.count - 1], o.count, (exposed.max() ?? 0) * 1e3,
-                              100 * idle[0], 100 * idle[idle.count / 2], 100 * idle[idle.count - 1]))
+                              100 * (shares.max() ?? 0), 100 * idle[0], 100 * idle[idle.count / 2], 100 * idle[idle.count - 1]))
         }
         return out
     }

@@ -51,6 +51,11 @@ struct BenchAttention: ParsableCommand {
                 print("peak resident memory per rank (MiB): " + gathered.map { String(format: "%.0f", $0) }.joined(separator: ", "))
             }
         }
+        let link = try RingLinkProbe.measure(world)
+        if world.rank == 0 {
+            print(String(format: "link (ring neighbours, measured): latency %.1f us, %.2f Gbit/s per rank each way",
+                         link.latency * 1e6, link.bytesPerSecond * 8 / 1e9))
+        }
         let progress = progressUs > 0 ? ProgressThread(comm: world, intervalMicroseconds: progressUs) : nil
         progress?.start()
         defer { progress?.stop() }
@@ -73,22 +78,33 @@ struct BenchAttention: ParsableCommand {
                 if i > 0 { fwd.append(worst[0]); both.append(worst[1]); waits.append(worst[2]); bytes.append(worst[3]); meanBytes.append(total / Double(world.size)) }
             }
             // This rank's timed steps: communication, exposed part and overlap from its spans.
-            let mine = OverlapReport(spans: timeline.recorded.filter { $0.step > (index + 1) * 1000 && $0.step < (index + 2) * 1000 }).entries
-            let comm = mine.map(\.communication).reduce(0, +) / Double(max(mine.count, 1))
-            let exposed = mine.map(\.exposed).reduce(0, +) / Double(max(mine.count, 1))
-            let local = Tensor(shape: [3], values: [Float(comm), Float(exposed), Float(comm > 0 ? 1 - exposed / comm : 1)])
-            let all = Tensor(zeros: [3 * world.size])
+            let mine = OverlapReport(spans: timeline.recorded.filter { $0.step > (index + 1) * 1000 && $0.step < (index + 2) * 1000 },
+                                     link: link).entries
+            func mean(_ f: (OverlapReport.Entry) -> Double) -> Double { mine.map(f).reduce(0, +) / Double(max(mine.count, 1)) }
+            let comm = mean(\.communication), exposed = mean(\.exposed), stepTime = mean(\.stepTime)
+            let wire = mean { $0.wire ?? 0 }, blocked = mean(\.blocked), wireExposed = mean { $0.wireExposed ?? 0 }
+            let fields = 7
+            let local = Tensor(shape: [fields], values: [comm, exposed, comm > 0 ? 1 - exposed / comm : 1, stepTime, wire, blocked, wireExposed].map { Float($0) })
+            let all = Tensor(zeros: [fields * world.size])
             try world.allGather(local, into: all)
             if world.rank == 0 {
                 func median(_ x: [Double]) -> Double { x.sorted()[x.count / 2] }
                 let b = median(both), w = median(waits)
-                let overlaps = (0..<world.size).map { Double(all[3 * $0 + 2]) }.sorted()
-                let comms = (0..<world.size).map { Double(all[3 * $0]) }, exps = (0..<world.size).map { Double(all[3 * $0 + 1]) }
+                func field(_ f: Int) -> [Double] { (0..<world.size).map { Double(all[fields * $0 + f]) } }
+                let overlaps = field(2).sorted(), comms = field(0), exps = field(1)
+                let steps = field(3), wires = field(4), blocks = field(5), wireExps = field(6)
+                let shares = (0..<world.size).map { steps[$0] > 0 ? exps[$0] / steps[$0] : 0 }
+                let wireOverlaps = (0..<world.size).map { wires[$0] > 0 ? 1 - wireExps[$0] / wires[$0] : 1 }.sorted()
                 print(String(format: "%-9@ forward %8.1f ms  forward+backward %8.1f ms  sent %6.1f MB/rank max, %6.1f mean  blocked %7.1f ms (%4.1f%%)",
                              method.rawValue, median(fwd) * 1e3, b * 1e3, median(bytes) / 1e6, median(meanBytes) / 1e6, w * 1e3, 100 * w / b))
                 print(String(format: "          timeline: communication %.1f ms/rank (max), exposed %.1f ms (max), overlap min %.1f%% median %.1f%% max %.1f%%",
                              (comms.max() ?? 0) * 1e3, (exps.max() ?? 0) * 1e3, 100 * overlaps[0], 100 * overlaps[overlaps.count / 2],
                              100 * overlaps[overlaps.count - 1]))
+                print(String(format: "          exposed %.1f%% of the step (max); wire time of the sends %.1f ms/rank (max, bytes / measured link); blocked %.1f ms (max, %.1f%% of the step); "
+                             + "exposed communication at most %.1f ms (max; blocked time up to the wire time); overlap against the wire time at least: min %.1f%% median %.1f%% max %.1f%%",
+                             100 * (shares.max() ?? 0), (wires.max() ?? 0) * 1e3, (blocks.max() ?? 0) * 1e3,
+                             100 * ((0..<world.size).map { steps[$0] > 0 ? blocks[$0] / steps[$0] : 0 }.max() ?? 0), (wireExps.max() ?? 0) * 1e3,
+                             100 * wireOverlaps[0], 100 * wireOverlaps[wireOverlaps.count / 2], 100 * wireOverlaps[wireOverlaps.count - 1]))
             }
         }
     }

@@ -19,6 +19,25 @@ import TorusTrace
         #expect(e.bytes == 100)
     }
 
+    /// A send observed complete late (polled at 10 ms) looks 90% hidden by its span; by its
+    /// wire time (1 MB at 1 GB/s + 0.1 ms = 1.1 ms) and 2 ms blocked, it was not hidden at all,
+    /// and the exposed share of the step is given beside the fraction.
+    @Test func theWireTimeExposesATransferPolledLate() {
+        let link = OverlapReport.LinkModel(latency: 1e-4, bytesPerSecond: 1e9)
+        let r = OverlapReport(spans: [span(.step, 0, 20), span(.send, 0, 10, bytes: 1_000_000), span(.compute, 0, 9),
+                                      span(.wait, 9, 10), span(.wait, 12, 13), span(.compute, 13, 20)], link: link)
+        let e = try! #require(r.entries.first)
+        #expect(abs(e.overlap - 0.9) < 1e-9)
+        #expect(abs(e.exposedShare - 0.05) < 1e-9)
+        #expect(abs(e.blocked - 0.002) < 1e-9)
+        #expect(abs((e.wire ?? 0) - 0.0011) < 1e-9)
+        #expect(abs((e.wireExposed ?? 0) - 0.0011) < 1e-9)
+        #expect(e.wireOverlap == 0)
+        #expect(r.lines()[0].hasSuffix("blocked ms   wire ms  wire overlap"))
+        #expect(r.lines().contains { $0.contains("exposed max 1.00 ms (5.0% of the step)") }, "\(r.lines())")
+        #expect(OverlapReport(spans: [span(.send, 0, 10, bytes: 1)]).entries.first?.wire == nil)
+    }
+
     @Test func ranksAndStepsAreReportedSeparately() {
         let r = OverlapReport(spans: [span(.send, 0, 4, rank: 0), span(.compute, 0, 4, rank: 0),
                                       span(.send, 0, 4, rank: 1), span(.compute, 2, 3, rank: 1),
