@@ -30,6 +30,19 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
         return layout.segments(rank: holder).contains { blocks.visible(early, $0) }
     }
 
+    /// This rank's query segments cut in two for its own block: the first part runs at step 0
+    /// (while the first queries arrive), the last part after the remote steps, while the last
+    /// partial results travel back and the peers finish theirs, so a rank does not sit blocked
+    /// on the final partial (the zigzag's early segment, or the first half of a contiguous one).
+    func localParts() -> (first: [SequenceSegment], last: [SequenceSegment]) {
+        let mine = layout.segments(rank: comm.rank)
+        if mine.count >= 2 { return ([mine[0]], Array(mine.dropFirst())) }
+        guard let only = mine.first, only.count >= 2 else { return (mine, []) }
+        let half = only.count / 2
+        return ([SequenceSegment(start: only.start, count: half, localRow: only.localRow)],
+                [SequenceSegment(start: only.start + half, count: only.count - half, localRow: only.localRow + half)])
+    }
+
     /// The most messages one step of a query stream is split into.
     static let partsPerStep = 4
 
@@ -71,6 +84,7 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
             }
         }
         let half = n / 2 * qw
+        let local = localParts()
         for s in 0..<p {
             let owner = rank(s)
             var qRequests: [Request] = []
@@ -82,7 +96,7 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
                 qRequests += try sendRanges(heldQ, sendFull ? [(0, n * qw)] : [(half, n * qw - half)], to: prev, kind: .tokenRingQueries, step: s)
             }
             if s == 0 {
-                blocks.forward(querySegments: mySegments, keySegments: mySegments, q: q.pointer, k: k.pointer, v: v.pointer,
+                blocks.forward(querySegments: local.first, keySegments: mySegments, q: q.pointer, k: k.pointer, v: v.pointer,
                                out: out.pointer, lse: lse.pointer, partOut: partOut, partLSE: partLSE, poll: qRequests)
             } else if hasWork(queryOwner: owner, keyOwner: comm.rank) {
                 // lse -inf marks rows not yet attended: the merge copies into them, and the owner's
@@ -103,6 +117,10 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
             try waitAll(qRequests)
             swap(&heldQ, &incomingQ)
         }
+        // The rest of this rank's own block (merged after the partials already in: the merge
+        // is order-free) while the last partials travel.
+        blocks.forward(querySegments: local.last, keySegments: mySegments, q: q.pointer, k: k.pointer, v: v.pointer,
+                       out: out.pointer, lse: lse.pointer, partOut: partOut, partLSE: partLSE, poll: partials.inFlight)
         if p >= 2 { try mergeReceived(p - 1) }
         try partials.finish()
         return (out, lse)
@@ -126,6 +144,7 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
         func addReceived(_ s: Int) throws {
             try partials.consume(step: s) { VectorMath.add($0.pointer, into: dq.pointer, count: n * qw) }
         }
+        let local = localParts()
         for s in 0..<p {
             let owner = rank(s)
             var packRequests: [Request] = []
@@ -137,7 +156,7 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
             }
             let hp = held.pointer
             if s == 0 {
-                blocks.backward(querySegments: mySegments, keySegments: mySegments, q: hp, k: k.pointer, v: v.pointer,
+                blocks.backward(querySegments: local.first, keySegments: mySegments, q: hp, k: k.pointer, v: v.pointer,
                                 dOut: hp + n * qw, lse: hp + 2 * n * qw, rowDot: hp + 2 * n * qw + n * hq,
                                 dq: dq.pointer, dk: dk.pointer, dv: dv.pointer, poll: packRequests)
             } else if hasWork(queryOwner: owner, keyOwner: comm.rank) {
@@ -155,6 +174,10 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
             try waitAll(packRequests)
             swap(&held, &incoming)
         }
+        // The rest of this rank's own block while the last dq partials travel.
+        blocks.backward(querySegments: local.last, keySegments: mySegments, q: q.pointer, k: k.pointer, v: v.pointer,
+                        dOut: dOut.pointer, lse: lse.pointer, rowDot: rowDot.pointer,
+                        dq: dq.pointer, dk: dk.pointer, dv: dv.pointer, poll: partials.inFlight)
         if p >= 2 { try addReceived(p - 1) }
         try partials.finish()
         return (dq, dk, dv)
@@ -183,6 +206,8 @@ final class ReturnedPartials {
 
     /// Receives still in flight (to poll while computing).
     var pending: [Request] { receives.compactMap { $0 } }
+    /// Sends and receives still in flight.
+    var inFlight: [Request] { (receives + sends).compactMap { $0 } }
 
     /// Posts the receive of step `s` into its buffer (free once step s - 2 was consumed).
     func post(step s: Int) throws {
