@@ -79,4 +79,22 @@ public enum MachineLimits {
         }
         return best
     }
+
+    /// Square sgemm GFLOP/s at size `n` on the BLAS threads set now (after one warm-up call).
+    public static func sgemm(n: Int) -> Double {
+        let a = Tensor(zeros: [n, n]), b = Tensor(zeros: [n, n]), c = Tensor(zeros: [n, n])
+        var rng = SeededGenerator(seed: 1)
+        a.fillNormal(std: 1, generator: &rng); b.fillNormal(std: 1, generator: &rng)
+        BLAS.gemm(m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n)
+        let reps = max(3, Int(2e9 / (2 * pow(Double(n), 3))))
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        for _ in 0..<reps { BLAS.gemm(m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n) }
+        let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 / Double(reps)
+        return 2 * pow(Double(n), 3) / dt / 1e9
+    }
+
+    /// The practical GEMM ceiling: the best square sgemm over the sizes `torus bench kernels`
+    /// prints, on the BLAS threads set now.
+    public static let sgemmSizes = [256, 512, 1024, 2048]
+    public static func sgemmCeiling() -> Double { sgemmSizes.map(sgemm(n:)).max() ?? 0 }
 }

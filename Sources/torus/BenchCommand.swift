@@ -34,16 +34,8 @@ struct BenchKernels: ParsableCommand {
         }
         for threads in threadCounts {
             BLAS.threads = threads
-            for n in [256, 512, 1024, 2048] {
-                let a = Tensor(zeros: [n, n]), b = Tensor(zeros: [n, n]), c = Tensor(zeros: [n, n])
-                var rng = SeededGenerator(seed: 1)
-                a.fillNormal(std: 1, generator: &rng); b.fillNormal(std: 1, generator: &rng)
-                BLAS.gemm(m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n)
-                let reps = max(3, Int(2e9 / (2 * pow(Double(n), 3))))
-                let t0 = DispatchTime.now().uptimeNanoseconds
-                for _ in 0..<reps { BLAS.gemm(m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n) }
-                let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 / Double(reps)
-                let gflops = 2 * pow(Double(n), 3) / dt / 1e9
+            for n in MachineLimits.sgemmSizes {
+                let gflops = MachineLimits.sgemm(n: n)
                 ceiling[threads] = max(ceiling[threads] ?? 0, gflops)
                 print(String(format: "sgemm n=%-5d threads=%d  %7.1f GFLOP/s  (%4.0f%% of the measured FMA peak)", n, threads, gflops,
                              100 * gflops / (peak[threads] ?? .infinity)))

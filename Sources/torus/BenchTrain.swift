@@ -48,15 +48,18 @@ struct BenchTrain: ParsableCommand {
         let blocking = try GradientReducer(comm: world, gradients: model.makeGradients(), bucketBytes: options.bucketBytes)
             .measureBlockingReduce(on: model.makeGradients())
         guard world.rank == 0 else { return }
+        // The ceiling a step is measured against: this rank's best sgemm on its BLAS threads.
+        let ceiling = MachineLimits.sgemmCeiling()
         func median(_ v: [Double]) -> Double { let s = v.sorted(); return s[s.count / 2] }
         let c = mc
         print(String(format: "model d=%d layers=%d heads=%d/%d ffn=%d vocab=%d params=%d; batch %d x %d tokens over %d rank(s), BLAS threads %d",
                      c.hiddenSize, c.numHiddenLayers, c.numAttentionHeads, c.numKeyValueHeads, c.intermediateSize, c.vocabSize,
                      c.parameterCount, b, t, world.size, BLAS.threads)
               + (progress > 0 ? ", progress thread every \(progress) us" : ", no progress thread"))
-        print(String(format: "train step (forward, backward, all-reduce, AdamW): %.1f ms median of %d, %.0f tokens/s, %.1f GFLOP/s",
+        let achieved = median(reports.map(\.gflops))
+        print(String(format: "train step (forward, backward, all-reduce, AdamW): %.1f ms median of %d, %.0f tokens/s, %.1f GFLOP/s = %.2f of the sgemm ceiling of %d rank(s) (%.1f GFLOP/s each, best square sgemm on %d BLAS threads)",
                      median(reports.map(\.stepSeconds)) * 1e3, reports.count, median(reports.map(\.tokensPerSecond)),
-                     median(reports.map(\.gflops))))
+                     achieved, achieved / (ceiling * Double(world.size)), world.size, ceiling, BLAS.threads))
         if world.size > 1 {
             let exposedMedian = median(exposed), waitMedian = median(reports.map(\.allReduceWaitSeconds))
             print(String(format: "gradient all-reduce: %.1f MB in %d buckets; blocking cost %.1f ms; exposed after the last rank's backward %.2f ms (median over steps, max over ranks); overlap %.0f%%; rank 0 waited %.1f ms (includes waiting for slower ranks)",

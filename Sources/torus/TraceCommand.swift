@@ -14,6 +14,9 @@ struct TraceCommand: ParsableCommand {
     @Option(help: "Only report steps whose step span's name contains this (for example 'prefill' for a server's prefills).")
     var stepsNamed: String?
     @Flag(help: "One line per rank summed over the steps, instead of one per rank and step.") var summary = false
+    @Option(help: "Link bandwidth in Gbit/s (as `torus bench link` measures it): adds blocked time, the sends' wire time and the overlap against it.")
+    var linkGbps: Double?
+    @Option(help: "Link one-way latency in microseconds, with --link-gbps.") var linkLatencyUs: Double = 0
 
     func run() throws {
         let files = (try? FileManager.default.contentsOfDirectory(atPath: dir))?.filter { $0.hasPrefix("rank-") && $0.hasSuffix(".jsonl") } ?? []
@@ -39,7 +42,9 @@ struct TraceCommand: ParsableCommand {
             guard !kept.isEmpty else { throw ValidationErrorMessage("no step span in \(dir) is named like '\(stepsNamed)'") }
             print("steps named like '\(stepsNamed)': \(steps.count)")
         }
-        let report = OverlapReport(spans: kept)
+        if let g = linkGbps, !(g > 0) { throw ValidationErrorMessage("--link-gbps must be positive, not \(g)") }
+        let link = linkGbps.map { OverlapReport.LinkModel(latency: linkLatencyUs / 1e6, bytesPerSecond: $0 * 1e9 / 8) }
+        let report = OverlapReport(spans: kept, link: link)
         for line in summary ? report.summaryLines() : report.lines() { print(line) }
     }
 }
