@@ -182,6 +182,34 @@ public final class Communicator: @unchecked Sendable {
         try reduceScatter(input.pointer, into: output.pointer, count: output.count, op: op)
     }
 
+    /// Starts a reduce-scatter with per-rank block sizes: `input` holds `counts.reduce(+)`
+    /// floats in rank order, and this rank's block of the sum lands in `output`
+    /// (`counts[rank]` floats). `keepAlive` holds the buffers' owners until completion.
+    public func ireduceScatter(_ input: UnsafePointer<Float>, into output: UnsafeMutablePointer<Float>, counts: [Int],
+                               keepAlive: [AnyObject] = []) throws -> Request {
+        precondition(counts.count == size, "ireduceScatter needs one count per rank (\(size)), has \(counts.count)")
+        let held = Int32Array(counts)
+        var req: MPI_Request? = torus_mpi_request_null()
+        let total = counts.reduce(0, +)
+        let call = "MPI_Ireduce_scatter(\(total) floats)"
+        try check(MPI_Ireduce_scatter(input, output, held.pointer, torus_mpi_float(), ReduceOp.sum.handle, handle, &req), call, rank: rank)
+        return Request(handle: req, call: call, rank: rank, keepAlive: KeptAlive(keepAlive + [held]), kind: .collective, bytes: total * 4)
+    }
+
+    /// Gathers in place: block r of `buffer` (`counts[r]` floats at the sum of the counts
+    /// before it) comes from rank r; this rank's block is already in place.
+    public func allGatherInPlace(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
+        precondition(counts.count == size, "allGatherInPlace needs one count per rank (\(size)), has \(counts.count)")
+        let held = Int32Array(counts)
+        var offsets: [Int] = [], at = 0
+        for c in counts { offsets.append(at); at += c }
+        let displacements = Int32Array(offsets)
+        try Timeline.measure("MPI_Allgatherv(\(at) floats)", kind: .collective, bytes: at * 4) {
+            try check(MPI_Allgatherv(torus_mpi_in_place(), 0, torus_mpi_float(), buffer, held.pointer, displacements.pointer,
+                                     torus_mpi_float(), handle), "MPI_Allgatherv(\(at) floats)", rank: rank)
+        }
+    }
+
     public func barrier() throws {
         try check(MPI_Barrier(handle), "MPI_Barrier", rank: rank)
     }
@@ -191,4 +219,20 @@ public final class Communicator: @unchecked Sendable {
         MPI_Abort(handle, code)
         exit(code)
     }
+}
+
+/// Int32 counts that an MPI call reads, alive as long as this object.
+final class Int32Array {
+    let pointer: UnsafeMutablePointer<Int32>
+    init(_ values: [Int]) {
+        pointer = .allocate(capacity: max(1, values.count))
+        for (i, v) in values.enumerated() { pointer[i] = Int32(v) }
+    }
+    deinit { pointer.deallocate() }
+}
+
+/// Several objects a request keeps alive.
+final class KeptAlive {
+    let objects: [AnyObject]
+    init(_ objects: [AnyObject]) { self.objects = objects }
 }

@@ -16,6 +16,8 @@ public final class GradientReducer {
     public let gradients: ParameterStore
     /// (offset, count) of each bucket, highest offset first.
     public let buckets: [(offset: Int, count: Int)]
+    /// With ZeRO-1: buckets are reduce-scattered into this optimizer's shard instead of all-reduced.
+    public var sharded: ShardedAdamW?
     private var requests: [Request] = []
     private var launched = 0
     private var firstError: Error?
@@ -56,7 +58,11 @@ public final class GradientReducer {
         do {
             while launched < buckets.count && buckets[launched].offset >= offset {
                 let b = buckets[launched]
-                requests.append(try comm.iallReduce(gradients.flat.pointer + b.offset, count: b.count, keepAlive: gradients.flat))
+                if let sharded {
+                    requests.append(try sharded.startReduceScatter(bucket: launched, from: gradients))
+                } else {
+                    requests.append(try comm.iallReduce(gradients.flat.pointer + b.offset, count: b.count, keepAlive: gradients.flat))
+                }
                 launched += 1
             }
             for r in requests where !r.isComplete { _ = try r.test() }
@@ -75,7 +81,7 @@ public final class GradientReducer {
         let t1 = DispatchTime.now().uptimeNanoseconds
         lastWaitSeconds = Double(t1 - t0) / 1e9
         lastWaitInterval = (t0, t1)
-        VectorMath.scale(gradients.flat.pointer, count: gradients.count, by: 1 / Float(comm.size))
+        if let sharded { sharded.average() } else { VectorMath.scale(gradients.flat.pointer, count: gradients.count, by: 1 / Float(comm.size)) }
     }
 
     /// Time of one blocking all-reduce of the whole gradient buffer in the same buckets (the

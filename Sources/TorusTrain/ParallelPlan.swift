@@ -69,6 +69,9 @@ public struct ParallelPlan: Sendable {
     public let seqLen: Int
     public let layout: String
     public let memoryPerRankBytes: [Int]
+    /// Ranks each stage's AdamW state is sharded over (ZeRO-1: the stage's data- and
+    /// sequence-parallel ranks; 1 without).
+    public var optimizerShards = 1
 
     /// Pipeline bubble of GPipe / 1F1B, (p - 1) / (m + p - 1); with v virtual stages per
     /// stage (interleaved 1F1B), (p - 1) / (v m + p - 1).
@@ -91,7 +94,7 @@ public struct ParallelPlan: Sendable {
     /// Plans `world` ranks; throws `PlanError` naming the reason when impossible.
     public static func make(model c: LlamaConfig, world: Int, sequenceParallel sp: Int, pipelineParallel pp: Int,
                             layout: String, seqLen: Int, globalSequences: Int, microBatches: Int,
-                            schedule: String = "gpipe", virtualStages v: Int = 1, hosts: [HostSlots]?) throws -> ParallelPlan {
+                            schedule: String = "gpipe", virtualStages v: Int = 1, hosts: [HostSlots]?, zero: Int = 0) throws -> ParallelPlan {
         guard world >= 1 else { throw PlanError(reason: "the world size must be at least 1") }
         guard sp >= 1, pp >= 1, world % (sp * pp) == 0 else {
             throw PlanError(reason: "world size \(world) is not a multiple of pipeline_parallel (\(pp)) x sequence_parallel (\(sp)) = \(sp * pp)")
@@ -158,7 +161,9 @@ public struct ParallelPlan: Sendable {
             if i == pp - 1 { cost += headCost; params += c.hiddenSize + (c.tieWordEmbeddings && pp > 1 ? c.vocabSize * c.hiddenSize : (c.tieWordEmbeddings ? 0 : c.vocabSize * c.hiddenSize)) }
             stages.append(Stage(index: i, chunks: chunks, hasEmbedding: i == 0, hasHead: i == pp - 1, cost: cost * tokens / 1e9, parameters: params))
         }
-        // Memory: weights, gradients, AdamW moments (16 bytes per parameter) plus the saved
+        // Memory: weights, gradients, AdamW moments (16 bytes per parameter; with ZeRO-1 the
+        // moments and a packed copy of the averaged gradient shard are split over the stage's
+        // dp x sp ranks: 8 + 12 / (dp sp) bytes) plus the saved
         // activations of the micro-batches in flight: all of them under GPipe (or without
         // stages, one at a time), at most p - stage under 1F1B, and under interleaving the
         // warm-up's (p - stage - 1) x 2 + (v - 1) x p + 1 pieces of 1 / v of the stage's layers.
@@ -174,11 +179,14 @@ public struct ParallelPlan: Sendable {
             let act = actPerLayerToken * layerCount * localTokens * inFlight
             // Logits (and their gradient) are kept until the backward of each head pass in flight.
             let logits = stage.hasHead ? localTokens * Double(c.vocabSize) * 8 * max(1, inFlight.rounded(.up)) : 0
-            return stage.parameters * 16 + Int(act + logits)
+            let perParameter = zero >= 1 ? 8 + 12 / Double(dp * sp) : 16
+            return Int(Double(stage.parameters) * perParameter + act + logits)
         }
-        return ParallelPlan(world: world, dataParallel: dp, pipelineParallel: pp, sequenceParallel: sp, stages: stages,
+        var plan = ParallelPlan(world: world, dataParallel: dp, pipelineParallel: pp, sequenceParallel: sp, stages: stages,
                             hosts: hostNames, rankHosts: rankHosts, microBatches: microBatches, virtualStages: v, seqLen: seqLen, layout: layout,
                             memoryPerRankBytes: memory)
+        plan.optimizerShards = zero >= 1 ? dp * sp : 1
+        return plan
     }
 
     /// Contiguous layer ranges minimising the most expensive stage (linear partition).
@@ -248,8 +256,8 @@ public struct ParallelPlan: Sendable {
                               microBatches + pipelineParallel - 1, 100 * bubbleFraction))
         }
         let mem = memoryPerRankBytes.map { Double($0) / 1_048_576 }
-        out.append(String(format: "  estimated memory per rank: %.0f-%.0f MiB (weights, gradients, AdamW state, activations)",
-                          mem.min() ?? 0, mem.max() ?? 0))
+        out.append(String(format: "  estimated memory per rank: %.0f-%.0f MiB (weights, gradients, AdamW state%@, activations)",
+                          mem.min() ?? 0, mem.max() ?? 0, optimizerShards > 1 ? " sharded over \(optimizerShards) ranks (ZeRO-1)" : ""))
         if let tag = largestMessageTag {
             out.append("  message tags: up to \(tag)" + (tag <= MessageTag.portableUpperBound ? " (within the 32767 every MPI accepts)"
                                                                                        : " (past the 32767 every MPI accepts; Open MPI accepts 2147483647)"))

@@ -39,6 +39,9 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     /// microseconds during each step (transfers then move while compute runs, at the cost of
     /// some CPU); otherwise transfers move at the polls between layers and attention blocks.
     public var progressMicroseconds: Int?
+    /// ZeRO stage: 1 shards the AdamW moments and the update over the ranks of each stage
+    /// (`ShardedAdamW`); nil or 0: every rank holds all of it.
+    public var zero: Int?
 
     public init(steps: Int, globalSequences: Int, microBatches: Int = 1, seqLen: Int, schedule: LearningRateSchedule,
                 adamw: AdamWOptions = AdamWOptions(), clipNorm: Double = 1.0, seed: UInt64 = 0,

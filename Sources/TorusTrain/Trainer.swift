@@ -25,7 +25,10 @@ public final class Trainer {
     public let model: LlamaModel
     public let options: TrainOptions
     public let comm: Communicator
-    public let optimizer: AdamW
+    /// The unsharded optimizer (nil with ZeRO-1, where `sharded` holds this rank's part).
+    public let optimizer: AdamW?
+    /// ZeRO-1: this rank's shard of the AdamW state (nil without).
+    public let sharded: ShardedAdamW?
     let tokens: [Int32]
     let sampler: BatchSampler
     let gradients: ParameterStore
@@ -97,7 +100,6 @@ public final class Trainer {
         self.options = options
         self.comm = comm
         self.outDir = outDir
-        self.optimizer = AdamW(parameters: model.parameters, options: options.adamw)
         self.sampler = BatchSampler(tokenCount: tokens.count, seqLen: options.seqLen, seed: options.seed)
         self.gradients = model.makeGradients()
         self.plan = plan
@@ -113,7 +115,20 @@ public final class Trainer {
         } else {
             self.embeddingGroup = nil
         }
-        self.reducer = GradientReducer(comm: stageGroup, gradients: gradients, bucketBytes: options.bucketBytes)
+        let reducer = GradientReducer(comm: stageGroup, gradients: gradients, bucketBytes: options.bucketBytes)
+        if (options.zero ?? 0) >= 1 {
+            guard embeddingGroup == nil else {
+                throw TrainError.invalid("train.zero: 1 with tied embeddings over pipeline stages is not supported (the tied gradient is added across stages after the reduction)")
+            }
+            let sharded = ShardedAdamW(parameters: model.parameters, buckets: reducer.buckets, comm: stageGroup, options: options.adamw)
+            reducer.sharded = sharded
+            self.sharded = sharded
+            self.optimizer = nil
+        } else {
+            self.sharded = nil
+            self.optimizer = AdamW(parameters: model.parameters, options: options.adamw)
+        }
+        self.reducer = reducer
         self.stages = pp
         self.stageStride = stageStride
         self.stage = stage
@@ -139,7 +154,7 @@ public final class Trainer {
                               layout: options.sequenceParallel?.layout ?? "zigzag", seqLen: options.seqLen,
                               globalSequences: options.globalSequences, microBatches: options.microBatches,
                               schedule: options.pipelineSchedule ?? "gpipe",
-                              virtualStages: options.pipelineVirtualStages ?? 1, hosts: hosts)
+                              virtualStages: options.pipelineVirtualStages ?? 1, hosts: hosts, zero: options.zero ?? 0)
         // Every point-to-point tag of a step: the sequence-parallel method's and the pipeline's.
         var streams: [(kind: MessageKind, count: Int)] = []
         if let sp = options.sequenceParallel, sp.size > 1 {
@@ -191,7 +206,10 @@ public final class Trainer {
             throw TrainError.resume("ranks see different latest checkpoints (steps \(Int(lo)) to \(Int(hi))); do all ranks see the same output directory?")
         }
         guard let dir else { return 0 }
-        let state = try TrainingCheckpoint.load(dir: dir, model: model, optimizer: optimizer)
+        // Checkpoints hold the full moments; with ZeRO-1 each rank keeps its part.
+        let full = optimizer ?? AdamW(parameters: model.parameters, options: options.adamw)
+        let state = try TrainingCheckpoint.load(dir: dir, model: model, optimizer: full)
+        sharded?.restore(from: full)
         guard state.worldSize == comm.size else {
             throw TrainError.resume("\(dir) was written by \(state.worldSize) data-parallel ranks and this run has \(comm.size); resuming on a different world size is not supported (the batch split and data order would change)")
         }
@@ -293,10 +311,16 @@ public final class Trainer {
         guard loss.isFinite else { throw TrainError.nonFiniteLoss(step: step, loss: loss, lastCheckpoint: lastCheckpoint) }
         let norm = try gradientNorm()
         if options.clipNorm > 0 && norm > options.clipNorm {
-            VectorMath.scale(gradients.flat.pointer, count: gradients.count, by: Float(options.clipNorm / norm))
+            if let sharded { sharded.scale(by: Float(options.clipNorm / norm)) } else {
+                VectorMath.scale(gradients.flat.pointer, count: gradients.count, by: Float(options.clipNorm / norm))
+            }
         }
         let lr = options.schedule.rate(at: step)
-        Timeline.measure("AdamW") { optimizer.update(parameters: model.parameters, gradients: gradients, lr: Float(lr)) }
+        if let sharded {
+            try sharded.update(parameters: model.parameters, lr: Float(lr))
+        } else if let optimizer {
+            Timeline.measure("AdamW") { optimizer.update(parameters: model.parameters, gradients: gradients, lr: Float(lr)) }
+        }
         if options.checkWeightsEvery > 0 && step % options.checkWeightsEvery == 0 { try checkWeightsAgree() }
         let ended = DispatchTime.now().uptimeNanoseconds
         Timeline.current?.record("step \(step)", kind: .step, start: began, end: ended)
@@ -387,6 +411,12 @@ public final class Trainer {
     /// L2 norm of the whole model's averaged gradient: each stage's sum of squares (a tied
     /// embedding counted once, on the first stage), added over the stages.
     func gradientNorm() throws -> Double {
+        if let sharded {
+            // Each rank holds part of the stage's averaged gradient.
+            var sum = try stageGroup.allReduce([sharded.sumOfSquares()])[0]
+            if let pipelineGroup { sum = try pipelineGroup.allReduce([sum])[0] }
+            return sum.squareRoot()
+        }
         var sum = VectorMath.sumOfSquares(gradients.flat.pointer, count: gradients.count)
         if embeddingGroup != nil && stage != 0 {
             let e = gradients.tensor("model.embed_tokens.weight")
@@ -429,8 +459,10 @@ public final class Trainer {
         let dir = TrainingCheckpoint.directory(out: outDir, step: step)
         let shards = StageShards(config: model.config, plan: plan)
         let state = TrainerState(step: step, worldSize: comm.size, options: options, dataTokens: tokens.count)
+        // With ZeRO-1 the ranks of each stage gather the full moments first.
+        let full = try optimizer ?? sharded?.gathered(parameters: model.parameters) ?? AdamW(parameters: model.parameters, options: options.adamw)
         try CollectiveWrite.directory(dir, comm: comm, subdirectories: ["model"]) { temp in
-            if writesStage { try TrainingCheckpoint.writeStage(into: temp, stage: stage, shards: shards, model: model, optimizer: optimizer) }
+            if writesStage { try TrainingCheckpoint.writeStage(into: temp, stage: stage, shards: shards, model: model, optimizer: full) }
         } complete: { temp in
             try TrainingCheckpoint.complete(temp, shards: shards, state: state)
         }

@@ -33,10 +33,12 @@ struct TrainSection {
     /// Evaluate held-out answer accuracy every this many steps (0: at the end only; synth and
     /// synth_rag held-out data).
     var evalEvery = 0
+    /// ZeRO stage (0 or 1): 1 shards the AdamW moments and the update over the data-parallel ranks.
+    var zero = 0
 
     static let keys = ["steps", "batch_size", "micro_batches", "seq_len", "lr", "min_lr", "warmup_steps", "weight_decay",
                        "beta1", "beta2", "eps", "clip_norm", "log_every", "checkpoint_every", "check_weights_every",
-                       "bucket_mb", "progress_us", "out", "init_from", "eval_every"]
+                       "bucket_mb", "progress_us", "out", "init_from", "eval_every", "zero"]
 }
 
 /// The `data:` section: `train` and `heldout` are token or text files, or `synth` for the
@@ -127,6 +129,10 @@ struct RunConfig {
             if t["out"] != nil { s.out = try r.string(t, "out", section: "train") }
             if t["init_from"] != nil { s.initFrom = try r.string(t, "init_from", section: "train") }
             if t["eval_every"] != nil { s.evalEvery = try r.int(t, "eval_every", section: "train", min: 0) }
+            if t["zero"] != nil {
+                s.zero = try r.int(t, "zero", section: "train", min: 0)
+                guard s.zero <= 1 else { throw ConfigError(file: path, message: "train.zero is \(s.zero); ZeRO stages 0 (off) and 1 (sharded AdamW) are supported") }
+            }
             config.train = s
         }
         if let d = map["data"] {

@@ -71,6 +71,11 @@ struct TrainCommand: ParsableCommand {
             let sp = (cfg.sequenceParallel.map { ", sequence parallel \($0.size) (\($0.method), \($0.layout))" } ?? "")
                 + (trainer.stages > 1 ? ", \(trainer.stages) pipeline stages (\(["1f1b": "1F1B", "interleaved": "interleaved 1F1B, \(cfg.pipelineVirtualStages) virtual stages each"][cfg.pipelineSchedule] ?? "GPipe"), \(t.microBatches) micro-batches)" : "")
             print("train: \(world.size) rank(s) = \(trainer.dataRanks) data-parallel replica(s)\(sp), \(model.config.parameterCount) parameters, \(tokens.count) training tokens, global batch \(t.batchSize) x \(t.microBatches) x \(t.seqLen) tokens, \(t.steps) steps" + (start > 0 ? ", resuming after step \(start)" : ""))
+            if let sharded = trainer.sharded {
+                let full = model.parameters.count
+                print(String(format: "ZeRO-1: AdamW moments and update sharded over the %d ranks of each stage: rank 0 keeps %d of %d values (%.2f MB of moments and gradient shard instead of %.2f MB of moments)",
+                             sharded.comm.size, sharded.shardCount, full, Double(sharded.shardCount * 12) / 1e6, Double(full * 8) / 1e6))
+            }
             if trainer.stages > 1 {
                 for s in trainer.plan.stages {
                     print("  stage \(s.index): \(trainer.plan.part(stage: s.index, of: cfg.model)), \(s.parameters) parameters (weights, gradients and AdamW state held by its ranks only)")
@@ -296,6 +301,7 @@ extension RunConfig {
             clipNorm: t.clipNorm, seed: seed, checkWeightsEvery: t.checkWeightsEvery, bucketBytes: Int(t.bucketMB * 1_048_576))
         options.sequenceParallel = sequenceParallel
         options.progressMicroseconds = t.progressUs > 0 ? t.progressUs : nil
+        options.zero = t.zero > 0 ? t.zero : nil
         // Defaults stay nil, so checkpoints of runs without them compare equal on resume.
         options.pipelineStages = pipelineParallel > 1 ? pipelineParallel : nil
         options.pipelineSchedule = pipelineParallel > 1 || pipelineSchedule != "gpipe" ? pipelineSchedule : nil

@@ -257,6 +257,55 @@ import TorusModel
         #expect(other.status != 0 && other.stderr.contains("written by 2 data-parallel ranks and this run has 1"), "\(other.output)")
     }
 
+    /// ZeRO-1 (`train.zero: 1`): AdamW moments and update sharded over the ranks of each stage
+    /// give the same losses, gradient norms and weights as the unsharded run on one rank (2 and 4
+    /// data-parallel ranks, and 2 stages x 2 replicas), within the tolerance above; stopping and
+    /// resuming is bit-identical; each rank keeps its share of the moments.
+    @Test func zeroOneMatchesUnshardedAndResumesExactly() throws {
+        let dir = Self.workDir("zero")
+        let yaml = try String(contentsOfFile: try Self.config(in: dir, steps: 6, checkpointEvery: 3), encoding: .utf8)
+            .replacingOccurrences(of: "num_hidden_layers: 2", with: "num_hidden_layers: 4")
+        try yaml.write(toFile: dir + "/base.yaml", atomically: true, encoding: .utf8)
+        try #require(try train(ranks: 1, config: dir + "/base.yaml", out: dir + "/np1").status == 0)
+        let base = try Self.lines(dir + "/np1")
+        let baseWeights = try HFCheckpoint.load(directory: dir + "/np1/model").parameters.flat.array
+        let zeroYAML = yaml.replacingOccurrences(of: "  bucket_mb: 0.01", with: "  bucket_mb: 0.01\n  zero: 1")
+        for (ranks, extra) in [(2, ""), (4, ""), (4, "pipeline_parallel:\n  size: 2\n")] {
+            let name = "zero\(ranks)\(extra.isEmpty ? "" : "pp")"
+            try (zeroYAML + "\n" + extra).write(toFile: dir + "/\(name).yaml", atomically: true, encoding: .utf8)
+            let r = try train(ranks: ranks, config: dir + "/\(name).yaml", out: dir + "/" + name)
+            try #require(r.status == 0, "\(name):\n\(r.output)")
+            let shardRanks = extra.isEmpty ? ranks : ranks / 2
+            #expect(r.stdout.contains("ZeRO-1: AdamW moments and update sharded over the \(shardRanks) ranks of each stage"), "\(r.stdout)")
+            // Rank 0 keeps its share: about 1 / shardRanks of its stage's values (each bucket split evenly, to within one value).
+            let line = r.stdout.split(separator: "\n").first { $0.contains("ZeRO-1:") }.map(String.init) ?? ""
+            let numbers = line.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
+            // "ZeRO-1: ... over the N ranks of each stage: rank 0 keeps K of F values ..."
+            if let keep = numbers.dropFirst(3).first, let full = numbers.dropFirst(4).first {
+                #expect(abs(keep * shardRanks - full) < 64 * shardRanks, "\(line)")
+            } else {
+                Issue.record("no ZeRO-1 line: \(r.stdout)")
+            }
+            try Self.expectMatches(dir + "/" + name, base: base, baseWeights: baseWeights, "ZeRO-1 np=\(ranks) \(extra)")
+        }
+        // Stop after the step-3 checkpoint (full moments gathered from the shards) and resume.
+        let split = dir + "/zero2-split"
+        let first = try train(ranks: 2, config: dir + "/zero2.yaml", out: split, extra: ["--stop-after", "3"])
+        try #require(first.status == 0, "\(first.output)")
+        let resumed = try train(ranks: 2, config: dir + "/zero2.yaml", out: split, extra: ["--resume"])
+        try #require(resumed.status == 0, "\(resumed.output)")
+        let a = try Self.losses(dir + "/zero2"), b = try Self.losses(split)
+        #expect(a.count == 6 && a.map(\.bitPattern) == b.map(\.bitPattern), "losses \(a) vs \(b)")
+        let wa = try Data(contentsOf: URL(fileURLWithPath: dir + "/zero2/model/model.safetensors"))
+        let wb = try Data(contentsOf: URL(fileURLWithPath: split + "/model/model.safetensors"))
+        #expect(wa == wb, "final weights differ after resume")
+        // The plan's memory estimate counts the moments once per stage, not once per rank.
+        let plain = try TorusBinary.torus(["plan", "--config", dir + "/base.yaml", "--np", "4"])
+        let zero = try TorusBinary.torus(["plan", "--config", dir + "/zero4.yaml", "--np", "4"])
+        #expect(zero.stdout.contains("AdamW state sharded over 4 ranks (ZeRO-1)"), "\(zero.output)")
+        #expect(!plain.stdout.contains("ZeRO-1"), "\(plain.output)")
+    }
+
     @Test func killedRankEndsTheJob() throws {
         let dir = Self.workDir("kill")
         let config = try Self.config(in: dir, steps: 50)
