@@ -182,18 +182,20 @@ public final class Communicator: @unchecked Sendable {
         try reduceScatter(input.pointer, into: output.pointer, count: output.count, op: op)
     }
 
-    /// Starts a reduce-scatter with per-rank block sizes: `input` holds `counts.reduce(+)`
-    /// floats in rank order, and this rank's block of the sum lands in `output`
-    /// (`counts[rank]` floats). `keepAlive` holds the buffers' owners until completion.
-    public func ireduceScatter(_ input: UnsafePointer<Float>, into output: UnsafeMutablePointer<Float>, counts: [Int],
-                               keepAlive: [AnyObject] = []) throws -> Request {
+    /// Starts an in-place reduce-scatter with per-rank block sizes: `buffer` holds
+    /// `counts.reduce(+)` floats in rank order, and this rank's block of the sum lands at the
+    /// start of `buffer` (MPI's in-place rule; the rest is left undefined). `keepAlive` holds
+    /// the buffer's owner until completion.
+    public func ireduceScatterInPlace(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], keepAlive: AnyObject? = nil) throws -> Request {
         precondition(counts.count == size, "ireduceScatter needs one count per rank (\(size)), has \(counts.count)")
         let held = Int32Array(counts)
         var req: MPI_Request? = torus_mpi_request_null()
         let total = counts.reduce(0, +)
         let call = "MPI_Ireduce_scatter(\(total) floats)"
-        try check(MPI_Ireduce_scatter(input, output, held.pointer, torus_mpi_float(), ReduceOp.sum.handle, handle, &req), call, rank: rank)
-        return Request(handle: req, call: call, rank: rank, keepAlive: KeptAlive(keepAlive + [held]), kind: .collective, bytes: total * 4)
+        try check(MPI_Ireduce_scatter(torus_mpi_in_place(), buffer, held.pointer, torus_mpi_float(), ReduceOp.sum.handle, handle, &req),
+                  call, rank: rank)
+        return Request(handle: req, call: call, rank: rank, keepAlive: KeptAlive([held] + (keepAlive.map { [$0] } ?? [])),
+                       kind: .collective, bytes: total * 4)
     }
 
     /// Gathers in place: block r of `buffer` (`counts[r]` floats at the sum of the counts

@@ -32,6 +32,7 @@ public struct CommunicatorChecks {
         try run("broadcast floats and bytes", broadcast)
         try run("allGather", allGather)
         try run("reduceScatter", reduceScatter)
+        try run("uneven in-place reduce-scatter and all-gather (ZeRO-1)", unevenInPlace)
         try run("blocking send/recv", blockingPair)
         try run("nonblocking double-buffered ring exchange", ringExchange)
         try run("split into even/odd groups", split)
@@ -110,6 +111,28 @@ public struct CommunicatorChecks {
             let global = comm.rank * count + i
             let want = (0..<p).reduce(Float(0)) { $0 + value(rank: $1, index: global) }
             try expect("reduceScatter", out[i], want, index: i)
+        }
+    }
+
+    /// Blocks of different sizes (rank r: count + r floats): the in-place nonblocking
+    /// reduce-scatter leaves this rank's summed block at the buffer's start, and the in-place
+    /// all-gather puts every rank's block back where it belongs.
+    func unevenInPlace() throws {
+        let p = comm.size
+        let counts = (0..<p).map { count + $0 }, starts = counts.indices.map { counts[..<$0].reduce(0, +) }
+        let total = counts.reduce(0, +)
+        let buffer = Tensor(zeros: [total])
+        for i in 0..<total { buffer[i] = value(rank: comm.rank, index: i) }
+        try comm.ireduceScatterInPlace(buffer.pointer, counts: counts, keepAlive: buffer).wait()
+        for i in 0..<counts[comm.rank] {
+            let global = starts[comm.rank] + i
+            try expect("in-place reduce-scatter", buffer[i], (0..<p).reduce(Float(0)) { $0 + value(rank: $1, index: global) }, index: i)
+        }
+        // Every rank writes its own block (rank r: r + 1 + index) and gathers the others'.
+        for i in 0..<counts[comm.rank] { buffer[starts[comm.rank] + i] = Float(comm.rank + 1) + Float(i) }
+        try comm.allGatherInPlace(buffer.pointer, counts: counts)
+        for r in 0..<p {
+            for i in 0..<counts[r] { try expect("in-place all-gather", buffer[starts[r] + i], Float(r + 1) + Float(i), index: starts[r] + i) }
         }
     }
 

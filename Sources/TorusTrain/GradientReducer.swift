@@ -59,7 +59,7 @@ public final class GradientReducer {
             while launched < buckets.count && buckets[launched].offset >= offset {
                 let b = buckets[launched]
                 if let sharded {
-                    requests.append(try sharded.startReduceScatter(bucket: launched, from: gradients))
+                    requests.append(try sharded.startReduceScatter(bucket: launched))
                 } else {
                     requests.append(try comm.iallReduce(gradients.flat.pointer + b.offset, count: b.count, keepAlive: gradients.flat))
                 }
@@ -81,7 +81,7 @@ public final class GradientReducer {
         let t1 = DispatchTime.now().uptimeNanoseconds
         lastWaitSeconds = Double(t1 - t0) / 1e9
         lastWaitInterval = (t0, t1)
-        if let sharded { sharded.average() } else { VectorMath.scale(gradients.flat.pointer, count: gradients.count, by: 1 / Float(comm.size)) }
+        if let sharded { sharded.placeAndAverage() } else { VectorMath.scale(gradients.flat.pointer, count: gradients.count, by: 1 / Float(comm.size)) }
     }
 
     /// Time of one blocking all-reduce of the whole gradient buffer in the same buckets (the

@@ -162,8 +162,7 @@ public struct ParallelPlan: Sendable {
             stages.append(Stage(index: i, chunks: chunks, hasEmbedding: i == 0, hasHead: i == pp - 1, cost: cost * tokens / 1e9, parameters: params))
         }
         // Memory: weights, gradients, AdamW moments (16 bytes per parameter; with ZeRO-1 the
-        // moments and a packed copy of the averaged gradient shard are split over the stage's
-        // dp x sp ranks: 8 + 12 / (dp sp) bytes) plus the saved
+        // moments are split over the stage's dp x sp ranks: 8 + 8 / (dp sp) bytes) plus the saved
         // activations of the micro-batches in flight: all of them under GPipe (or without
         // stages, one at a time), at most p - stage under 1F1B, and under interleaving the
         // warm-up's (p - stage - 1) x 2 + (v - 1) x p + 1 pieces of 1 / v of the stage's layers.
@@ -179,7 +178,7 @@ public struct ParallelPlan: Sendable {
             let act = actPerLayerToken * layerCount * localTokens * inFlight
             // Logits (and their gradient) are kept until the backward of each head pass in flight.
             let logits = stage.hasHead ? localTokens * Double(c.vocabSize) * 8 * max(1, inFlight.rounded(.up)) : 0
-            let perParameter = zero >= 1 ? 8 + 12 / Double(dp * sp) : 16
+            let perParameter = zero >= 1 ? 8 + 8 / Double(dp * sp) : 16
             return Int(Double(stage.parameters) * perParameter + act + logits)
         }
         var plan = ParallelPlan(world: world, dataParallel: dp, pipelineParallel: pp, sequenceParallel: sp, stages: stages,

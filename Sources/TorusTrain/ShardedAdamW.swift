@@ -5,28 +5,34 @@ import TorusTensor
 import TorusTrace
 
 /// ZeRO-1 (`train.zero: 1`): the AdamW moments and the update of a stage's parameters are
-/// sharded over the ranks that share that stage. Every gradient bucket is reduce-scattered
-/// (rank r keeps part r of each bucket, averaged), each rank clips and updates only its parts
-/// with its own moments, and the updated parts are all-gathered back into every rank's full
-/// copy of the parameters. Elementwise, the update is the unsharded AdamW's.
+/// sharded over the ranks that share that stage. Every gradient bucket is reduce-scattered in
+/// place (rank r keeps part r of each bucket, averaged, where it lies in the gradient buffer),
+/// each rank clips and updates only its parts with its own moments, and the updated parts are
+/// all-gathered back into every rank's full copy of the parameters. Elementwise, the update is
+/// the unsharded AdamW's. Per parameter a rank holds 8 + 8 / ranks bytes of weights, gradients
+/// and moments instead of 16.
 public final class ShardedAdamW {
     public let comm: Communicator
     public let options: AdamWOptions
     /// Each bucket's parts in rank order: (flat offset, count).
     let parts: [[(offset: Int, count: Int)]]
-    /// This rank's part of each bucket: flat offset, count and offset in the shard.
+    /// This rank's part of each bucket: flat offset, count and offset in the moments.
     let mine: [(offset: Int, count: Int, local: Int)]
-    /// Floats of the stage this rank owns (gradients, moments).
+    /// Floats of the stage this rank owns (moments).
     public let shardCount: Int
-    /// This rank's averaged gradients, first and second moments, packed.
-    let gradients: Tensor, firstMoment: Tensor, secondMoment: Tensor
+    /// The full gradient buffer (this rank's parts averaged there after `finish`).
+    let gradients: ParameterStore
+    /// This rank's first and second moments, packed.
+    let firstMoment: Tensor, secondMoment: Tensor
     /// Updates applied so far.
     public private(set) var step = 0
     private let decayRanges: [(offset: Int, count: Int, decay: Bool)]
 
     /// Shards `parameters` (whose gradient buckets are `buckets`) over the ranks of `comm`.
-    public init(parameters: ParameterStore, buckets: [(offset: Int, count: Int)], comm: Communicator, options: AdamWOptions) {
+    public init(parameters: ParameterStore, gradients: ParameterStore, buckets: [(offset: Int, count: Int)], comm: Communicator,
+                options: AdamWOptions) {
         self.comm = comm
+        self.gradients = gradients
         self.options = options
         let p = comm.size
         parts = buckets.map { b in
@@ -44,27 +50,38 @@ public final class ShardedAdamW {
             return (part.offset, part.count, local)
         }
         shardCount = local
-        gradients = Tensor(zeros: [max(1, local)])
         firstMoment = Tensor(zeros: [max(1, local)])
         secondMoment = Tensor(zeros: [max(1, local)])
         decayRanges = parameters.entries.map { ($0.offset, $0.count, $0.shape.count >= 2) }
     }
 
-    /// Starts bucket `index`'s reduce-scatter from the full gradient buffer `full`.
-    func startReduceScatter(bucket index: Int, from full: ParameterStore) throws -> Request {
-        let bucket = parts[index], part = mine[index]
-        return try comm.ireduceScatter(full.flat.pointer + bucket[0].offset, into: gradients.pointer + part.local,
-                                       counts: bucket.map(\.count), keepAlive: [full.flat, gradients])
+    /// Starts bucket `index`'s reduce-scatter (this rank's summed part lands at the bucket's start).
+    func startReduceScatter(bucket index: Int) throws -> Request {
+        let bucket = parts[index]
+        return try comm.ireduceScatterInPlace(gradients.flat.pointer + bucket[0].offset, counts: bucket.map(\.count),
+                                              keepAlive: gradients.flat)
     }
 
-    /// Divides this rank's gradients by the number of ranks (the sum becomes the average).
-    func average() { VectorMath.scale(gradients.pointer, count: shardCount, by: 1 / Float(comm.size)) }
+    /// Once every reduce-scatter completed: moves this rank's summed parts from their buckets'
+    /// starts to where they belong and divides them by the number of ranks.
+    func placeAndAverage() {
+        let g = gradients.flat.pointer
+        for (i, part) in mine.enumerated() where part.count > 0 {
+            let start = parts[i][0].offset
+            if start != part.offset { (g + part.offset).update(from: g + start, count: part.count) }
+            VectorMath.scale(g + part.offset, count: part.count, by: 1 / Float(comm.size))
+        }
+    }
 
-    /// Sum of squares of this rank's gradients.
-    func sumOfSquares() -> Double { VectorMath.sumOfSquares(gradients.pointer, count: shardCount) }
+    /// Sum of squares of this rank's parts of the gradient.
+    func sumOfSquares() -> Double {
+        mine.reduce(0) { $0 + VectorMath.sumOfSquares(gradients.flat.pointer + $1.offset, count: $1.count) }
+    }
 
-    /// Scales this rank's gradients (clipping).
-    func scale(by factor: Float) { VectorMath.scale(gradients.pointer, count: shardCount, by: factor) }
+    /// Scales this rank's parts of the gradient (clipping).
+    func scale(by factor: Float) {
+        for part in mine { VectorMath.scale(gradients.flat.pointer + part.offset, count: part.count, by: factor) }
+    }
 
     /// One AdamW update of this rank's parts of `parameters`, then every rank's parts gathered
     /// into every rank's copy.
@@ -73,14 +90,14 @@ public final class ShardedAdamW {
         let b1 = options.beta1, b2 = options.beta2, eps = options.eps
         let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
         let stepSize = lr / c1, c2root = c2.squareRoot()
-        let p = parameters.flat.pointer
+        let p = parameters.flat.pointer, g = gradients.flat.pointer
         Timeline.measure("AdamW (shard)") {
             for part in mine where part.count > 0 {
                 for range in decayRanges {
                     let lo = max(part.offset, range.offset), hi = min(part.offset + part.count, range.offset + range.count)
                     guard lo < hi else { continue }
                     let k = part.local + lo - part.offset
-                    VectorMath.adamW(parameters: p + lo, gradients: gradients.pointer + k, firstMoment: firstMoment.pointer + k,
+                    VectorMath.adamW(parameters: p + lo, gradients: g + lo, firstMoment: firstMoment.pointer + k,
                                      secondMoment: secondMoment.pointer + k, count: hi - lo, beta1: b1, beta2: b2, eps: eps,
                                      decay: range.decay ? 1 - lr * options.weightDecay : 1, stepSize: stepSize, biasCorrection2Root: c2root)
                 }

@@ -120,7 +120,8 @@ public final class Trainer {
             guard embeddingGroup == nil else {
                 throw TrainError.invalid("train.zero: 1 with tied embeddings over pipeline stages is not supported (the tied gradient is added across stages after the reduction)")
             }
-            let sharded = ShardedAdamW(parameters: model.parameters, buckets: reducer.buckets, comm: stageGroup, options: options.adamw)
+            let sharded = ShardedAdamW(parameters: model.parameters, gradients: gradients, buckets: reducer.buckets, comm: stageGroup,
+                                       options: options.adamw)
             reducer.sharded = sharded
             self.sharded = sharded
             self.optimizer = nil

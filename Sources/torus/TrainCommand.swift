@@ -73,8 +73,8 @@ struct TrainCommand: ParsableCommand {
             print("train: \(world.size) rank(s) = \(trainer.dataRanks) data-parallel replica(s)\(sp), \(model.config.parameterCount) parameters, \(tokens.count) training tokens, global batch \(t.batchSize) x \(t.microBatches) x \(t.seqLen) tokens, \(t.steps) steps" + (start > 0 ? ", resuming after step \(start)" : ""))
             if let sharded = trainer.sharded {
                 let full = model.parameters.count
-                print(String(format: "ZeRO-1: AdamW moments and update sharded over the %d ranks of each stage: rank 0 keeps %d of %d values (%.2f MB of moments and gradient shard instead of %.2f MB of moments)",
-                             sharded.comm.size, sharded.shardCount, full, Double(sharded.shardCount * 12) / 1e6, Double(full * 8) / 1e6))
+                print(String(format: "ZeRO-1: AdamW moments and update sharded over the %d ranks of each stage: rank 0 keeps %d of %d values (%.2f MB of moments instead of %.2f MB)",
+                             sharded.comm.size, sharded.shardCount, full, Double(sharded.shardCount * 8) / 1e6, Double(full * 8) / 1e6))
             }
             if trainer.stages > 1 {
                 for s in trainer.plan.stages {
