@@ -259,8 +259,9 @@ import TorusModel
 
     /// ZeRO-1 (`train.zero: 1`): AdamW moments and update sharded over the ranks of each stage
     /// give the same losses, gradient norms and weights as the unsharded run on one rank (2 and 4
-    /// data-parallel ranks, and 2 stages x 2 replicas), within the tolerance above; stopping and
-    /// resuming is bit-identical; each rank keeps its share of the moments.
+    /// data-parallel ranks, 2 stages x 2 replicas, 2 replicas x 2 sequence-parallel ranks), within
+    /// the tolerance above; stopping and resuming is bit-identical; each rank keeps its share of
+    /// the moments.
     @Test func zeroOneMatchesUnshardedAndResumesExactly() throws {
         let dir = Self.workDir("zero")
         let yaml = try String(contentsOfFile: try Self.config(in: dir, steps: 6, checkpointEvery: 3), encoding: .utf8)
@@ -270,12 +271,14 @@ import TorusModel
         let base = try Self.lines(dir + "/np1")
         let baseWeights = try HFCheckpoint.load(directory: dir + "/np1/model").parameters.flat.array
         let zeroYAML = yaml.replacingOccurrences(of: "  bucket_mb: 0.01", with: "  bucket_mb: 0.01\n  zero: 1")
-        for (ranks, extra) in [(2, ""), (4, ""), (4, "pipeline_parallel:\n  size: 2\n")] {
-            let name = "zero\(ranks)\(extra.isEmpty ? "" : "pp")"
+        let grids = [(2, ""), (4, ""), (4, "pipeline_parallel:\n  size: 2\n"), (4, "sequence_parallel:\n  size: 2\n  method: ring\n")]
+        for (ranks, extra) in grids {
+            let name = "zero\(ranks)\(extra.isEmpty ? "" : extra.hasPrefix("pipeline") ? "pp" : "sp")"
             try (zeroYAML + "\n" + extra).write(toFile: dir + "/\(name).yaml", atomically: true, encoding: .utf8)
             let r = try train(ranks: ranks, config: dir + "/\(name).yaml", out: dir + "/" + name)
             try #require(r.status == 0, "\(name):\n\(r.output)")
-            let shardRanks = extra.isEmpty ? ranks : ranks / 2
+            // The stage's ranks: all of them without stages (sequence-parallel ranks too).
+            let shardRanks = extra.hasPrefix("pipeline") ? ranks / 2 : ranks
             #expect(r.stdout.contains("ZeRO-1: AdamW moments and update sharded over the \(shardRanks) ranks of each stage"), "\(r.stdout)")
             // Rank 0 keeps its share: about 1 / shardRanks of its stage's values (each bucket split evenly, to within one value).
             let line = r.stdout.split(separator: "\n").first { $0.contains("ZeRO-1:") }.map(String.init) ?? ""
