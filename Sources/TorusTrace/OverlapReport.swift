@@ -32,7 +32,8 @@ public struct OverlapReport: Sendable {
         public var stepTime: Double
         /// Seconds blocked in waits for transfers (union of wait spans).
         public var blocked: Double = 0
-        /// Seconds this rank's sends occupy the link by the link model (nil without one).
+        /// Seconds this rank's sends and collectives occupy the link by the link model (nil
+        /// without one).
         public var wire: Double?
         /// Exposed share of the step.
         public var exposedShare: Double { stepTime > 0 ? exposed / stepTime : 0 }
@@ -49,6 +50,7 @@ public struct OverlapReport: Sendable {
     public let entries: [Entry]
 
     public init(spans: [Span], link: LinkModel? = nil) {
+        let ranks = Set(spans.map(\.rank)).count
         var groups: [[Int]: [Span]] = [:]
         for s in spans { groups[[s.rank, s.step], default: []].append(s) }
         entries = groups.keys.sorted { ($0[1], $0[0]) < ($1[1], $1[0]) }.map { key in
@@ -61,7 +63,21 @@ public struct OverlapReport: Sendable {
                          exposed: Self.length(Self.subtract(comm, comp)),
                          bytes: list.filter { $0.kind == .send || $0.kind == .collective }.reduce(0) { $0 + $1.bytes },
                          stepTime: window, blocked: Self.length(Self.union(list.filter { $0.kind == .wait })),
-                         wire: link.map { l in list.filter { $0.kind == .send }.reduce(0) { $0 + l.wireTime(bytes: $1.bytes) } })
+                         wire: link.map { l in list.reduce(0) { $0 + Self.wireTime($1, link: l, ranks: ranks) } })
+        }
+    }
+
+    /// What a span's transfer costs on the link: a send its bytes; a collective over `ranks`
+    /// ranks what a ring algorithm moves per rank (all-reduce 2 (p - 1) / p of its bytes,
+    /// reduce-scatter and all-gather (p - 1) / p); other spans nothing.
+    static func wireTime(_ s: Span, link: LinkModel, ranks: Int) -> Double {
+        switch s.kind {
+        case .send: return link.wireTime(bytes: s.bytes)
+        case .collective:
+            guard ranks > 1 else { return 0 }
+            let share = Double(ranks - 1) / Double(ranks) * (s.name.contains("llreduce") ? 2 : 1)
+            return link.wireTime(bytes: Int(Double(s.bytes) * share))
+        default: return 0
         }
     }
 
@@ -127,17 +143,26 @@ public struct OverlapReport: Sendable {
     }
 
     /// One line per rank summed over all its steps: communication, the part exposed (also as a
-    /// share of the steps' time), compute, overlap, bytes sent and idle time.
+    /// share of the steps' time), compute, overlap, bytes sent and idle time; with a link model
+    /// also the blocked time, the sends' wire time and the overlap against it.
     public func summaryLines() -> [String] {
-        var out = ["rank steps   comm ms  exposed ms (of steps)  compute ms  overlap   sent MB   steps ms   idle"]
+        let wired = entries.contains { $0.wire != nil }
+        var out = ["rank steps   comm ms  exposed ms (of steps)  compute ms  overlap   sent MB   steps ms   idle"
+                   + (wired ? "  blocked ms   wire ms  wire overlap" : "")]
         for rank in Set(entries.map(\.rank)).sorted() {
             let mine = entries.filter { $0.rank == rank }
             let comm = mine.reduce(0) { $0 + $1.communication }, exposed = mine.reduce(0) { $0 + $1.exposed }
             let compute = mine.reduce(0) { $0 + $1.compute }, time = mine.reduce(0) { $0 + $1.stepTime }
             let bytes = mine.reduce(0) { $0 + $1.bytes }
-            out.append(String(format: "%4d %5d %9.1f %11.1f (%5.1f%%) %11.1f %7.1f%% %9.2f %10.1f %5.1f%%", rank, mine.count, comm * 1e3,
+            var line = String(format: "%4d %5d %9.1f %11.1f (%5.1f%%) %11.1f %7.1f%% %9.2f %10.1f %5.1f%%", rank, mine.count, comm * 1e3,
                               exposed * 1e3, time > 0 ? 100 * exposed / time : 0, compute * 1e3, comm > 0 ? 100 * (1 - exposed / comm) : 100,
-                              Double(bytes) / 1e6, time * 1e3, time > 0 ? 100 * max(0, 1 - compute / time) : 0))
+                              Double(bytes) / 1e6, time * 1e3, time > 0 ? 100 * max(0, 1 - compute / time) : 0)
+            if wired {
+                let blocked = mine.reduce(0) { $0 + $1.blocked }, wire = mine.reduce(0) { $0 + ($1.wire ?? 0) }
+                let wireExposed = mine.reduce(0) { $0 + ($1.wireExposed ?? 0) }
+                line += String(format: " %11.1f %9.1f %12.1f%%", blocked * 1e3, wire * 1e3, wire > 0 ? 100 * (1 - wireExposed / wire) : 100)
+            }
+            out.append(line)
         }
         return out
     }

@@ -36,6 +36,11 @@ import TorusTrace
         #expect(r.lines()[0].hasSuffix("blocked ms   wire ms  wire overlap"))
         #expect(r.lines().contains { $0.contains("exposed max 1.00 ms (5.0% of the step)") }, "\(r.lines())")
         #expect(OverlapReport(spans: [span(.send, 0, 10, bytes: 1)]).entries.first?.wire == nil)
+        // A ring all-reduce over 2 ranks moves 2 (p - 1) / p = 1 times its bytes per rank.
+        var allReduce = span(.collective, 0, 10, bytes: 1_000_000)
+        allReduce.name = "MPI_Iallreduce(250000 floats)"
+        let two = OverlapReport(spans: [allReduce, span(.compute, 0, 10, rank: 1)], link: link)
+        #expect(abs((two.entries.first?.wire ?? 0) - 0.0011) < 1e-9)
     }
 
     @Test func ranksAndStepsAreReportedSeparately() {
