@@ -212,6 +212,20 @@ public final class Communicator: @unchecked Sendable {
         }
     }
 
+    /// Gathers `counts[r]` floats from every rank r into `output` on `root` (rank order,
+    /// packed); `output` is ignored on the other ranks.
+    public func gather(_ input: UnsafePointer<Float>, into output: UnsafeMutablePointer<Float>?, counts: [Int], root: Int = 0) throws {
+        precondition(counts.count == size, "gather needs one count per rank (\(size)), has \(counts.count)")
+        let held = Int32Array(counts)
+        var offsets: [Int] = [], at = 0
+        for c in counts { offsets.append(at); at += c }
+        let displacements = Int32Array(offsets)
+        try Timeline.measure("MPI_Gatherv(\(at) floats)", kind: .collective, bytes: counts[rank] * 4) {
+            try check(MPI_Gatherv(input, Int32(counts[rank]), torus_mpi_float(), output, held.pointer, displacements.pointer,
+                                  torus_mpi_float(), Int32(root), handle), "MPI_Gatherv(\(at) floats to rank \(root))", rank: rank)
+        }
+    }
+
     public func barrier() throws {
         try check(MPI_Barrier(handle), "MPI_Barrier", rank: rank)
     }

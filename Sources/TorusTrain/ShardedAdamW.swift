@@ -106,18 +106,16 @@ public final class ShardedAdamW {
         for bucket in parts { try comm.allGatherInPlace(p + bucket[0].offset, counts: bucket.map(\.count)) }
     }
 
-    /// The full moments in an unsharded `AdamW` (every rank of `comm` calls this together):
-    /// what checkpoints write.
-    public func gathered(parameters: ParameterStore) throws -> AdamW {
-        let full = AdamW(parameters: parameters, options: options)
-        for (store, shard) in [(full.firstMoment, firstMoment), (full.secondMoment, secondMoment)] {
-            for (i, bucket) in parts.enumerated() {
-                let part = mine[i]
-                (store.flat.pointer + part.offset).update(from: shard.pointer + part.local, count: part.count)
-                try comm.allGatherInPlace(store.flat.pointer + bucket[0].offset, counts: bucket.map(\.count))
-            }
+    /// The full moments in an unsharded `AdamW` on rank 0 of `comm` (nil on the others, which
+    /// allocate nothing; every rank calls this together): what checkpoints write.
+    public func gathered(parameters: ParameterStore) throws -> AdamW? {
+        let full = comm.rank == 0 ? AdamW(parameters: parameters, options: options) : nil
+        for (i, bucket) in parts.enumerated() {
+            let part = mine[i], counts = bucket.map(\.count)
+            try comm.gather(firstMoment.pointer + part.local, into: full.map { $0.firstMoment.flat.pointer + bucket[0].offset }, counts: counts)
+            try comm.gather(secondMoment.pointer + part.local, into: full.map { $0.secondMoment.flat.pointer + bucket[0].offset }, counts: counts)
         }
-        full.restore(step: step)
+        full?.restore(step: step)
         return full
     }
 

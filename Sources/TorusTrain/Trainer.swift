@@ -460,10 +460,12 @@ public final class Trainer {
         let dir = TrainingCheckpoint.directory(out: outDir, step: step)
         let shards = StageShards(config: model.config, plan: plan)
         let state = TrainerState(step: step, worldSize: comm.size, options: options, dataTokens: tokens.count)
-        // With ZeRO-1 the ranks of each stage gather the full moments first.
-        let full = try optimizer ?? sharded?.gathered(parameters: model.parameters) ?? AdamW(parameters: model.parameters, options: options.adamw)
+        // With ZeRO-1 the stage's first rank (the one that writes) gathers the full moments.
+        let full = try optimizer ?? sharded?.gathered(parameters: model.parameters)
         try CollectiveWrite.directory(dir, comm: comm, subdirectories: ["model"]) { temp in
-            if writesStage { try TrainingCheckpoint.writeStage(into: temp, stage: stage, shards: shards, model: model, optimizer: full) }
+            guard writesStage else { return }
+            guard let full else { throw TrainError.checkpoint("rank \(comm.rank) writes stage \(stage) but holds no gathered optimizer state") }
+            try TrainingCheckpoint.writeStage(into: temp, stage: stage, shards: shards, model: model, optimizer: full)
         } complete: { temp in
             try TrainingCheckpoint.complete(temp, shards: shards, state: state)
         }
