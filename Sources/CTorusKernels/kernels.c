@@ -119,35 +119,24 @@ void torus_scale(float *x, long n, float s) {
 typedef float torus_v16 __attribute__((vector_size(64)));
 typedef float torus_v8 __attribute__((vector_size(32)));
 
-__attribute__((target("avx512f")))
-static double fma_loop_avx512(long iterations, float *sink) {
-    torus_v16 acc[TORUS_FMA_CHAINS];
-    torus_v16 m = (torus_v16){0} + 0.999999f, a = (torus_v16){0} + 1e-7f;
-    for (int j = 0; j < TORUS_FMA_CHAINS; j++) acc[j] = (torus_v16){0} + (float)j;
-    for (long i = 0; i < iterations; i++) {
-        for (int j = 0; j < TORUS_FMA_CHAINS; j++) acc[j] = __builtin_elementwise_fma(acc[j], m, a);
-        __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]));
+/* One FMA loop per ISA: `chains` accumulators of `lanes`-float vectors; the empty asm keeps the
+   compiler from folding iterations (constraint "v" for zmm, "x" for ymm registers). */
+#define TORUS_FMA_LOOP(name, isa, vec, lanes, chains, reg)                                        \
+    __attribute__((target(isa))) static double name(long iterations, float *sink) {                \
+        vec acc[chains];                                                                           \
+        vec m = (vec){0} + 0.999999f, a = (vec){0} + 1e-7f;                                        \
+        for (int j = 0; j < chains; j++) acc[j] = (vec){0} + (float)j;                             \
+        for (long i = 0; i < iterations; i++) {                                                    \
+            for (int j = 0; j < chains; j++) acc[j] = __builtin_elementwise_fma(acc[j], m, a);     \
+            __asm__ volatile("" : reg(acc[0]), reg(acc[1]), reg(acc[2]), reg(acc[3]));             \
+        }                                                                                          \
+        float s = 0;                                                                               \
+        for (int j = 0; j < chains; j++) for (int k = 0; k < lanes; k++) s += acc[j][k];           \
+        *sink = s;                                                                                 \
+        return 2.0 * lanes * chains * (double)iterations;                                          \
     }
-    float s = 0;
-    for (int j = 0; j < TORUS_FMA_CHAINS; j++) for (int k = 0; k < 16; k++) s += acc[j][k];
-    *sink = s;
-    return 2.0 * 16 * TORUS_FMA_CHAINS * (double)iterations;
-}
-
-__attribute__((target("avx2,fma")))
-static double fma_loop_avx2(long iterations, float *sink) {
-    torus_v8 acc[TORUS_FMA_CHAINS_AVX2];
-    torus_v8 m = (torus_v8){0} + 0.999999f, a = (torus_v8){0} + 1e-7f;
-    for (int j = 0; j < TORUS_FMA_CHAINS_AVX2; j++) acc[j] = (torus_v8){0} + (float)j;
-    for (long i = 0; i < iterations; i++) {
-        for (int j = 0; j < TORUS_FMA_CHAINS_AVX2; j++) acc[j] = __builtin_elementwise_fma(acc[j], m, a);
-        __asm__ volatile("" : "+x"(acc[0]), "+x"(acc[1]), "+x"(acc[2]), "+x"(acc[3]));
-    }
-    float s = 0;
-    for (int j = 0; j < TORUS_FMA_CHAINS_AVX2; j++) for (int k = 0; k < 8; k++) s += acc[j][k];
-    *sink = s;
-    return 2.0 * 8 * TORUS_FMA_CHAINS_AVX2 * (double)iterations;
-}
+TORUS_FMA_LOOP(fma_loop_avx512, "avx512f", torus_v16, 16, TORUS_FMA_CHAINS, "+v")
+TORUS_FMA_LOOP(fma_loop_avx2, "avx2,fma", torus_v8, 8, TORUS_FMA_CHAINS_AVX2, "+x")
 #endif
 
 static double fma_loop_sse(long iterations, float *sink) {

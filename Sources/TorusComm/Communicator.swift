@@ -202,10 +202,7 @@ public final class Communicator: @unchecked Sendable {
     /// before it) comes from rank r; this rank's block is already in place.
     public func allGatherInPlace(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
         precondition(counts.count == size, "allGatherInPlace needs one count per rank (\(size)), has \(counts.count)")
-        let held = Int32Array(counts)
-        var offsets: [Int] = [], at = 0
-        for c in counts { offsets.append(at); at += c }
-        let displacements = Int32Array(offsets)
+        let (held, displacements, at) = Int32Array.countsAndDisplacements(counts)
         try Timeline.measure("MPI_Allgatherv(\(at) floats)", kind: .collective, bytes: at * 4) {
             try check(MPI_Allgatherv(torus_mpi_in_place(), 0, torus_mpi_float(), buffer, held.pointer, displacements.pointer,
                                      torus_mpi_float(), handle), "MPI_Allgatherv(\(at) floats)", rank: rank)
@@ -216,10 +213,7 @@ public final class Communicator: @unchecked Sendable {
     /// packed); `output` is ignored on the other ranks.
     public func gather(_ input: UnsafePointer<Float>, into output: UnsafeMutablePointer<Float>?, counts: [Int], root: Int = 0) throws {
         precondition(counts.count == size, "gather needs one count per rank (\(size)), has \(counts.count)")
-        let held = Int32Array(counts)
-        var offsets: [Int] = [], at = 0
-        for c in counts { offsets.append(at); at += c }
-        let displacements = Int32Array(offsets)
+        let (held, displacements, at) = Int32Array.countsAndDisplacements(counts)
         try Timeline.measure("MPI_Gatherv(\(at) floats)", kind: .collective, bytes: counts[rank] * 4) {
             try check(MPI_Gatherv(input, Int32(counts[rank]), torus_mpi_float(), output, held.pointer, displacements.pointer,
                                   torus_mpi_float(), Int32(root), handle), "MPI_Gatherv(\(at) floats to rank \(root))", rank: rank)
@@ -245,6 +239,13 @@ final class Int32Array {
         for (i, v) in values.enumerated() { pointer[i] = Int32(v) }
     }
     deinit { pointer.deallocate() }
+
+    /// The counts of a vector collective, each block's offset (the counts before it) and the total.
+    static func countsAndDisplacements(_ counts: [Int]) -> (counts: Int32Array, displacements: Int32Array, total: Int) {
+        var offsets: [Int] = [], at = 0
+        for c in counts { offsets.append(at); at += c }
+        return (Int32Array(counts), Int32Array(offsets), at)
+    }
 }
 
 /// Several objects a request keeps alive.

@@ -45,11 +45,6 @@ public enum MessageTag {
         return (index + 1) * MessageKind.allCases.count + kind.rawValue
     }
 
-    /// The number of messages a stream can number before its tags pass `upperBound`.
-    public static func capacity(_ kind: MessageKind, upperBound: Int) -> Int {
-        max(0, (upperBound - kind.rawValue) / MessageKind.allCases.count)
-    }
-
     /// Throws unless the stream's messages 0..<count all have tags within `upperBound`.
     public static func check(_ kind: MessageKind, count: Int, upperBound: Int, what: String) throws {
         guard count > 0 else { return }

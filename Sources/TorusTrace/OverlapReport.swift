@@ -41,7 +41,10 @@ public struct OverlapReport: Sendable {
         /// (blocked time may also be waiting for a peer's compute).
         public var wireExposed: Double? { wire.map { min(blocked, $0) } }
         /// Overlap against the wire time, at least: 1 - wireExposed / wire.
-        public var wireOverlap: Double? { wire.map { w in w > 0 ? 1 - min(blocked, w) / w : 1 } }
+        public var wireOverlap: Double? {
+            guard let w = wire, let x = wireExposed else { return nil }
+            return w > 0 ? 1 - x / w : 1
+        }
         public var overlap: Double { communication > 0 ? 1 - exposed / communication : 1 }
         /// Share of the step this rank computed nothing.
         public var idle: Double { stepTime > 0 ? max(0, 1 - compute / stepTime) : 0 }

@@ -30,26 +30,48 @@ public final class AdamW: @unchecked Sendable {
         self.options = options
         firstMoment = parameters.zerosLike()
         secondMoment = parameters.zerosLike()
-        decayMask = parameters.entries.map { ($0.offset, $0.count, $0.shape.count >= 2) }
+        decayMask = Self.decayRanges(of: parameters)
+    }
+
+    /// The runs of a parameter layout, each with whether it is weight-decayed (matrices are,
+    /// norm weights are not).
+    static func decayRanges(of parameters: ParameterStore) -> [(offset: Int, count: Int, decay: Bool)] {
+        parameters.entries.map { ($0.offset, $0.count, $0.shape.count >= 2) }
     }
 
     /// One update of `parameters` from `gradients` at learning rate `lr`.
     public func update(parameters: ParameterStore, gradients: ParameterStore, lr: Float) {
         step += 1
-        let b1 = options.beta1, b2 = options.beta2, eps = options.eps
-        let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
-        let stepSize = lr / c1
-        let c2root = c2.squareRoot()
+        let update = AdamWStep(options: options, step: step, lr: lr)
         let p = parameters.flat.pointer, g = gradients.flat.pointer
         let m = firstMoment.flat.pointer, v = secondMoment.flat.pointer
         for range in decayMask {
-            let decay: Float = range.decay ? 1 - lr * options.weightDecay : 1
             let o = range.offset
-            VectorMath.adamW(parameters: p + o, gradients: g + o, firstMoment: m + o, secondMoment: v + o, count: range.count,
-                             beta1: b1, beta2: b2, eps: eps, decay: decay, stepSize: stepSize, biasCorrection2Root: c2root)
+            update.apply(parameters: p + o, gradients: g + o, firstMoment: m + o, secondMoment: v + o, count: range.count, decays: range.decay)
         }
     }
 
     /// Restores the step count (with moments loaded into the stores by the caller).
     public func restore(step: Int) { self.step = step }
+}
+
+/// Update number `step` of AdamW at learning rate `lr` on runs of values: the bias corrections
+/// and the elementwise kernel that `AdamW` and `ShardedAdamW` share.
+struct AdamWStep {
+    let options: AdamWOptions
+    let lr: Float, stepSize: Float, biasCorrection2Root: Float
+
+    init(options: AdamWOptions, step: Int, lr: Float) {
+        self.options = options
+        self.lr = lr
+        stepSize = lr / (1 - powf(options.beta1, Float(step)))
+        biasCorrection2Root = (1 - powf(options.beta2, Float(step))).squareRoot()
+    }
+
+    func apply(parameters: UnsafeMutablePointer<Float>, gradients: UnsafePointer<Float>, firstMoment: UnsafeMutablePointer<Float>,
+               secondMoment: UnsafeMutablePointer<Float>, count: Int, decays: Bool) {
+        VectorMath.adamW(parameters: parameters, gradients: gradients, firstMoment: firstMoment, secondMoment: secondMoment, count: count,
+                         beta1: options.beta1, beta2: options.beta2, eps: options.eps, decay: decays ? 1 - lr * options.weightDecay : 1,
+                         stepSize: stepSize, biasCorrection2Root: biasCorrection2Root)
+    }
 }

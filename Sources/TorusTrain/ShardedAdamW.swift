@@ -52,7 +52,7 @@ public final class ShardedAdamW {
         shardCount = local
         firstMoment = Tensor(zeros: [max(1, local)])
         secondMoment = Tensor(zeros: [max(1, local)])
-        decayRanges = parameters.entries.map { ($0.offset, $0.count, $0.shape.count >= 2) }
+        decayRanges = AdamW.decayRanges(of: parameters)
     }
 
     /// Starts bucket `index`'s reduce-scatter (this rank's summed part lands at the bucket's start).
@@ -87,9 +87,7 @@ public final class ShardedAdamW {
     /// into every rank's copy.
     public func update(parameters: ParameterStore, lr: Float) throws {
         step += 1
-        let b1 = options.beta1, b2 = options.beta2, eps = options.eps
-        let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
-        let stepSize = lr / c1, c2root = c2.squareRoot()
+        let adamW = AdamWStep(options: options, step: step, lr: lr)
         let p = parameters.flat.pointer, g = gradients.flat.pointer
         Timeline.measure("AdamW (shard)") {
             for part in mine where part.count > 0 {
@@ -97,9 +95,8 @@ public final class ShardedAdamW {
                     let lo = max(part.offset, range.offset), hi = min(part.offset + part.count, range.offset + range.count)
                     guard lo < hi else { continue }
                     let k = part.local + lo - part.offset
-                    VectorMath.adamW(parameters: p + lo, gradients: g + lo, firstMoment: firstMoment.pointer + k,
-                                     secondMoment: secondMoment.pointer + k, count: hi - lo, beta1: b1, beta2: b2, eps: eps,
-                                     decay: range.decay ? 1 - lr * options.weightDecay : 1, stepSize: stepSize, biasCorrection2Root: c2root)
+                    adamW.apply(parameters: p + lo, gradients: g + lo, firstMoment: firstMoment.pointer + k,
+                                secondMoment: secondMoment.pointer + k, count: hi - lo, decays: range.decay)
                 }
             }
         }

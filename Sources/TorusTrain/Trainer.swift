@@ -83,7 +83,8 @@ public final class Trainer {
             spMethod = try SequenceParallelMethod(name: spo.method)
             spLayout = try SequenceLayout(kind: kind, ranks: sp, length: options.seqLen)
         }
-        let plan = try Self.plan(config: model.config, options: options, worldSize: comm.size)
+        // The plan also checks every tag of a step against this MPI library's MPI_TAG_UB.
+        let plan = try Self.plan(config: model.config, options: options, worldSize: comm.size, tagUpperBound: comm.tagUpperBound)
         let pp = plan.pipelineParallel, dataRanks = plan.dataParallel, grid = plan.coordinates(rank: comm.rank)
         let expectedPart = plan.part(stage: grid.pp, of: model.config)
         guard model.part == expectedPart else {
@@ -352,7 +353,6 @@ public final class Trainer {
                                            microBatches: m, virtualStages: v)
         /// The rank running virtual stage k (same replica and SP position as this rank).
         func rank(ofVirtual k: Int) -> Int { comm.rank % stageStride + (k % stages) * stageStride }
-        try PipelineSchedule.checkTags(stages: stages, virtualStages: v, microBatches: m, upperBound: comm.tagUpperBound)
         func tag(_ receiver: Int, _ micro: Int, forward: Bool) -> Int {
             PipelineSchedule.tag(receiver: receiver, micro: micro, microBatches: m, forward: forward)
         }

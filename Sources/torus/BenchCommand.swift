@@ -82,16 +82,6 @@ struct BenchSgemmProbe: ParsableCommand {
 
     func run() throws {
         BLAS.threads = 1
-        let n = 512
-        let a = Tensor(zeros: [n, n]), b = Tensor(zeros: [n, n]), c = Tensor(zeros: [n, n])
-        var rng = SeededGenerator(seed: 1)
-        a.fillNormal(std: 1, generator: &rng); b.fillNormal(std: 1, generator: &rng)
-        var best = 0.0
-        for _ in 0..<5 {
-            let t0 = DispatchTime.now().uptimeNanoseconds
-            for _ in 0..<4 { BLAS.gemm(m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n) }
-            best = max(best, 4 * 2 * pow(Double(n), 3) / (Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9) / 1e9)
-        }
-        print(String(format: "%.1f", best))
+        print(String(format: "%.1f", MachineLimits.sgemm(n: 512)))
     }
 }
