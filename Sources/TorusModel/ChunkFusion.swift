@@ -130,10 +130,33 @@ extension LlamaModel {
     /// span's tokens attend to what precedes it and to each earlier span (Cache-Craft).
     public func fuse(tokens: [Int32], cached: [Bool], kv: PromptKV, policy: RecomputePolicy,
                      statistics spans: [Range<Int>] = []) throws -> FusionResult {
+        let n = tokens.count
+        guard kv.rows >= n else { throw ModelInputError.shapeMismatch("fusion of \(n) tokens with \(kv.rows) KV rows") }
+        let recorder = policy.everyRow && !spans.isEmpty ? AttentionStatsRecorder(spans: spans, shape: shape) : nil
+        return try fuse(tokens: tokens, cached: cached, kv: kv, policy: policy,
+                        group: LocalFusionGroup(length: n, shape: shape, mask: policy.mask), recorder: recorder)
+    }
+
+    /// The same prefill with the prompt's rows split over the ranks of `group` (a
+    /// sequence-parallel group): every rank passes the whole prompt, its cache flags and
+    /// policy, and `kv` holding its own rows (`group.localPositions`, cached rows filled). The
+    /// choice at a check layer is global (every rank's deviations compared), and computed
+    /// rows attend to every rank's keys through `group`. `kv` ends holding this rank's blended
+    /// rows; the logits of the last prompt row come back on every rank.
+    public func fuse(tokens: [Int32], cached: [Bool], kv: PromptKV, policy: RecomputePolicy, group: FusionGroup) throws -> FusionResult {
+        guard policy.mask == .exact || group.size == 1 else {
+            throw ModelInputError.shapeMismatch("the bottom-right mask is measured on one rank only, not across \(group.size) ranks")
+        }
+        return try fuse(tokens: tokens, cached: cached, kv: kv, policy: policy, group: group, recorder: nil)
+    }
+
+    private func fuse(tokens: [Int32], cached: [Bool], kv: PromptKV, policy: RecomputePolicy, group: FusionGroup,
+                      recorder: AttentionStatsRecorder?) throws -> FusionResult {
         try requireWhole(for: "chunk fusion")
-        let n = tokens.count, d = config.hiddenSize
-        guard n > 0, cached.count == n, kv.rows >= n else {
-            throw ModelInputError.shapeMismatch("fusion of \(n) tokens with \(cached.count) cache flags and \(kv.rows) KV rows")
+        let n = tokens.count, d = config.hiddenSize, local = group.localPositions
+        guard n > 0, cached.count == n, kv.rows >= local.count, local.allSatisfy({ $0 >= 0 && $0 < n }) else {
+            throw ModelInputError.shapeMismatch("fusion of \(n) tokens with \(cached.count) cache flags, \(local.count) local rows "
+                + "and \(kv.rows) KV rows")
         }
         try checkTokens(tokens)
         guard n <= rotary.capacity else { throw ModelInputError.sequenceTooLong(length: n, limit: rotary.capacity) }
@@ -144,22 +167,23 @@ extension LlamaModel {
         for r in policy.forcedRows where r < 0 || r >= n {
             throw ModelInputError.shapeMismatch("forced row \(r) outside the prompt's \(n) rows")
         }
-        // Rows computed at every layer: uncached, forced, and the last (its logits).
+        // Positions computed at every layer: uncached, forced, and the last (its logits).
         var always = [Bool](repeating: false, count: n)
         for j in 0..<n where !cached[j] { always[j] = true }
         for j in policy.forcedRows { always[j] = true }
         always[n - 1] = true
         let cachedCount = cached.lazy.filter { $0 }.count
-        var rows: [Int] = policy.everyRow || !policy.checks.isEmpty ? Array(0..<n) : (0..<n).filter { always[$0] }
+        // Positions computed at the current layer (every rank knows every rank's), and this
+        // rank's computed rows (local row indices, ascending).
+        var computed = policy.everyRow || !policy.checks.isEmpty ? [Bool](repeating: true, count: n) : always
+        var rows = local.indices.filter { computed[local[$0]] }
 
-        let shape = self.shape, qw = shape.queryWidth, kw = shape.keyValueWidth, hq = shape.queryHeads
-        let buffers = LayerBuffers(rows: n, config: config)
-        let hidden = Tensor(zeros: [n, d])
-        let partOut = Tensor(zeros: [n, qw]), partLSE = Tensor(zeros: [n, hq])
-        var x = embed(rows.map { tokens[$0] }, into: hidden.view(offset: 0, shape: [rows.count, d]))
-        var positions = rows.map { Int32($0) }
-        var projected: [Int] = [], computed: [Int] = []
-        let recorder = policy.everyRow && !spans.isEmpty ? AttentionStatsRecorder(spans: spans, shape: shape) : nil
+        let shape = self.shape, qw = shape.queryWidth, kw = shape.keyValueWidth
+        let buffers = LayerBuffers(rows: max(local.count, 1), config: config)
+        let hidden = Tensor(zeros: [max(local.count, 1), d])
+        var x = embed(rows.map { tokens[local[$0]] }, into: hidden.view(offset: 0, shape: [rows.count, d]))
+        var positions = rows.map { Int32(local[$0]) }
+        var projected: [Int] = [], computedCounts: [Int] = []
         var flops = 0.0
         let f = Double(config.intermediateSize), dd = Double(d)
 
@@ -167,28 +191,34 @@ extension LlamaModel {
             var m = rows.count
             var b = buffers.prefix(m)
             positions.withUnsafeBufferPointer { layerProjections(w, x: x, rows: m, positions: $0.baseAddress!, into: b) }
-            projected.append(m)
-            flops += 2 * dd * Double(qw + 2 * kw) * Double(m)
+            let total = computed.lazy.filter { $0 }.count
+            projected.append(total)
+            flops += 2 * dd * Double(qw + 2 * kw) * Double(total)
             var keep: [Int]? = nil
             if let check = policy.checks.first(where: { $0.layer == l }), !policy.everyRow {
-                // Deviation of each cached row's fresh values from its cached ones.
-                var scored: [(dev: Float, index: Int)] = []
-                for (i, j) in rows.enumerated() where cached[j] && !always[j] {
-                    let fresh = b.v.pointer + i * kw, old = kv.values[l].pointer + j * kw
+                // Deviation of each cached row's fresh values from its cached ones (-1: not a
+                // candidate), compared across every rank's rows.
+                var deviation = [Float](repeating: -1, count: local.count)
+                for (i, r) in rows.enumerated() where cached[local[r]] && !always[local[r]] {
+                    let fresh = b.v.pointer + i * kw, old = kv.values[l].pointer + r * kw
                     var s: Float = 0
                     for c in 0..<kw { let e = fresh[c] - old[c]; s += e * e }
-                    scored.append((s, i))
+                    deviation[r] = s
+                }
+                var scored: [(dev: Float, position: Int)] = []
+                for (rank, values) in try group.allGather(deviation).enumerated() {
+                    for (i, p) in group.positions(rank: rank).enumerated() where values[i] >= 0 { scored.append((values[i], p)) }
                 }
                 let quota = Int((check.ratio * Double(cachedCount) - 1e-9).rounded(.up))
-                scored.sort { $0.dev != $1.dev ? $0.dev > $1.dev : $0.index < $1.index }
-                var chosen = Set(scored.prefix(max(0, quota)).map(\.index))
-                for (i, j) in rows.enumerated() where always[j] { chosen.insert(i) }
-                keep = chosen.sorted()
+                scored.sort { $0.dev != $1.dev ? $0.dev > $1.dev : $0.position < $1.position }
+                computed = always
+                for s in scored.prefix(max(0, quota)) { computed[s.position] = true }
+                keep = rows.indices.filter { computed[local[rows[$0]]] }
             }
             // Every projected row's keys and values go into the prompt's cache.
-            for (i, j) in rows.enumerated() {
-                (kv.keys[l].pointer + j * kw).update(from: b.k.pointer + i * kw, count: kw)
-                (kv.values[l].pointer + j * kw).update(from: b.v.pointer + i * kw, count: kw)
+            for (i, r) in rows.enumerated() {
+                (kv.keys[l].pointer + r * kw).update(from: b.k.pointer + i * kw, count: kw)
+                (kv.values[l].pointer + r * kw).update(from: b.v.pointer + i * kw, count: kw)
             }
             if let keep, keep.count < m {
                 // Later layers compute only the kept rows: move them to the front.
@@ -197,39 +227,85 @@ extension LlamaModel {
                     (x.pointer + to * d).update(from: x.pointer + from * d, count: d)
                 }
                 rows = keep.map { rows[$0] }
-                positions = rows.map { Int32($0) }
+                positions = rows.map { Int32(local[$0]) }
                 m = rows.count
                 b = buffers.prefix(m)
                 x = x.view(offset: 0, shape: [m, d])
             }
-            attendRows(rows, layer: l, n: n, kv: kv, q: b.q, out: b.o, lse: b.lse, partOut: partOut, partLSE: partLSE, mask: policy.mask)
+            try group.attend(layer: l, computed: computed, rows: rows, q: b.q, kv: kv, out: b.o, lse: b.lse)
             // Every row is computed in a full prefill: row index = position.
             recorder?.record(layer: l, q: b.q, lse: b.lse, kv: kv)
-            for (i, j) in rows.enumerated() {
-                let seen = policy.mask == .exact ? j + 1 : n - m + i + 1
+            let counted = computed.lazy.filter { $0 }.count
+            for (i, p) in (0..<n).lazy.filter({ computed[$0] }).enumerated() {
+                let seen = policy.mask == .exact ? p + 1 : n - counted + i + 1
                 flops += 4 * Double(qw) * Double(seen)
             }
             layerOutput(w, x: x, rows: m, into: b)
-            flops += 2 * Double(m) * (Double(qw) * dd + 3 * dd * f)
-            computed.append(m)
+            flops += 2 * Double(counted) * (Double(qw) * dd + 3 * dd * f)
+            computedCounts.append(counted)
             x = b.out
         }
-        // The last prompt row is always computed, and rows stay in ascending order.
-        let last = x.view(offset: (rows.count - 1) * d, shape: [1, d])
-        let logits = headLogits(last, rows: 1).logits
+        // The rank holding the last prompt position (always computed: the last of its rows)
+        // runs the head on it and shares the logits.
+        var mine = [Float](repeating: 0, count: config.vocabSize + 1)
+        if let last = rows.last, local[last] == n - 1 {
+            mine[0] = 1
+            mine.replaceSubrange(1..., with: headLogits(x.view(offset: (rows.count - 1) * d, shape: [1, d]), rows: 1).logits.array)
+        }
+        let logits: [Float]
+        if group.size == 1 {
+            logits = Array(mine.dropFirst())
+        } else {
+            guard let owner = try group.allGather(mine).first(where: { $0[0] == 1 }) else {
+                throw ModelInputError.shapeMismatch("no rank holds the last prompt position \(n - 1)")
+            }
+            logits = Array(owner.dropFirst())
+        }
         flops += 2 * dd * Double(config.vocabSize)
-        let recomputed = rows.filter { cached[$0] }
-        return FusionResult(logits: Array(UnsafeBufferPointer(start: logits.pointer, count: config.vocabSize)),
-                            projectedRows: projected, computedRows: computed, recomputedCachedRows: recomputed, flops: flops,
+        return FusionResult(logits: logits, projectedRows: projected, computedRows: computedCounts,
+                            recomputedCachedRows: (0..<n).filter { computed[$0] && cached[$0] }, flops: flops,
                             statistics: recorder?.result(layers: layers) ?? [])
     }
+}
 
-    /// Attention of the computed rows (ascending positions `rows`, queries in `q`) against the
-    /// first `n` rows of layer `layer`'s keys, in runs of rows whose mask positions follow
-    /// each other.
-    private func attendRows(_ rows: [Int], layer: Int, n: Int, kv: PromptKV, q: Tensor, out: Tensor, lse: Tensor,
-                            partOut: Tensor, partLSE: Tensor, mask: RecomputePolicy.Mask) {
-        let qw = shape.queryWidth, hq = shape.queryHeads, m = rows.count
+/// The ranks a chunk-reuse prefill runs on and what their rows need from each other: one
+/// process holding every row (`LocalFusionGroup`), or one rank of a sequence-parallel group.
+public protocol FusionGroup: ShardGroup {
+    /// Global positions of this rank's rows, ascending (its rows of the prompt's `PromptKV`).
+    var localPositions: [Int] { get }
+    /// Global positions of `rank`'s rows (every rank holds as many).
+    func positions(rank: Int) -> [Int]
+    /// Attention of this rank's computed rows (`rows`: local row indices, ascending; `q`
+    /// holds their queries) against every rank's keys and values of `layer`, into `out`,
+    /// `lse`; `computed` flags every rank's computed positions.
+    func attend(layer: Int, computed: [Bool], rows: [Int], q: Tensor, kv: PromptKV, out: Tensor, lse: Tensor) throws
+}
+
+/// Every row of a prompt in this process.
+final class LocalFusionGroup: FusionGroup {
+    let length: Int
+    let shape: AttentionShape
+    let mask: RecomputePolicy.Mask
+    private let partOut: Tensor, partLSE: Tensor
+
+    init(length: Int, shape: AttentionShape, mask: RecomputePolicy.Mask) {
+        self.length = length
+        self.shape = shape
+        self.mask = mask
+        partOut = Tensor(zeros: [max(length, 1), shape.queryWidth])
+        partLSE = Tensor(zeros: [max(length, 1), shape.queryHeads])
+    }
+
+    var rank: Int { 0 }
+    var size: Int { 1 }
+    var localPositions: [Int] { Array(0..<length) }
+    func positions(rank: Int) -> [Int] { localPositions }
+    func allGather(_ values: [Float]) throws -> [[Float]] { [values] }
+
+    /// Each computed row against the first `length` keys, in runs of rows whose mask
+    /// positions follow each other.
+    func attend(layer: Int, computed: [Bool], rows: [Int], q: Tensor, kv: PromptKV, out: Tensor, lse: Tensor) throws {
+        let qw = shape.queryWidth, hq = shape.queryHeads, m = rows.count, n = length
         let keys = [BlockAttention.KeyRun(k: kv.keys[layer].pointer, v: kv.values[layer].pointer, start: 0, count: n)]
         func maskPosition(_ i: Int) -> Int { mask == .exact ? rows[i] : n - m + i }
         var i = 0

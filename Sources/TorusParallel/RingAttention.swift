@@ -12,14 +12,22 @@ public final class RingAttention: SequenceParallelGroup, SequenceParallelAttenti
     /// Attention output [n, Hq*d] and log-sum-exp [n, Hq] of this rank's queries against the
     /// whole sequence; `q` [n, Hq*d], `k` and `v` [n, Hkv*d] hold this rank's rows.
     public func forward(q: Tensor, k: Tensor, v: Tensor) throws -> (out: Tensor, lse: Tensor) {
-        let n = layout.localCount, kw = shape.keyValueWidth
-        try checkRows(q, width: shape.queryWidth, "q"); try checkRows(k, width: kw, "k"); try checkRows(v, width: kw, "v")
-        let out = Tensor(zeros: [n, shape.queryWidth]), lse = Tensor(zeros: [n, shape.queryHeads])
+        try checkRows(q, width: shape.queryWidth, "q")
+        return try forward(queries: QueryRows(wholeLayout: layout), q: q, k: k, v: v)
+    }
+
+    /// Attention of this rank's rows of `queries` (`q` holds them compactly) against every
+    /// rank's keys and values (`k`, `v`: all of this rank's rows of the layout).
+    public func forward(queries: QueryRows, q: Tensor, k: Tensor, v: Tensor) throws -> (out: Tensor, lse: Tensor) {
+        let n = layout.localCount, kw = shape.keyValueWidth, m = queries.count(rank: comm.rank)
+        try checkQueries(queries, q); try checkRows(k, width: kw, "k"); try checkRows(v, width: kw, "v")
+        let out = Tensor(zeros: [m, shape.queryWidth]), lse = Tensor(zeros: [m, shape.queryHeads])
         lse.fill(-.infinity)
-        let partOut = Tensor(zeros: [n, shape.queryWidth]), partLSE = Tensor(zeros: [n, shape.queryHeads])
+        let scratch = min(max(m, 1), SegmentAttention.rowsPerPoll)
+        let partOut = Tensor(zeros: [scratch, shape.queryWidth]), partLSE = Tensor(zeros: [scratch, shape.queryHeads])
         // Buffers hold [K; V] of one block.
         var current = Tensor.concatenating([k, v]), incoming = Tensor(zeros: [2 * n * kw])
-        let mySegments = layout.segments(rank: comm.rank)
+        let mySegments = queries.segments[comm.rank]
         for step in 0..<comm.size {
             let owner = rank(-step)
             let requests = step < comm.size - 1 ? try passAlong(current, receiving: incoming, tag: MessageTag.of(.ringKeysValues, step)) : []

@@ -79,6 +79,10 @@ struct SegmentAttention {
 public protocol SequenceParallelAttention: SequenceAttention {
     var layout: SequenceLayout { get }
     var comm: Communicator { get }
+    /// Attention of this rank's rows of `queries` (`q` holds them compactly, in local order)
+    /// against every rank's keys and values (`k`, `v`: all of this rank's rows of the layout):
+    /// output [m, Hq*d] and log-sum-exp [m, Hq] for its m query rows.
+    func forward(queries: QueryRows, q: Tensor, k: Tensor, v: Tensor) throws -> (out: Tensor, lse: Tensor)
 }
 
 extension SequenceParallelAttention {
@@ -168,6 +172,16 @@ public class SequenceParallelGroup {
         let t0 = DispatchTime.now().uptimeNanoseconds
         for r in requests { try r?.wait() }
         waitSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+    }
+
+    func checkQueries(_ queries: QueryRows, _ q: Tensor) throws {
+        guard queries.segments.count == comm.size else {
+            throw SequenceParallelError.shapeMismatch("query rows for \(queries.segments.count) ranks in a group of \(comm.size)")
+        }
+        let m = queries.count(rank: comm.rank)
+        guard q.count == m * shape.queryWidth else {
+            throw SequenceParallelError.shapeMismatch("q has \(q.count) values, expected \(m) query rows of \(shape.queryWidth)")
+        }
     }
 
     func checkRows(_ t: Tensor, width: Int, _ name: String) throws {

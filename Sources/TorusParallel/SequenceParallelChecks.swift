@@ -65,12 +65,13 @@ public struct SequenceParallelChecks {
                                 rowDot: rowDot.pointer, queryCount: length, keyCount: length, shape: shape, mask: mask,
                                 dq: dq.pointer, dk: dk.pointer, dv: dv.pointer)
         let rows = layout.positions(rank: comm.rank)
-        func local(_ t: Tensor) -> Tensor {
+        func rowsOf(_ t: Tensor, _ positions: [Int]) -> Tensor {
             let width = t.count / length
-            let l = Tensor(zeros: [rows.count, width])
-            for (i, r) in rows.enumerated() { (l.pointer + i * width).update(from: t.pointer + r * width, count: width) }
+            let l = Tensor(zeros: [positions.count, width])
+            for (i, r) in positions.enumerated() { (l.pointer + i * width).update(from: t.pointer + r * width, count: width) }
             return l
         }
+        func local(_ t: Tensor) -> Tensor { rowsOf(t, rows) }
         let ring = try method.make(comm: comm, layout: layout, shape: shape, causal: c.causal)
         let (pOut, pLSE) = try ring.forward(q: local(q), k: local(k), v: local(v))
         let grads = try ring.backward(q: local(q), k: local(k), v: local(v), out: pOut, lse: pLSE, dOut: local(dOut))
@@ -82,8 +83,20 @@ public struct SequenceParallelChecks {
             }
             return e
         }
-        let errors = ["out": maxError(pOut, local(out)), "lse": maxError(pLSE, local(lse)),
+        var errors = ["out": maxError(pOut, local(out)), "lse": maxError(pLSE, local(lse)),
                       "dq": maxError(grads.dq, local(dq)), "dk": maxError(grads.dk, local(dk)), "dv": maxError(grads.dv, local(dv))]
+        // A subset of query rows (a chunk-reuse prefill's selection) against every key: a
+        // random third of the positions, then the same with the last rank asking for none.
+        var pick = SeededGenerator(seed: 91)
+        let random = (0..<length).map { _ in pick.next() % 3 == 0 }
+        let last = Set(layout.positions(rank: p - 1))
+        for (name, selected) in [("subset", random), ("subset-idle", random.indices.map { random[$0] && !last.contains($0) })] {
+            let queries = try QueryRows(layout: layout, selected: selected)
+            let mine = rows.filter { selected[$0] }
+            let (sOut, sLSE) = try ring.forward(queries: queries, q: rowsOf(q, mine), k: local(k), v: local(v))
+            errors["out(\(name))"] = maxError(sOut, rowsOf(out, mine))
+            errors["lse(\(name))"] = maxError(sLSE, rowsOf(lse, mine))
+        }
         let keys = errors.keys.sorted()
         let worst = try comm.allReduce(keys.map { errors[$0] ?? .infinity }, op: .max)
         return Dictionary(uniqueKeysWithValues: zip(keys, worst))

@@ -18,8 +18,8 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
 
     /// Whether the queries of `queryOwner` see any key of `keyOwner` (known on both sides, so
     /// fully masked pairs send nothing).
-    func hasWork(queryOwner: Int, keyOwner: Int) -> Bool {
-        blocks.anyVisible(layout.segments(rank: queryOwner), layout.segments(rank: keyOwner))
+    func hasWork(queryOwner: Int, keyOwner: Int, queries: [SequenceSegment]? = nil) -> Bool {
+        blocks.anyVisible(queries ?? layout.segments(rank: queryOwner), layout.segments(rank: keyOwner))
     }
 
     /// Whether `holder` needs the early (first) half of `owner`'s queries: not when the layout is
@@ -34,8 +34,7 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
     /// (while the first queries arrive), the last part after the remote steps, while the last
     /// partial results travel back and the peers finish theirs, so a rank does not sit blocked
     /// on the final partial (the zigzag's early segment, or the first half of a contiguous one).
-    func localParts() -> (first: [SequenceSegment], last: [SequenceSegment]) {
-        let mine = layout.segments(rank: comm.rank)
+    func localParts(_ mine: [SequenceSegment]) -> (first: [SequenceSegment], last: [SequenceSegment]) {
         if mine.count >= 2 { return ([mine[0]], Array(mine.dropFirst())) }
         guard let only = mine.first, only.count >= 2 else { return (mine, []) }
         let half = only.count / 2
@@ -65,26 +64,42 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
     }
 
     public func forward(q: Tensor, k: Tensor, v: Tensor) throws -> (out: Tensor, lse: Tensor) {
-        let n = layout.localCount, qw = shape.queryWidth, hq = shape.queryHeads, p = comm.size
-        try checkRows(q, width: qw, "q")
+        try checkRows(q, width: shape.queryWidth, "q")
+        return try forward(queries: QueryRows(wholeLayout: layout), q: q, k: k, v: v)
+    }
+
+    /// Attention of this rank's rows of `queries` (`q` holds them compactly) against every
+    /// rank's keys and values (`k`, `v`: all of this rank's rows of the layout). The queries
+    /// travel as they are: each rank's count, not the layout's, sizes its messages.
+    public func forward(queries: QueryRows, q: Tensor, k: Tensor, v: Tensor) throws -> (out: Tensor, lse: Tensor) {
+        let qw = shape.queryWidth, hq = shape.queryHeads, p = comm.size
+        try checkQueries(queries, q)
         try checkRows(k, width: shape.keyValueWidth, "k")
         try checkRows(v, width: shape.keyValueWidth, "v")
-        let mySegments = layout.segments(rank: comm.rank)
-        let partOut = Tensor(zeros: [n, qw]), partLSE = Tensor(zeros: [n, hq])
-        // A partial result is [out (n x qw); lse (n x hq)].
-        let resultSize = n * qw + n * hq
+        let mySegments = layout.segments(rank: comm.rank), myQueries = queries.segments[comm.rank]
+        let counts = (0..<p).map { queries.count(rank: $0) }
+        let n = counts[comm.rank], most = max(counts.max() ?? 0, 1)
+        let partOut = Tensor(zeros: [most, qw]), partLSE = Tensor(zeros: [most, hq])
+        // A partial result for the queries of a rank with m rows is [out (m x qw); lse (m x hq)].
         let out = Tensor(zeros: [n, qw]), lse = Tensor(zeros: [n, hq])
         lse.fill(-.infinity)
-        var heldQ = q.copy(), incomingQ = Tensor(zeros: [n, qw])
-        let partials = try ReturnedPartials(group: self, size: resultSize, kind: .tokenRingPartials)
+        var heldQ = Tensor(zeros: [most, qw]), incomingQ = Tensor(zeros: [most, qw])
+        heldQ.pointer.update(from: q.pointer, count: n * qw)
+        let partials = try ReturnedPartials(group: self, size: most * (qw + hq), kind: .tokenRingPartials) { source in
+            self.hasWork(queryOwner: self.comm.rank, keyOwner: source, queries: myQueries)
+        }
         func mergeReceived(_ s: Int) throws {
             try partials.consume(step: s) { buffer in
                 AttentionMerge.merge(out: out.pointer, lse: lse.pointer, otherOut: buffer.pointer, otherLSE: buffer.pointer + n * qw,
                                      rows: n, heads: hq, headDim: shape.headDim)
             }
         }
-        let half = n / 2 * qw
-        let local = localParts()
+        // The late half of a rank's queries (zigzag: its late chunk), when they are the layout's rows.
+        func ranges(owner: Int, full: Bool) -> [(Int, Int)] {
+            let m = counts[owner] * qw
+            return full || !queries.isWholeLayout ? [(0, m)] : [(counts[owner] / 2 * qw, m - counts[owner] / 2 * qw)]
+        }
+        let local = localParts(myQueries)
         for s in 0..<p {
             let owner = rank(s)
             var qRequests: [Request] = []
@@ -92,21 +107,22 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
                 // The queries of `owner` go to the previous rank; it gets the next rank's (rank(s + 1)).
                 let sendFull = needsEarlyHalf(owner: owner, holder: prev)
                 let recvFull = needsEarlyHalf(owner: rank(s + 1), holder: comm.rank)
-                qRequests += try receiveRanges(incomingQ, recvFull ? [(0, n * qw)] : [(half, n * qw - half)], from: next, kind: .tokenRingQueries, step: s)
-                qRequests += try sendRanges(heldQ, sendFull ? [(0, n * qw)] : [(half, n * qw - half)], to: prev, kind: .tokenRingQueries, step: s)
+                qRequests += try receiveRanges(incomingQ, ranges(owner: rank(s + 1), full: recvFull), from: next, kind: .tokenRingQueries, step: s)
+                qRequests += try sendRanges(heldQ, ranges(owner: owner, full: sendFull), to: prev, kind: .tokenRingQueries, step: s)
             }
             if s == 0 {
                 blocks.forward(querySegments: local.first, keySegments: mySegments, q: q.pointer, k: k.pointer, v: v.pointer,
                                out: out.pointer, lse: lse.pointer, partOut: partOut, partLSE: partLSE, poll: qRequests)
-            } else if hasWork(queryOwner: owner, keyOwner: comm.rank) {
+            } else if hasWork(queryOwner: owner, keyOwner: comm.rank, queries: queries.segments[owner]) {
                 // lse -inf marks rows not yet attended: the merge copies into them, and the owner's
                 // merge skips rows that stay -inf, so the output part needs no clearing.
+                let m = counts[owner]
                 let buffer = try partials.outgoing(step: s)
-                (buffer.pointer + n * qw).update(repeating: -.infinity, count: n * hq)
-                blocks.forward(querySegments: layout.segments(rank: owner), keySegments: mySegments, q: heldQ.pointer,
-                               k: k.pointer, v: v.pointer, out: buffer.pointer, lse: buffer.pointer + n * qw,
+                (buffer.pointer + m * qw).update(repeating: -.infinity, count: m * hq)
+                blocks.forward(querySegments: queries.segments[owner], keySegments: mySegments, q: heldQ.pointer,
+                               k: k.pointer, v: v.pointer, out: buffer.pointer, lse: buffer.pointer + m * qw,
                                partOut: partOut, partLSE: partLSE, poll: qRequests + partials.pending)
-                try partials.send(step: s, to: owner)
+                try partials.send(step: s, to: owner, count: m * (qw + hq))
             }
             // The partial of the previous step had this step's compute to arrive: merge it (in
             // step order), then reuse its buffer for step s + 1.
@@ -136,7 +152,9 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
         BlockAttention.rowDot(dOut: dOut.pointer, out: out.pointer, rows: n, shape: shape, result: rowDot.pointer)
         var held = Tensor.concatenating([q, dOut, lse, rowDot]), incoming = Tensor(zeros: [packSize])
         let dq = Tensor(zeros: [n, qw]), dk = Tensor(zeros: [n, kw]), dv = Tensor(zeros: [n, kw])
-        let partials = try ReturnedPartials(group: self, size: n * qw, kind: .tokenRingBackwardPartials)
+        let partials = try ReturnedPartials(group: self, size: n * qw, kind: .tokenRingBackwardPartials) { source in
+            self.hasWork(queryOwner: self.comm.rank, keyOwner: source)
+        }
         // The late halves of Q, dO, lse and D inside the pack.
         let c = n / 2
         let lateRanges = [(c * qw, (n - c) * qw), (n * qw + c * qw, (n - c) * qw),
@@ -144,7 +162,7 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
         func addReceived(_ s: Int) throws {
             try partials.consume(step: s) { VectorMath.add($0.pointer, into: dq.pointer, count: n * qw) }
         }
-        let local = localParts()
+        let local = localParts(mySegments)
         for s in 0..<p {
             let owner = rank(s)
             var packRequests: [Request] = []
@@ -191,13 +209,16 @@ public final class TokenRingAttention: SequenceParallelGroup, SequenceParallelAt
 final class ReturnedPartials {
     let group: TokenRingAttention
     let kind: MessageKind
+    /// Whether the rank `source` has a partial for this rank's queries.
+    let expects: (_ source: Int) -> Bool
     private let sendBuffers: [Tensor], receiveBuffers: [Tensor]
     private var sends: [Request?] = [nil, nil], receives: [Request?] = [nil, nil]
 
     /// Posts the receives of steps 1 and 2.
-    init(group: TokenRingAttention, size: Int, kind: MessageKind) throws {
+    init(group: TokenRingAttention, size: Int, kind: MessageKind, expects: @escaping (_ source: Int) -> Bool) throws {
         self.group = group
         self.kind = kind
+        self.expects = expects
         sendBuffers = [Tensor(zeros: [size]), Tensor(zeros: [size])]
         receiveBuffers = [Tensor(zeros: [size]), Tensor(zeros: [size])]
         try post(step: 1)
@@ -212,7 +233,7 @@ final class ReturnedPartials {
     /// Posts the receive of step `s` into its buffer (free once step s - 2 was consumed).
     func post(step s: Int) throws {
         let source = group.rank(-s)
-        guard s >= 1 && s < group.comm.size && group.hasWork(queryOwner: group.comm.rank, keyOwner: source) else { return }
+        guard s >= 1 && s < group.comm.size && expects(source) else { return }
         receives[s % 2] = try group.comm.irecv(receiveBuffers[s % 2], from: source, tag: MessageTag.of(kind, s))
     }
 
@@ -222,8 +243,9 @@ final class ReturnedPartials {
         return sendBuffers[s % 2]
     }
 
-    func send(step s: Int, to owner: Int) throws {
-        sends[s % 2] = try group.isend(sendBuffers[s % 2], to: owner, tag: MessageTag.of(kind, s))
+    /// Sends the first `count` values (all by default) of this step's outgoing buffer to `owner`.
+    func send(step s: Int, to owner: Int, count: Int? = nil) throws {
+        sends[s % 2] = try group.isend(sendBuffers[s % 2], count: count, to: owner, tag: MessageTag.of(kind, s))
     }
 
     /// Waits for step `s`'s incoming partial (if any) and hands it to `body`.

@@ -31,3 +31,31 @@ struct CheckAttention: ParsableCommand {
         if world.rank == 0 { print("attention check passed: \(method) on \(world.size) ranks") }
     }
 }
+
+/// A chunk-reuse prefill split over the ranks of this job against the same prefill on one
+/// rank, for every selector and layout.
+struct CheckFusion: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "fusion",
+        abstract: "Verify chunk-reuse prefill across sequence-parallel ranks (logits, blended KV, recomputed rows) against one rank.")
+
+    @Option(help: "Method: ring or tokenring.") var method: String = "ring"
+    @Option(help: "Largest allowed absolute error.") var tolerance: Double = 1e-4
+
+    func run() throws {
+        let chosen = try SequenceParallelMethod(name: method)
+        let world = try MPIRuntime.world()
+        let checks = try ChunkFusionChecks(comm: world, method: chosen)
+        var failed = false
+        for c in checks.cases {
+            let errors = try checks.run(c)
+            let worst = errors.values.max() ?? .infinity
+            if worst > tolerance { failed = true }
+            if world.rank == 0 {
+                let detail = errors.keys.sorted().map { String(format: "%@ %.1e", $0, errors[$0] ?? .nan) }.joined(separator: "  ")
+                print("\(worst <= tolerance ? "ok  " : "FAIL") \(method) P=\(world.size) \(c): \(detail)")
+            }
+        }
+        if failed { throw ValidationErrorMessage("chunk fusion across \(world.size) ranks differs from one rank by more than \(tolerance)") }
+        if world.rank == 0 { print("fusion check passed: \(method) on \(world.size) ranks") }
+    }
+}

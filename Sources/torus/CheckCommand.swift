@@ -5,7 +5,7 @@ import TorusTensor
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "check",
-        abstract: "Self-checks of the installation.", subcommands: [CheckComm.self, CheckAttention.self])
+        abstract: "Self-checks of the installation.", subcommands: [CheckComm.self, CheckAttention.self, CheckFusion.self])
 }
 
 /// Runs every communicator operation across the ranks of `mpirun` and verifies the results

@@ -14,6 +14,19 @@ import Testing
         #expect(r.stdout.components(separatedBy: "\n").filter { $0.hasPrefix("ok ") }.count == 12, "\(r.stdout)")
     }
 
+    /// Exactness test 5 of chunk reuse: a blend split over N sequence-parallel ranks (cached KV
+    /// laid on the ranks owning its positions, the top-r choice global, recomputed rows
+    /// attending across ranks) gives the one-rank result: logits, blended KV, chosen rows.
+    @Test(arguments: ["ring", "tokenring"], [1, 2, 3, 4])
+    func chunkFusionAcrossRanksMatchesOneRank(method: String, ranks: Int) throws {
+        let r = try TorusBinary.mpirun(ranks: ranks, ["check", "fusion", "--method", method], timeout: 120)
+        #expect(!r.timedOut, "\(method) fusion on \(ranks) ranks timed out:\n\(r.output)")
+        #expect(r.status == 0, "\(r.output)")
+        #expect(r.stdout.contains("fusion check passed: \(method) on \(ranks) ranks"), "\(r.output)")
+        // 2 layouts x 6 selectors, each reported.
+        #expect(r.stdout.components(separatedBy: "\n").filter { $0.hasPrefix("ok ") }.count == 12, "\(r.stdout)")
+    }
+
     @Test func unknownMethodIsRefused() throws {
         let r = try TorusBinary.torus(["check", "attention", "--method", "rings"])
         #expect(r.status != 0 && r.stderr.contains("unknown method 'rings'"), "\(r.output)")
