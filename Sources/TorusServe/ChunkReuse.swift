@@ -172,7 +172,40 @@ public final class ChunkReuse: @unchecked Sendable {
     /// Prefills `tokens` whose chunks are `spans` into `kv` and returns the last row's logits.
     public func prefill(model: LlamaModel, tokens: [Int32], spans: [Range<Int>], salt: String?, policy override: ReusePolicy?,
                  kv: PromptKV) throws -> (logits: [Float], report: ReuseReport) {
+        var prepared = try prepare(model: model, tokens: tokens, spans: spans, salt: salt, policy: override, kv: kv)
+        let result = try model.fuse(tokens: tokens, cached: prepared.cached, kv: kv, policy: prepared.recompute,
+                                    statistics: prepared.capturesStatistics ? spans : [])
+        if drawsAudit(prepared) {
+            prepared.report.audit = try audit(prepared, model: model, tokens: tokens, logits: result.logits)
+        }
+        return (result.logits, complete(prepared, model: model, tokens: tokens, result: result))
+    }
+
+    /// A reuse prefill laid out: every stored chunk's KV in place, and what to compute.
+    public struct Preparation {
+        /// Per prompt row: whether its keys and values came from the store.
+        public let cached: [Bool]
+        /// The rows to compute (the request's selector applied to the chunks found).
+        public let recompute: RecomputePolicy
+        /// Chunks not found: computed here, then stored.
+        public let missed: [Range<Int>]
+        /// Whether the fusion records Cache-Craft statistics (a full prefill of new chunks).
+        public let capturesStatistics: Bool
+        public var report: ReuseReport
+        let kv: PromptKV
+        let spans: [Range<Int>]
+        let keys: [[UInt8]]
+        let reusedKeys: [String]
+    }
+
+    /// Looks up each chunk of `tokens` (`spans`) and lays the stored KV of those found into
+    /// `kv` at their positions (rotation moved exactly); chooses the rows to recompute.
+    public func prepare(model: LlamaModel, tokens: [Int32], spans: [Range<Int>], salt: String?, policy override: ReusePolicy?,
+                        kv: PromptKV) throws -> Preparation {
         let n = tokens.count, layers = model.config.numHiddenLayers, kw = kv.width
+        guard kv.rows >= n, spans.allSatisfy({ $0.lowerBound >= 0 && $0.upperBound <= n }) else {
+            throw ModelInputError.shapeMismatch("chunks \(spans) of a prompt of \(n) tokens in a cache of \(kv.rows) rows")
+        }
         var cached = [Bool](repeating: false, count: n)
         var report = ReuseReport()
         report.chunks = spans.count
@@ -214,18 +247,21 @@ public final class ChunkReuse: @unchecked Sendable {
             fusion = RecomputePolicy(forcedRows: Self.cacheCraftRows(found: found, spans: spans, keys: keys, alpha: chosen.alpha))
         }
         // A full prefill records how each chunk attends, for Cache-Craft's choice later.
-        let capture = fusion.everyRow && !missed.isEmpty
-        let result = try model.fuse(tokens: tokens, cached: cached, kv: kv, policy: fusion, statistics: capture ? spans : [])
-        report.recomputedTokens = result.recomputedCachedRows.count + (n - report.reusedTokens)
+        return Preparation(cached: cached, recompute: fusion, missed: missed, capturesStatistics: fusion.everyRow && !missed.isEmpty,
+                           report: report, kv: kv, spans: spans, keys: keyBytes, reusedKeys: reusedKeys)
+    }
+
+    /// After the fusion of a prepared prompt (its `kv` holding at least the missed chunks'
+    /// blended rows): stores the chunks computed here for later requests, exact after a full
+    /// prefill and approximate when they attended to reused KV; returns the report.
+    public func complete(_ prepared: Preparation, model: LlamaModel, tokens: [Int32], result: FusionResult) -> ReuseReport {
+        let layers = model.config.numHiddenLayers, kw = prepared.kv.width, kv = prepared.kv, spans = prepared.spans
+        var report = prepared.report
+        report.recomputedTokens = result.recomputedCachedRows.count + (tokens.count - report.reusedTokens)
         report.flops = result.flops
-        if report.hits > 0 && !fusion.everyRow && audit.share > 0
-            && Double(auditDraws.next() % 1_000_000) < audit.share * 1_000_000 {
-            report.audit = try check(model: model, tokens: tokens, logits: result.logits, reusedKeys: reusedKeys)
-        }
-        // Chunks computed here are stored for later requests: exact after a full prefill,
-        // approximate when they attended to reused KV.
-        let exact = fusion.everyRow
-        for s in missed {
+        let exact = prepared.recompute.everyRow
+        let keys = prepared.keys.map(\.hex)
+        for s in prepared.missed {
             let index = spans.firstIndex(of: s) ?? 0
             let rows = s.count
             var data = [Float](repeating: 0, count: 2 * layers * rows * kw)
@@ -236,7 +272,7 @@ public final class ChunkReuse: @unchecked Sendable {
                 }
             }
             let chunk = Array(tokens[s])
-            var v = ChunkVariant(key: keyBytes[index],
+            var v = ChunkVariant(key: prepared.keys[index],
                                  context: ChunkStore.context(tokens[0..<s.lowerBound]), start: s.lowerBound, tokens: chunk,
                                  approximate: !exact, layers: layers, width: kw, data: data,
                                  savedFLOPs: Self.prefillFLOPs(model.config, start: s.lowerBound, count: rows))
@@ -244,7 +280,7 @@ public final class ChunkReuse: @unchecked Sendable {
             v.stats = index < result.statistics.count ? result.statistics[index] : nil
             store.insert(v)
         }
-        return (result.logits, report)
+        return report
     }
 
     /// Cache-Craft's static choice: for each reused chunk, its CFO share of tokens with the
@@ -265,6 +301,18 @@ public final class ChunkReuse: @unchecked Sendable {
             rows += ranked.prefix(count).map { span.lowerBound + $0 }
         }
         return rows.sorted()
+    }
+
+    /// Whether this reuse prefill is audited: a draw at the audit share, for prefills that
+    /// reused stored KV.
+    public func drawsAudit(_ prepared: Preparation) -> Bool {
+        prepared.report.hits > 0 && !prepared.recompute.everyRow && audit.share > 0
+            && Double(auditDraws.next() % 1_000_000) < audit.share * 1_000_000
+    }
+
+    /// Audits a reuse prefill of the prompt `tokens` whose last row gave `logits`.
+    public func audit(_ prepared: Preparation, model: LlamaModel, tokens: [Int32], logits: [Float]) throws -> AuditResult {
+        try check(model: model, tokens: tokens, logits: logits, reusedKeys: prepared.reusedKeys)
     }
 
     /// Runs full prefill of the same prompt and compares its next-token distribution with the

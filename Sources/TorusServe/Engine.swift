@@ -282,7 +282,9 @@ public final class Engine: @unchecked Sendable {
                         FileHandle.standardError.write(Data(String(format: "step: %d chunks, %d rows, %.1f ms\n", chunks.count, rows,
                                                                    -t0.timeIntervalSinceNow * 1000).utf8))
                     }
-                case let .prefill(seq, length, blocks):
+                case let .prefill(seq, length, blocks, true):
+                    try blendAcrossRanks(seq, length: length, blocks: blocks)
+                case let .prefill(seq, length, blocks, false):
                     var plan = StepPlan(kind: .prefill)
                     plan.prefillTokens = Array(seq.tokens[0..<length])
                     plan.prefillBlocks = blocks
@@ -366,6 +368,20 @@ public final class Engine: @unchecked Sendable {
         let vocab = model.config.vocabSize
         let token = seq.sampler.next(logits: row, vocab: vocab)
         let info = seq.request.logprobs.map { Logprobs.of(token: token, logits: row, vocab: vocab, top: $0) }
+        if let prepared = seq.pendingAudit, let reuse {
+            seq.pendingAudit = nil
+            do {
+                let result = try reuse.audit(prepared, model: model, tokens: seq.tokens,
+                                             logits: Array(UnsafeBufferPointer(start: row, count: vocab)))
+                seq.timings.reuse?.audit = result
+                if Self.logSteps {
+                    FileHandle.standardError.write(Data(String(format: "audit of a blend across ranks: KL %.4f top-1 %@\n", result.kl,
+                                                               result.top1Agrees ? "agrees" : "differs").utf8))
+                }
+            } catch {
+                reuse.log("chunk reuse: the audit of request \(seq.id) failed: \(error)")
+            }
+        }
         seq.tokens.append(token)
         if seq.timings.firstToken == nil {
             seq.timings.firstToken = now.timeIntervalSince(seq.arrival)
@@ -415,6 +431,53 @@ public final class Engine: @unchecked Sendable {
         stats.recomputedTokens += report.recomputedTokens
         lock.unlock()
         logits.withUnsafeBufferPointer { sampleNext(seq, logits: $0.baseAddress!, now: Date()) }
+    }
+
+    /// A chunk-reuse prefill of a long prompt's first `length` tokens split across the ranks:
+    /// rank 0 looks the chunks up and lays their stored KV out, each rank blends the rows it
+    /// owns into its `blocks`, and rank 0 stores the chunks computed here. The rest of the
+    /// prompt, and the first token, come in the next batched step.
+    private func blendAcrossRanks(_ seq: Sequence, length: Int, blocks: [[Int32]]) throws {
+        guard let reuse else { throw EngineConfigError("a chunk-reuse step without a chunk store") }
+        let t0 = Date(), tokens = Array(seq.tokens[0..<length])
+        let source = PromptKV(config: model.config, rows: length)
+        // Chunks that end past the split part are computed in the batched step, not reused.
+        let prepared = try reuse.prepare(model: model, tokens: tokens, spans: seq.request.chunks.filter { $0.upperBound <= length },
+                                         salt: seq.request.cacheSalt, policy: seq.request.reusePolicy, kv: source)
+        var plan = StepPlan(kind: .blend)
+        plan.prefillTokens = tokens
+        plan.prefillBlocks = blocks
+        plan.cached = prepared.cached
+        plan.recompute = prepared.recompute
+        if plan.recompute.mask != .exact {
+            // The bottom-right mask aligns rows to the end of one rank's keys; it has no meaning
+            // across ranks. The same rows are recomputed with the exact mask.
+            plan.recompute.mask = .exact
+            reuse.log("chunk reuse: faithful CacheBlend's bottom-right mask runs on one rank only; request \(seq.id) "
+                + "(\(seq.tokens.count) tokens) is blended across \(group.size) ranks with the exact mask")
+        }
+        plan.returnedSpans = prepared.missed
+        _ = try group.exchangePlan(plan.encoded())
+        let result = try executor.blend(plan, source: source)
+        if reuse.drawsAudit(prepared) { seq.pendingAudit = prepared }
+        var report = reuse.complete(prepared, model: model, tokens: tokens, result: result)
+        // The rest of the prompt is computed in the next batched step.
+        report.recomputedTokens += seq.tokens.count - length
+        seq.timings.reuse = report
+        seq.timings.cachedTokens = max(0, seq.tokens.count - report.recomputedTokens)
+        if Self.logSteps {
+            FileHandle.standardError.write(Data(String(format: "blend across %d ranks: %d of %d tokens, %d/%d chunks hit, %d reused, %d computed, %.1f ms\n",
+                                                       group.size, length, seq.tokens.count, report.hits, report.chunks, report.reusedTokens,
+                                                       report.recomputedTokens, -t0.timeIntervalSinceNow * 1000).utf8))
+        }
+        lock.lock()
+        stats.steps += 1
+        stats.promptTokens += length
+        stats.chunkQueries += report.chunks
+        stats.chunkHits += report.hits
+        stats.reusedTokens += report.reusedTokens
+        stats.recomputedTokens += report.recomputedTokens
+        lock.unlock()
     }
 
     private func finish(_ seq: Sequence, _ reason: FinishReason) {

@@ -121,6 +121,9 @@ final class Sequence {
     /// Whether the prompt's KV came from a chunk-reuse prefill (approximate: never offered to
     /// prefix caching).
     var blended = false
+    /// A reuse prefill across the ranks drawn for an audit: checked against full prefill when
+    /// its first token's logits arrive (from the batched step that ends the prompt).
+    var pendingAudit: ChunkReuse.Preparation?
     /// Hashes of the full blocks registered so far (one-rank sequences).
     var blockHashes: [UInt64] = []
     /// The prefix-cache lookup's hashes and the token count they cover.

@@ -29,8 +29,9 @@ struct ScheduledChunk {
 enum ScheduledStep {
     case idle
     case batch([ScheduledChunk])
-    /// The first `length` prompt tokens of a sequence, split across the ranks.
-    case prefill(Sequence, length: Int, blocks: [[Int32]])
+    /// The first `length` prompt tokens of a sequence, split across the ranks (with `blend`,
+    /// reusing the stored KV of its chunks).
+    case prefill(Sequence, length: Int, blocks: [[Int32]], blend: Bool)
     /// A prompt with retrieved chunks, prefilled on rank 0 reusing their stored KV (blocks for
     /// all its tokens are allocated on rank 0, where the sequence then lives).
     case blend(Sequence)
@@ -166,14 +167,21 @@ final class Scheduler {
         seq.computed = length
         prefixQueries += seq.tokens.count
         admit(seq)
-        return .prefill(seq, length: length, blocks: taken)
+        return .prefill(seq, length: length, blocks: taken, blend: blendEnabled && !seq.request.chunks.isEmpty)
     }
 
-    /// A prompt with chunks is blended on rank 0 when its prompt and output fit that rank's
-    /// pool; one too long for one rank is prefilled across the ranks without reuse instead.
+    /// A prompt with chunks is blended on rank 0 when it is shorter than the threshold of a
+    /// prefill across the ranks (a longer one is blended across the ranks) and its prompt and
+    /// output fit that rank's pool.
     private func wantsBlend(_ seq: Sequence) -> Bool {
-        blendEnabled && !seq.request.chunks.isEmpty && seq.computed == 0 && !seq.holdsBlocks
+        blendEnabled && !seq.request.chunks.isEmpty && seq.computed == 0 && !seq.holdsBlocks && !reachesThreshold(seq)
             && seq.tokens.count + seq.maxTokens <= pools[0].blockCount * blockSize
+    }
+
+    /// Whether a prompt is long enough to be prefilled across the ranks.
+    private func reachesThreshold(_ seq: Sequence) -> Bool {
+        guard let t = prefillThreshold else { return false }
+        return seq.tokens.count >= t && seq.tokens.count > prefillGranularity
     }
 
     /// A prompt with chunks at the head of the queue: a step of its own that prefills all of
@@ -217,8 +225,7 @@ final class Scheduler {
     }
 
     private func isLong(_ seq: Sequence) -> Bool {
-        guard let t = prefillThreshold, seq.computed == 0, !seq.holdsBlocks, !wantsBlend(seq) else { return false }
-        return seq.tokens.count >= t && seq.tokens.count > prefillGranularity
+        seq.computed == 0 && !seq.holdsBlocks && reachesThreshold(seq)
     }
 
     /// One-rank sequences live where their first block's hash points, so a repeated prompt
@@ -272,6 +279,7 @@ final class Scheduler {
         seq.computed = 0
         seq.sharded = false
         seq.blended = false
+        seq.pendingAudit = nil
     }
 
     /// After a step computed `chunk`: registers a one-rank sequence's newly full blocks for reuse.

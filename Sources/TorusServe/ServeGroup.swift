@@ -19,6 +19,12 @@ public protocol ServeGroup: AnyObject {
     func prefillPositions(length: Int) throws -> [[Int]]
     /// This rank's sequence-parallel attention (Ring Attention or TokenRing) for such a prefill.
     func prefillAttention(length: Int, shape: AttentionShape) throws -> SequenceAttention
+    /// This rank's part of a chunk-reuse prefill of `length` tokens split across the ranks.
+    func fusionGroup(length: Int, shape: AttentionShape) throws -> FusionGroup
+    /// Sends `values` to `rank` (a chunk-reuse prefill's rows).
+    func send(_ values: [Float], to rank: Int) throws
+    /// Receives `count` values from `rank`.
+    func receive(count: Int, from rank: Int) throws -> [Float]
 }
 
 /// One process serves alone.
@@ -35,4 +41,9 @@ public final class SingleRankGroup: ServeGroup {
     public func prefillAttention(length: Int, shape: AttentionShape) throws -> SequenceAttention {
         throw EngineConfigError("one rank does not prefill across ranks")
     }
+    public func fusionGroup(length: Int, shape: AttentionShape) throws -> FusionGroup {
+        throw EngineConfigError("one rank does not prefill across ranks")
+    }
+    public func send(_ values: [Float], to rank: Int) throws { throw EngineConfigError("one rank has no rank \(rank) to send to") }
+    public func receive(count: Int, from rank: Int) throws -> [Float] { throw EngineConfigError("one rank has no rank \(rank) to receive from") }
 }

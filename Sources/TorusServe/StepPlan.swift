@@ -1,3 +1,5 @@
+import TorusModel
+
 /// A run of one sequence's keys and values on one rank: global positions
 /// `start..<start+count` in local rows `localRow..<localRow+count`.
 struct KVSegment: Equatable {
@@ -26,7 +28,7 @@ struct RankKV: Equatable {
 
 /// What every rank does in one step, sent by rank 0.
 struct StepPlan: Equatable {
-    enum Kind: Int32 { case batch = 1, prefill = 2, stop = 3 }
+    enum Kind: Int32 { case batch = 1, prefill = 2, stop = 3, blend = 4 }
 
     /// The rows of one sequence in a batched step, with where its keys and values live.
     struct Chunk: Equatable {
@@ -51,6 +53,11 @@ struct StepPlan: Equatable {
     // .prefill: a prompt prefix split across the ranks; each rank stores its rows in its blocks.
     var prefillTokens: [Int32] = []
     var prefillBlocks: [[Int32]] = []
+    // .blend: also a prefill across the ranks, reusing stored chunk KV (rank 0 sends each rank
+    // its cached rows and gets the rows of `returnedSpans` back, to store them as chunks).
+    var cached: [Bool] = []
+    var recompute = RecomputePolicy.full
+    var returnedSpans: [Range<Int>] = []
 
     static let stop = StepPlan(kind: .stop)
 
@@ -74,10 +81,20 @@ struct StepPlan: Equatable {
                     for s in r.segments { w += [Int32(s.start), Int32(s.count), Int32(s.localRow)] }
                 }
             }
-        case .prefill:
+        case .prefill, .blend:
             list(prefillTokens)
             w.append(Int32(prefillBlocks.count))
             for b in prefillBlocks { list(b) }
+            guard kind == .blend else { break }
+            list(Self.runs(of: cached).flatMap { [Int32($0.lowerBound), Int32($0.count)] })
+            list(returnedSpans.flatMap { [Int32($0.lowerBound), Int32($0.count)] })
+            w += [recompute.everyRow ? 1 : 0, recompute.mask == .exact ? 0 : 1]
+            list(recompute.forcedRows.map { Int32($0) })
+            // A ratio travels as the two halves of its bits, so every rank selects the same rows.
+            list(recompute.checks.flatMap { c -> [Int32] in
+                let bits = c.ratio.bitPattern
+                return [Int32(c.layer), Int32(bitPattern: UInt32(bits >> 32)), Int32(bitPattern: UInt32(bits & 0xFFFF_FFFF))]
+            })
         }
         return w
     }
@@ -116,16 +133,51 @@ struct StepPlan: Equatable {
                 }
                 chunks.append(Chunk(rowOffset: ro, count: c, start: s, appender: a, appendRow: ar, kv: kv))
             }
-        case .prefill:
+        case .prefill, .blend:
             guard let t = list(), let n = next() else { return nil }
             prefillTokens = t
             for _ in 0..<max(0, n) {
                 guard let b = list() else { return nil }
                 prefillBlocks.append(b)
             }
+            guard kind == .blend else { break }
+            guard let runs = list(), runs.count % 2 == 0, let returned = list(), returned.count % 2 == 0,
+                  let every = next(), let mask = next(), let forced = list(), let checks = list(), checks.count % 3 == 0 else { return nil }
+            func ranges(_ w: [Int32]) -> [Range<Int>]? {
+                var out: [Range<Int>] = []
+                for i in stride(from: 0, to: w.count, by: 2) {
+                    guard w[i] >= 0, w[i + 1] >= 0 else { return nil }
+                    out.append(Int(w[i])..<(Int(w[i]) + Int(w[i + 1])))
+                }
+                return out
+            }
+            guard let cachedRuns = ranges(runs), let spans = ranges(returned),
+                  cachedRuns.allSatisfy({ $0.upperBound <= t.count }) else { return nil }
+            cached = [Bool](repeating: false, count: t.count)
+            for r in cachedRuns { for j in r { cached[j] = true } }
+            returnedSpans = spans
+            recompute = RecomputePolicy(everyRow: every == 1, forcedRows: forced.map(Int.init),
+                                        checks: stride(from: 0, to: checks.count, by: 3).map { i in
+                                            let bits = UInt64(UInt32(bitPattern: checks[i + 1])) << 32 | UInt64(UInt32(bitPattern: checks[i + 2]))
+                                            return RecomputePolicy.Check(layer: Int(checks[i]), ratio: Double(bitPattern: bits))
+                                        }, mask: mask == 0 ? .exact : .bottomRight)
         }
         guard i == words.count else { return nil }
     }
 
     init(kind: Kind) { self.kind = kind }
+
+    /// The runs of consecutive true flags.
+    static func runs(of flags: [Bool]) -> [Range<Int>] {
+        var out: [Range<Int>] = []
+        var i = 0
+        while i < flags.count {
+            guard flags[i] else { i += 1; continue }
+            var e = i + 1
+            while e < flags.count && flags[e] { e += 1 }
+            out.append(i..<e)
+            i = e
+        }
+        return out
+    }
 }

@@ -139,4 +139,22 @@ final class MPIServeGroup: ServeGroup {
     func prefillAttention(length: Int, shape: AttentionShape) throws -> SequenceAttention {
         try method.make(comm: comm, layout: SequenceLayout(kind: layout, ranks: size, length: length), shape: shape, causal: true)
     }
+
+    func fusionGroup(length: Int, shape: AttentionShape) throws -> FusionGroup {
+        try SequenceParallelFusion(comm: comm, method: method, layout: SequenceLayout(kind: layout, ranks: size, length: length), shape: shape)
+    }
+
+    private static let rowsTag = MessageTag.of(.serveBlendRows, 0)
+
+    func send(_ values: [Float], to rank: Int) throws {
+        guard !values.isEmpty else { return }
+        try values.withUnsafeBufferPointer { try comm.send($0.baseAddress!, count: values.count, to: rank, tag: Self.rowsTag) }
+    }
+
+    func receive(count: Int, from rank: Int) throws -> [Float] {
+        var values = [Float](repeating: 0, count: count)
+        guard count > 0 else { return values }
+        try values.withUnsafeMutableBufferPointer { try comm.recv($0.baseAddress!, count: count, from: rank, tag: Self.rowsTag) }
+        return values
+    }
 }

@@ -123,7 +123,6 @@ struct ServeCommand: ParsableCommand {
             let reuse = try s.reuse.map { policy -> ChunkReuse in
                 let store = try ChunkStore(fingerprint: ChunkReuse.fingerprint(loaded), memoryBudget: s.reuseMemoryMB << 20,
                                            directory: s.reuseDirectory, diskBudget: s.reuseDiskMB << 20) { warn("serve: \($0)") }
-                if group.size > 1 { warn("serve: chunk reuse blends on rank 0, which keeps those sequences; the blend is not split across the \(group.size) ranks") }
                 return ChunkReuse(store: store, policy: policy, tokenizer: Self.tokenizerIdentity(directory: dir), audit: s.audit) {
                     warn("serve: \($0)")
                 }

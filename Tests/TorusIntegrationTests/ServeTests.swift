@@ -5,7 +5,7 @@ import TorusModel
 /// `torus serve` driven over real sockets: the official `openai` client, httpx and Prometheus'
 /// parser (Tests/serve/openai_client_test.py), and the CLI's refusals.
 @Suite(.serialized) struct ServeTests {
-    static func modelDirectory() throws -> String {
+    static func modelDirectory(layers: Int = 2) throws -> String {
         let dir = NSTemporaryDirectory() + "torus-serve-model-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         // Larger initial weights than transformers' default: peaked logits, so greedy choices are
@@ -14,7 +14,7 @@ import TorusModel
         model:
           hidden_size: 64
           intermediate_size: 96
-          num_hidden_layers: 2
+          num_hidden_layers: \(layers)
           num_attention_heads: 4
           num_key_value_heads: 2
           vocab_size: 256
@@ -79,6 +79,61 @@ import TorusModel
         #expect(r.status == 0 && r.stdout.contains(" passed, 0 failed"), "\(r.output)\n--- server log ---\n\(server.log)")
         // SIGTERM to rank 0 stops the other ranks too: mpirun ends by itself.
         #expect(server.waitForExit(timeout: 20) == 0, "\(server.log)")
+    }
+
+    /// Exactness test 5 of chunk reuse through the server: a request whose documents were
+    /// stored by an earlier one, blended (CacheBlend) across 2 ranks, gives the tokens and
+    /// logprobs of the same request blended on one rank from the same chunk store; the blend
+    /// across ranks is audited against full prefill.
+    @Test func blendAcrossRanksGivesTheTokensOfOneRank() throws {
+        // 4 layers: CacheBlend checks at layer 1 and keeps the stored KV of most rows in layers 2, 3.
+        let model = try Self.modelDirectory(layers: 4), store = model + "-chunks"
+        var g = SystemRandomNumberGenerator()
+        let docs = (0..<3).map { i in "Doc: " + String((0..<(40 + 9 * i)).map { _ in Character(UnicodeScalar(UInt8.random(in: 97...122, using: &g))) }) + "\n" }
+        let question = "Q: which one?\nA:"
+        func completion(_ base: String, _ documents: [String], policy: String) throws -> [String: Any] {
+            let body: [String: Any] = ["model": "tiny", "prompt": question, "documents": documents, "reuse_policy": policy, "max_tokens": 8,
+                                       "temperature": 0, "ignore_eos": true, "logprobs": 1]
+            let json = String(decoding: try JSONSerialization.data(withJSONObject: body), as: UTF8.self)
+            let r = try TorusBinary.run("/usr/bin/curl", ["-s", "-m", "60", "-H", "Content-Type: application/json", "-d", json,
+                                                          base + "/v1/completions"], timeout: 70)
+            return try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], "\(r.output)")
+        }
+        func logprobs(_ j: [String: Any]) -> (tokens: [String], values: [Double]) {
+            let l = ((j["choices"] as? [[String: Any]])?.first?["logprobs"] as? [String: Any]) ?? [:]
+            return ((l["tokens"] as? [String]) ?? [], (l["token_logprobs"] as? [Double]) ?? [])
+        }
+        let reordered = [docs[2], docs[0], docs[1]]
+        let mpirun = ["/usr/bin/mpirun", "/usr/local/bin/mpirun"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "mpirun"
+        let across = try ServerProcess(mpirun, TorusBinary.rootFlags + ["--oversubscribe", "-np", "2", TorusBinary.path, "serve", "--model", model,
+                                                                         "--port", "0", "--served-model-name", "tiny", "--kv-cache-memory-mb", "16",
+                                                                         "--sp-threshold", "120", "--chunk-reuse", "cacheblend",
+                                                                         "--chunk-store", store, "--audit-share", "1"],
+                                       environment: ["TORUS_NO_REEXEC": "1", "TORUS_LOG_STEPS": "1"])
+        let first = try completion(across.base, docs, policy: "full")
+        #expect((first["usage"] as? [String: Any])?["prompt_tokens"] as? Int ?? 0 >= 120, "\(first)")
+        let split = try completion(across.base, reordered, policy: "cacheblend")
+        let splitUnchanged = try completion(across.base, reordered, policy: "unchanged")
+        let metrics = try TorusBinary.run("/usr/bin/curl", ["-s", "-m", "10", across.base + "/metrics"], timeout: 20).stdout
+        across.stop()
+        let reuse = ((split["usage"] as? [String: Any])?["reuse"] as? [String: Any]) ?? [:]
+        #expect(reuse["chunk_hits"] as? Int == 3, "\(split)")
+        #expect(across.log.contains("blend across 2 ranks") && across.log.contains("audit of a blend across ranks"), "\(across.log)")
+        #expect(metrics.contains("torus:reuse_audits_total") && !metrics.contains("torus:reuse_audits_total 0"), "\(metrics)")
+
+        let one = try ServerProcess(TorusBinary.path, ["serve", "--model", model, "--port", "0", "--served-model-name", "tiny",
+                                                       "--kv-cache-memory-mb", "16", "--chunk-reuse", "cacheblend", "--chunk-store", store],
+                                    environment: ["TORUS_NO_REEXEC": "1"])
+        defer { one.stop() }
+        let alone = try completion(one.base, reordered, policy: "cacheblend")
+        let aloneUnchanged = try completion(one.base, reordered, policy: "unchanged")
+        #expect(((alone["usage"] as? [String: Any])?["reuse"] as? [String: Any])?["chunk_hits"] as? Int == 3, "\(alone)")
+        for (x, y) in [(split, alone), (splitUnchanged, aloneUnchanged)] {
+            let (a, b) = (logprobs(x), logprobs(y))
+            #expect(a.tokens.count == 8 && a.tokens == b.tokens, "across 2 ranks \(a.tokens), one rank \(b.tokens)")
+            #expect(a.values.count == 8 && zip(a.values, b.values).allSatisfy { abs($0 - $1) < 1e-3 },
+                    "across 2 ranks \(a.values), one rank \(b.values)")
+        }
     }
 
     /// A killed rank: rank 0's watchdog misses its heartbeat, /health turns 503, and the job ends
