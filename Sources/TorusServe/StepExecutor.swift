@@ -60,7 +60,7 @@ final class StepExecutor {
     }
 
     private func blendStep(_ plan: StepPlan, source: PromptKV?) throws -> FusionResult {
-        try Timeline.measure("serve blend \(plan.prefillTokens.count) tokens", kind: .step) {
+        try Timeline.measure("serve prefill \(plan.prefillTokens.count) tokens reusing chunks", kind: .step) {
             let length = plan.prefillTokens.count, rank = group.rank
             guard plan.cached.count == length else {
                 throw EngineConfigError("a blend plan with \(plan.cached.count) cache flags for \(length) tokens")
