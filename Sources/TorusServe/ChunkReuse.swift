@@ -221,7 +221,11 @@ public final class ChunkReuse: @unchecked Sendable {
                 report.disabled += 1
                 continue
             }
-            guard let v = store.lookup(key: key, context: ChunkStore.context(tokens[0..<s.lowerBound]), tokens: chunk),
+            // Cache-Craft keeps the variant that needs the least recompute after these chunks.
+            let prior = Array(keys[0..<index]), alpha = (override ?? policy).alpha
+            let cfo: ((_ priorChunks: [String], _ stats: ChunkAttentionStats) -> Double)? = (override ?? policy).method == .cachecraft
+                ? { ReusePolicy.cacheCraftFraction(stats: $1, old: $0, new: prior, alpha: alpha) } : nil
+            guard let v = store.lookup(key: key, context: ChunkStore.context(tokens[0..<s.lowerBound]), tokens: chunk, recompute: cfo),
                   v.layers == layers, v.width == kw else {
                 missed.append(s)
                 continue

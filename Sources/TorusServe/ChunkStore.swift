@@ -90,6 +90,9 @@ public final class ChunkStore: @unchecked Sendable {
         var savedFLOPs: Double
         var hits: Int
         var lastUse: UInt64
+        /// What the variant was captured after and how it attended (Cache-Craft's variant choice).
+        var priorChunks: [String] = []
+        var stats: ChunkAttentionStats?
         var value: Double { Double(hits + 1) * savedFLOPs / Double(max(bytes, 1)) }
     }
 
@@ -161,21 +164,28 @@ public final class ChunkStore: @unchecked Sendable {
         return h.finalize()
     }
 
-    /// The best variant of chunk `key`: the one captured after `context` if stored, else an
-    /// exact one before an approximate one, most used first. Loads it from disk when needed.
-    public func lookup(key: [UInt8], context: [UInt8], tokens: [Int32]) -> ChunkVariant? {
+    /// The best variant of chunk `key`: the one captured after `context` if stored; else, with
+    /// `recompute` (Cache-Craft's CFO of a variant's prior chunks and statistics in the new
+    /// context), the one that needs the least recompute; else an exact one before an
+    /// approximate one, most used first. Loads it from disk when needed.
+    public func lookup(key: [UInt8], context: [UInt8], tokens: [Int32],
+                       recompute: ((_ priorChunks: [String], _ stats: ChunkAttentionStats) -> Double)? = nil) -> ChunkVariant? {
         guard let names = variants[key.hex], !names.isEmpty else {
             count { $0.misses += 1 }
             return nil
         }
         func meta(_ n: String) -> Meta? { memoryMeta[n] ?? disk[n] }
-        let ranked = names.compactMap { n in meta(n).map { (n, $0) } }.sorted { a, b in
-            let ea = a.1.context == context, eb = b.1.context == context
-            if ea != eb { return ea }
-            if a.1.approximate != b.1.approximate { return !a.1.approximate }
-            return a.1.hits != b.1.hits ? a.1.hits > b.1.hits : a.0 < b.0
-        }
-        for (name, _) in ranked {
+        func need(_ m: Meta) -> Double? { m.stats.flatMap { recompute?(m.priorChunks, $0) } }
+        let ranked = names.compactMap { n in meta(n).map { (n, $0, need($0)) } }
+            .sorted { a, b in
+                let ea = a.1.context == context, eb = b.1.context == context
+                if ea != eb { return ea }
+                if (a.2 != nil) != (b.2 != nil) { return a.2 != nil }
+                if let ca = a.2, let cb = b.2, ca != cb { return ca < cb }
+                if a.1.approximate != b.1.approximate { return !a.1.approximate }
+                return a.1.hits != b.1.hits ? a.1.hits > b.1.hits : a.0 < b.0
+            }
+        for (name, _, _) in ranked {
             clock += 1
             if let v = memory[name] {
                 guard v.tokens == tokens else { continue }
@@ -190,7 +200,7 @@ public final class ChunkStore: @unchecked Sendable {
                 disk[name]?.hits += 1
                 disk[name]?.lastUse = clock
                 var m = disk[name] ?? Meta(key: v.key, context: v.context, approximate: v.approximate, bytes: v.bytes,
-                                           savedFLOPs: v.savedFLOPs, hits: 1, lastUse: clock)
+                                           savedFLOPs: v.savedFLOPs, hits: 1, lastUse: clock, priorChunks: v.priorChunks, stats: v.stats)
                 m.lastUse = clock
                 memory[name] = v
                 memoryMeta[name] = m
@@ -210,7 +220,7 @@ public final class ChunkStore: @unchecked Sendable {
         clock += 1
         let previous = memoryMeta[name] ?? disk[name]
         let m = Meta(key: v.key, context: v.context, approximate: v.approximate, bytes: v.bytes, savedFLOPs: v.savedFLOPs,
-                     hits: previous?.hits ?? 0, lastUse: clock)
+                     hits: previous?.hits ?? 0, lastUse: clock, priorChunks: v.priorChunks, stats: v.stats)
         variants[v.key.hex, default: []].insert(name)
         if v.bytes <= memoryBudget {
             memory[name] = v
@@ -397,7 +407,7 @@ public final class ChunkStore: @unchecked Sendable {
             }
             clock += 1
             disk[name] = Meta(key: key, context: context, approximate: header.approximate, bytes: header.payloadBytes,
-                              savedFLOPs: header.savedFLOPs, hits: 0, lastUse: clock)
+                              savedFLOPs: header.savedFLOPs, hits: 0, lastUse: clock, priorChunks: header.priorChunks ?? [], stats: header.stats)
             variants[header.key, default: []].insert(name)
         }
         count { _ in }

@@ -42,6 +42,33 @@ import TorusModel
         #expect(store.key(tokens: tokens, tokenizer: "bpe:1234", salt: nil) != none.key)
     }
 
+    /// Cache-Craft's variant choice: of two variants of a chunk captured after different
+    /// chunks, the one whose recorded inter-chunk attention went to chunks also before it now
+    /// (lowest CFO) is returned, over the more used one; also from the disk index after a restart.
+    @Test func cacheCraftChoosesTheVariantNeedingLeastRecompute() throws {
+        let dir = Self.directory("cfo")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try ChunkStore(fingerprint: "m", memoryBudget: 1 << 20, directory: dir, diskBudget: 1 << 20)
+        let tokens: [Int32] = [7, 8, 9]
+        let stats = ChunkAttentionStats(tokenPrefixMass: [0.6, 0.5, 0.7], priorMass: [0.6], selfMass: 0.4)
+        var afterA = Self.variant(store, tokens: tokens, context: [1, 1], seed: 1), afterB = Self.variant(store, tokens: tokens, context: [2, 2], seed: 100)
+        afterA.priorChunks = ["chunk-a"]; afterA.stats = stats
+        afterB.priorChunks = ["chunk-b"]; afterB.stats = stats
+        store.insert(afterA)
+        store.insert(afterB)
+        // The variant after A is the more used one.
+        _ = store.lookup(key: afterA.key, context: afterA.context, tokens: tokens)
+        let now = ChunkStore.context([Int32](repeating: 3, count: 2)[...])
+        let cfo = { (prior: [String], s: ChunkAttentionStats) in
+            ReusePolicy.cacheCraftFraction(stats: s, old: prior, new: ["chunk-b"], alpha: 1)
+        }
+        #expect(cfo(afterB.priorChunks, stats) < cfo(afterA.priorChunks, stats))
+        #expect(store.lookup(key: afterA.key, context: now, tokens: tokens)?.data == afterA.data)
+        #expect(store.lookup(key: afterA.key, context: now, tokens: tokens, recompute: cfo)?.data == afterB.data)
+        let restarted = try ChunkStore(fingerprint: "m", memoryBudget: 1 << 20, directory: dir, diskBudget: 1 << 20)
+        #expect(restarted.lookup(key: afterA.key, context: now, tokens: tokens, recompute: cfo)?.data == afterB.data)
+    }
+
     @Test func theDiskTierSurvivesARestart() throws {
         let dir = Self.directory("restart")
         defer { try? FileManager.default.removeItem(atPath: dir) }
