@@ -1,3 +1,4 @@
+import CTorusKernels
 import TorusModel
 import TorusTensor
 
@@ -87,5 +88,25 @@ public final class PagedKVCache: @unchecked Sendable {
         BlockAttention.forward(q: q.pointer + rowOffset * qw, queryCount: count, queryStart: start, runs: runs, shape: shape,
                                out: out.pointer + rowOffset * qw, lse: lse.pointer + rowOffset * hq,
                                partOut: partOut.pointer, partLSE: partLSE.pointer)
+    }
+
+    /// `attend` for one query row at `position` (a decoding row: every key of `kv` up to its
+    /// position is visible), reading the keys and values in place in their blocks. Safe to
+    /// run for several sequences at once.
+    func attendRow(layer: Int, kv: RankKV, position: Int, q: Tensor, out: Tensor, lse: Tensor, row: Int) {
+        let qw = shape.queryWidth, hq = shape.queryHeads
+        var runRows: [Int] = [], runCounts: [Int] = []
+        for s in kv.segments where s.start <= position {
+            runRows.append(s.localRow)
+            runCounts.append(min(s.count, position - s.start + 1))
+        }
+        let n = runCounts.reduce(0, +)
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(1, hq * n))
+        defer { scores.deallocate() }
+        kv.blocks.withUnsafeBufferPointer { blocks in
+            torus_decode_attention(q.pointer + row * qw, keys[layer].pointer, values[layer].pointer, blocks.baseAddress, blockSize,
+                                   runRows, runCounts, runRows.count, hq, shape.keyValueHeads, shape.headDim, shape.scale,
+                                   out.pointer + row * qw, lse.pointer + row * hq, scores)
+        }
     }
 }

@@ -139,11 +139,17 @@ final class StepExecutor {
     private func batch(_ plan: StepPlan) throws -> Tensor? {
         let rank = group.rank, cache = self.cache
         let logitRows = rank == 0 ? plan.logitRows.map(Int.init) : []
+        // Decoding rows (one per sequence) attend in parallel, each over its blocks in place.
+        let rows = plan.chunks.filter { $0.count == 1 }, spans = plan.chunks.filter { $0.count > 1 }
         let logits = try model.step(tokens: plan.tokens, positions: plan.positions, logitRows: logitRows, workspace: workspace) { l, q, k, v, o, lse in
-            for c in plan.chunks {
-                if c.appender == rank {
-                    cache.store(layer: l, blocks: c.kv[rank].blocks, localRow: c.appendRow, count: c.count, k: k, v: v, rowOffset: c.rowOffset)
-                }
+            for c in plan.chunks where c.appender == rank {
+                cache.store(layer: l, blocks: c.kv[rank].blocks, localRow: c.appendRow, count: c.count, k: k, v: v, rowOffset: c.rowOffset)
+            }
+            Parallel.forEach(rows.count) { i in
+                let c = rows[i]
+                cache.attendRow(layer: l, kv: c.kv[rank], position: c.start, q: q, out: o, lse: lse, row: c.rowOffset)
+            }
+            for c in spans {
                 cache.attend(layer: l, kv: c.kv[rank], start: c.start, count: c.count, q: q, out: o, lse: lse, rowOffset: c.rowOffset)
             }
             if self.group.size > 1 { try self.mergeAcrossRanks(out: o, lse: lse, rows: plan.tokens.count) }

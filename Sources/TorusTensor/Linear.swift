@@ -1,18 +1,51 @@
+import CTorusKernels
+import Foundation
+
 /// A dense layer without bias in the PyTorch convention: `y = x W^T` with `W` of shape
 /// [out, in], applied to `rows` rows of `x`.
 public enum Linear {
-    /// Up to this many rows, `forward` runs one matrix-vector product per row. Measured with
-    /// OpenBLAS 0.3.21 on configs/serve-bench.yaml (AMD EPYC, 2 threads): `torus bench decode`
-    /// 67 -> 131 tokens/s at one row; `torus bench serve` with 8 concurrent decodes 298 -> 376
-    /// tokens/s; thresholds of 16 and 32 rows were slower than sgemm at 16 and 32 decodes.
-    public static let gemvRows = 8
+    /// Up to this many rows, `forward` runs one OpenBLAS matrix-vector product per row (the
+    /// first brings a layer's weights into cache for the next).
+    public static let gemvRows = 2
+    /// Up to this many rows (above `gemvRows`), `forward` reads the weights once for all rows
+    /// with Torus's own kernel (a decoding step's rows), where OpenBLAS's sgemm first copies
+    /// (packs) the whole weight matrix. `torus bench linear` measures the crossovers;
+    /// TORUS_LINEAR_ROWS overrides this one.
+    public static let fewRows: Int = {
+        if let v = ProcessInfo.processInfo.environment["TORUS_LINEAR_ROWS"].flatMap({ Int($0) }), v >= 0 { return v }
+        return 32
+    }()
 
     /// `y[rows, out] = x[rows, in] W^T` (or `+=` when `accumulate`).
     public static func forward(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
                                rows: Int, inFeatures: Int, outFeatures: Int, accumulate: Bool = false) {
-        if rows <= gemvRows {
-            // A few rows (decoding): matrix-vector products read the weights once each, where
-            // sgemm would first copy (pack) the whole weight matrix.
+        if rows > gemvRows && rows <= fewRows {
+            forwardFewRows(x: x, weight: weight, y: y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures, accumulate: accumulate)
+        } else {
+            forwardBLAS(x: x, weight: weight, y: y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures, accumulate: accumulate,
+                        perRow: rows <= gemvRows)
+        }
+    }
+
+    /// `forward` with the weights read once for all rows, the output features split over this
+    /// rank's threads.
+    public static func forwardFewRows(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+                                      rows: Int, inFeatures: Int, outFeatures: Int, accumulate: Bool = false) {
+        guard rows > 0, outFeatures > 0 else { return }
+        // Parts of at least 48 outputs (a few tiles each), at most one per thread.
+        let parts = max(1, min(BLAS.threads, outFeatures / 48))
+        let per = (outFeatures + parts - 1) / parts
+        Parallel.forEach(parts) { p in
+            let begin = p * per, end = min(outFeatures, begin + per)
+            guard begin < end else { return }
+            torus_linear_rows(x, weight, y, rows, inFeatures, outFeatures, begin, end, accumulate ? 1 : 0)
+        }
+    }
+
+    /// `forward` through OpenBLAS: sgemm, or one matrix-vector product per row.
+    public static func forwardBLAS(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+                                   rows: Int, inFeatures: Int, outFeatures: Int, accumulate: Bool = false, perRow: Bool = false) {
+        if perRow {
             for r in 0..<rows {
                 BLAS.gemv(m: outFeatures, n: inFeatures, a: weight, lda: inFeatures, x: x + r * inFeatures,
                           beta: accumulate ? 1 : 0, y: y + r * outFeatures)

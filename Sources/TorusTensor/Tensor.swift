@@ -16,20 +16,46 @@ public final class Tensor: @unchecked Sendable {
     public let pointer: UnsafeMutablePointer<Float>
     private let owner: Tensor?
     private let owns: Bool
-    /// Bytes mapped with mmap (released with munmap), 0 for heap memory.
+    /// Bytes mapped with mmap from `mappedBase` (released with munmap), 0 for heap memory.
     private let mappedBytes: Int
+    private let mappedBase: UnsafeMutableRawPointer?
 
-    /// A zero-filled tensor of the given shape.
+    /// A zero-filled tensor of the given shape. One of at least `hugePageMinimum` bytes is
+    /// mapped on transparent huge pages where the kernel offers them (weights and KV pools
+    /// streamed every step: fewer TLB misses, and prefetching that runs on past 4 KiB).
     public init(zeros shape: [Int]) {
         precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
         self.shape = shape
         self.count = shape.reduce(1, *)
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
-        self.pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
-        self.pointer.initialize(repeating: 0, count: max(count, 1))
         self.owner = nil
         self.owns = true
+        let bytes = max(count, 1) * 4
+        if bytes >= Self.hugePageMinimum, let (base, length, aligned) = Self.mapHuge(bytes) {
+            self.pointer = aligned.bindMemory(to: Float.self, capacity: max(count, 1))
+            self.mappedBase = base
+            self.mappedBytes = length
+            return
+        }
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        self.pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        self.pointer.initialize(repeating: 0, count: max(count, 1))
+        self.mappedBase = nil
         self.mappedBytes = 0
+    }
+
+    /// Tensors from this size up are mapped on huge pages.
+    static let hugePageMinimum = 2 << 20
+    static let hugePage = 2 << 20
+
+    /// An anonymous zero mapping of `bytes` whose start is aligned to a huge page, advised to
+    /// use huge pages: (mapping, its length, aligned start), or nil when mmap fails.
+    private static func mapHuge(_ bytes: Int) -> (UnsafeMutableRawPointer, Int, UnsafeMutableRawPointer)? {
+        let length = bytes + hugePage
+        guard let raw = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), raw != MAP_FAILED else { return nil }
+        let address = Int(bitPattern: raw), aligned = (address + hugePage - 1) / hugePage * hugePage
+        let start = UnsafeMutableRawPointer(bitPattern: aligned) ?? raw
+        _ = madvise(start, bytes, MADV_HUGEPAGE)
+        return (raw, length, start)
     }
 
     /// A zero tensor whose pages the kernel provides on first touch (anonymous mmap): a large
@@ -46,11 +72,13 @@ public final class Tensor: @unchecked Sendable {
         self.owns = true
         if let raw, raw != MAP_FAILED {
             self.pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+            self.mappedBase = raw
             self.mappedBytes = bytes
         } else {
             let heap = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
             self.pointer = heap.bindMemory(to: Float.self, capacity: max(count, 1))
             self.pointer.initialize(repeating: 0, count: max(count, 1))
+            self.mappedBase = nil
             self.mappedBytes = 0
         }
     }
@@ -72,12 +100,13 @@ public final class Tensor: @unchecked Sendable {
         self.pointer = base.pointer + offset
         self.owner = base.owner ?? base
         self.owns = false
+        self.mappedBase = nil
         self.mappedBytes = 0
     }
 
     deinit {
         guard owns else { return }
-        if mappedBytes > 0 { munmap(UnsafeMutableRawPointer(pointer), mappedBytes) } else { UnsafeMutableRawPointer(pointer).deallocate() }
+        if let mappedBase { munmap(mappedBase, mappedBytes) } else { UnsafeMutableRawPointer(pointer).deallocate() }
     }
 
     /// A view of `shape.product` elements starting at element `offset`; shares memory.

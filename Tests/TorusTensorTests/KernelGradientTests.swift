@@ -24,6 +24,34 @@ import TorusTensor
         #expect(Ref.relativeError(dw.array, Ref.numericGradient(w) { Ref.dot(ref(x, $0), r) }) < 1e-5)
     }
 
+    /// Every path of `Linear.forward` (a matrix-vector product per row, the weights-once
+    /// kernel of a few rows, sgemm) against the Double reference, with tails in both the
+    /// input (not a multiple of the vector width) and the outputs (not a multiple of a tile).
+    @Test(arguments: [1, 2, 3, 5, 8, 11, 13, 24, 33, 40])
+    func linearPathsMatchReferenceForAnyRowCount(rows: Int) {
+        let inF = 37, outF = 50
+        let x = Ref.random(rows * inF, seed: 11), w = Ref.random(outF * inF, seed: 12), prior = Ref.random(rows * outF, seed: 13)
+        let expected = (0..<(rows * outF)).map { idx in
+            (0..<inF).reduce(0.0) { $0 + x[(idx / outF) * inF + $1] * w[(idx % outF) * inF + $1] }
+        }
+        let xt = Ref.tensor(x, [rows, inF]), wt = Ref.tensor(w, [outF, inF])
+        let paths: [(String, (Tensor, Bool) -> Void)] = [
+            ("forward", { Linear.forward(x: xt.pointer, weight: wt.pointer, y: $0.pointer, rows: rows, inFeatures: inF, outFeatures: outF, accumulate: $1) }),
+            ("few rows", { Linear.forwardFewRows(x: xt.pointer, weight: wt.pointer, y: $0.pointer, rows: rows, inFeatures: inF, outFeatures: outF, accumulate: $1) }),
+            ("sgemm", { Linear.forwardBLAS(x: xt.pointer, weight: wt.pointer, y: $0.pointer, rows: rows, inFeatures: inF, outFeatures: outF, accumulate: $1) }),
+            ("sgemv", { Linear.forwardBLAS(x: xt.pointer, weight: wt.pointer, y: $0.pointer, rows: rows, inFeatures: inF, outFeatures: outF,
+                                           accumulate: $1, perRow: true) }),
+        ]
+        for (name, run) in paths {
+            let y = Ref.tensor(prior, [rows, outF])
+            run(y, false)
+            #expect(Ref.relativeError(y.array, expected) < 1e-5, "\(name), \(rows) rows")
+            let z = Ref.tensor(prior, [rows, outF])
+            run(z, true)
+            #expect(Ref.relativeError(z.array, zip(expected, prior).map { $0 + $1 }) < 1e-5, "\(name) accumulating, \(rows) rows")
+        }
+    }
+
     @Test func rmsNormMatchesReferenceAndFiniteDifferences() {
         let rows = 3, dim = 8, eps = 1e-5
         let x = Ref.random(rows * dim, seed: 4), w = Ref.random(dim, seed: 5), r = Ref.random(rows * dim, seed: 6)

@@ -33,3 +33,25 @@ void torus_scale(float *x, long n, float s);
    *sink so the work cannot be dropped. */
 double torus_fma_loop(long iterations, int *width, float *sink);
 #endif
+
+#ifndef TORUS_KERNELS_ROWS_H
+#define TORUS_KERNELS_ROWS_H
+/* y[r, o] = sum_k x[r, k] w[o, k] (plus y[r, o] when accumulate) for r < rows and o in
+   [o_begin, o_end); x [rows, in], w [out, in], y [rows, out], row-major. Reads the weights
+   once for all rows: for the few rows of a decoding step. */
+void torus_linear_rows(const float *x, const float *w, float *y, long rows, long in, long out, long o_begin, long o_end,
+                       int accumulate);
+#endif
+
+#ifndef TORUS_KERNELS_DECODE_H
+#define TORUS_KERNELS_DECODE_H
+/* Attention of one query row q [query_heads * head_dim] against n keys and values that all
+   precede it, stored in pool blocks: local row t lives at pool row
+   blocks[t / block_size] * block_size + t % block_size of `keys` / `values`
+   ([pool rows, kv_heads * head_dim]); the visible local rows are the runs
+   run_rows[r] ..< run_rows[r] + run_counts[r]. Writes out [query_heads * head_dim] and
+   lse [query_heads] (-inf and zeros with no key); `scores` is scratch of query_heads * n floats. */
+void torus_decode_attention(const float *q, const float *keys, const float *values, const int *blocks, long block_size,
+                            const long *run_rows, const long *run_counts, long runs, long query_heads, long kv_heads,
+                            long head_dim, float scale, float *out, float *lse, float *scores);
+#endif
