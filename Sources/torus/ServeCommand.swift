@@ -33,6 +33,8 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Directory of the chunk store's disk tier (serve.chunk_reuse.directory).") var chunkStore: String?
     @Option(help: "Share of reuse requests also run with full prefill to measure the divergence (serve.chunk_reuse.audit_share).")
     var auditShare: Double?
+    @Option(help: "KL past which an audited request's reused chunks are computed in full (serve.chunk_reuse.audit_max_kl).")
+    var auditMaxKl: Double?
     @Option(help: "Split completion prompts into chunks at this string (serve.chunk_reuse.separator).") var chunkSeparator: String?
 
     func run() throws {
@@ -77,6 +79,10 @@ struct ServeCommand: ParsableCommand {
         if let auditShare {
             guard (0...1).contains(auditShare) else { throw ValidationError("--audit-share \(auditShare): expected 0...1") }
             s.audit.share = auditShare
+        }
+        if let auditMaxKl {
+            guard auditMaxKl >= 0 else { throw ValidationError("--audit-max-kl \(auditMaxKl): expected a KL of 0 or more") }
+            s.audit.maxKL = auditMaxKl
         }
         guard let dir = s.model else { throw ValidationError("give the model directory: --model DIR or serve.model in --config") }
         let env = ProcessInfo.processInfo.environment
