@@ -320,6 +320,30 @@ final class LocalFusionGroup: FusionGroup {
 }
 
 extension LlamaModel {
+    /// The keys and values of a prompt made of `chunks`, each computed alone from position 0
+    /// (a full prefill of the chunk) and moved to its place in the prompt: what a store holds
+    /// for chunks met in other prompts. Rows past the chunks stay zero.
+    public func chunksComputedAlone(_ chunks: [[Int32]], rows: Int) throws -> PromptKV {
+        let kv = PromptKV(config: config, rows: rows), kw = kv.width
+        guard chunks.reduce(0, { $0 + $1.count }) <= rows else {
+            throw ModelInputError.shapeMismatch("chunks of \(chunks.reduce(0) { $0 + $1.count }) tokens in a cache of \(rows) rows")
+        }
+        var at = 0
+        for c in chunks where !c.isEmpty {
+            let alone = PromptKV(config: config, rows: c.count)
+            _ = try fuse(tokens: c, cached: [Bool](repeating: false, count: c.count), kv: alone, policy: .full)
+            for l in 0..<config.numHiddenLayers {
+                (kv.keys[l].pointer + at * kw).update(from: alone.keys[l].pointer, count: c.count * kw)
+                (kv.values[l].pointer + at * kw).update(from: alone.values[l].pointer, count: c.count * kw)
+                relocateKeys(kv.keys[l].pointer + at * kw, rows: c.count, by: at)
+            }
+            at += c.count
+        }
+        return kv
+    }
+}
+
+extension LlamaModel {
     /// Runs `tokens` at positions `length...` on top of a prompt's keys and values (rows
     /// `0..<length` of `kv`), storing theirs in the rows that follow; returns their logits
     /// [tokens.count, vocab]. Greedy decoding after a fusion, and teacher-forced continuations

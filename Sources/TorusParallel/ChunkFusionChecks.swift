@@ -54,22 +54,7 @@ public struct ChunkFusionChecks {
         return SequenceLayoutKind.allCases.flatMap { layout in policies.map { Case(name: $0.0, layout: layout, policy: $0.1) } }
     }
 
-    /// Every chunk computed alone from position 0, laid at its place in the prompt.
-    func cachedKV() throws -> PromptKV {
-        let kv = PromptKV(config: model.config, rows: tokens.count), kw = kv.width
-        var at = 0
-        for c in chunks {
-            let alone = PromptKV(config: model.config, rows: c.count)
-            _ = try model.fuse(tokens: c, cached: [Bool](repeating: false, count: c.count), kv: alone, policy: .full)
-            for l in 0..<model.config.numHiddenLayers {
-                (kv.keys[l].pointer + at * kw).update(from: alone.keys[l].pointer, count: c.count * kw)
-                (kv.values[l].pointer + at * kw).update(from: alone.values[l].pointer, count: c.count * kw)
-                model.relocateKeys(kv.keys[l].pointer + at * kw, rows: c.count, by: at)
-            }
-            at += c.count
-        }
-        return kv
-    }
+    func cachedKV() throws -> PromptKV { try model.chunksComputedAlone(chunks, rows: tokens.count) }
 
     /// Largest differences from the one-rank fusion (max over ranks): logits, keys and
     /// values, and "rows" (1 when the recomputed rows or per-layer counts differ).

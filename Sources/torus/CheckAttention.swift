@@ -17,17 +17,9 @@ struct CheckAttention: ParsableCommand {
         let chosen = try SequenceParallelMethod(name: method)
         let world = try MPIRuntime.world()
         let checks = SequenceParallelChecks(comm: world, method: chosen, chunkTokens: chunk)
-        var failed = false
-        for c in SequenceParallelChecks.allCases {
-            let errors = try checks.run(c)
-            let worst = errors.values.max() ?? .infinity
-            if worst > tolerance { failed = true }
-            if world.rank == 0 {
-                let detail = errors.keys.sorted().map { String(format: "%@ %.1e", $0, errors[$0] ?? .nan) }.joined(separator: "  ")
-                print("\(worst <= tolerance ? "ok  " : "FAIL") \(method) P=\(world.size) \(c): \(detail)")
-            }
-        }
-        if failed { throw ValidationErrorMessage("\(method) attention differs from the single-rank computation by more than \(tolerance)") }
+        let passed = try reportChecks(SequenceParallelChecks.allCases, label: "\(method) P=\(world.size)", rank: world.rank,
+                                      tolerance: tolerance, run: checks.run)
+        if !passed { throw ValidationErrorMessage("\(method) attention differs from the single-rank computation by more than \(tolerance)") }
         if world.rank == 0 { print("attention check passed: \(method) on \(world.size) ranks") }
     }
 }
@@ -45,17 +37,25 @@ struct CheckFusion: ParsableCommand {
         let chosen = try SequenceParallelMethod(name: method)
         let world = try MPIRuntime.world()
         let checks = try ChunkFusionChecks(comm: world, method: chosen)
-        var failed = false
-        for c in checks.cases {
-            let errors = try checks.run(c)
-            let worst = errors.values.max() ?? .infinity
-            if worst > tolerance { failed = true }
-            if world.rank == 0 {
-                let detail = errors.keys.sorted().map { String(format: "%@ %.1e", $0, errors[$0] ?? .nan) }.joined(separator: "  ")
-                print("\(worst <= tolerance ? "ok  " : "FAIL") \(method) P=\(world.size) \(c): \(detail)")
-            }
-        }
-        if failed { throw ValidationErrorMessage("chunk fusion across \(world.size) ranks differs from one rank by more than \(tolerance)") }
+        let passed = try reportChecks(checks.cases, label: "\(method) P=\(world.size)", rank: world.rank, tolerance: tolerance, run: checks.run)
+        if !passed { throw ValidationErrorMessage("chunk fusion across \(world.size) ranks differs from one rank by more than \(tolerance)") }
         if world.rank == 0 { print("fusion check passed: \(method) on \(world.size) ranks") }
     }
+}
+
+/// Runs every case (on every rank), prints one line per case on rank 0 with its errors, and
+/// returns whether every error is within `tolerance`.
+func reportChecks<C: CustomStringConvertible>(_ cases: [C], label: String, rank: Int, tolerance: Double,
+                                              run: (C) throws -> [String: Double]) throws -> Bool {
+    var passed = true
+    for c in cases {
+        let errors = try run(c)
+        let worst = errors.values.max() ?? .infinity
+        if worst > tolerance { passed = false }
+        if rank == 0 {
+            let detail = errors.keys.sorted().map { String(format: "%@ %.1e", $0, errors[$0] ?? .nan) }.joined(separator: "  ")
+            print("\(worst <= tolerance ? "ok  " : "FAIL") \(label) \(c): \(detail)")
+        }
+    }
+    return passed
 }

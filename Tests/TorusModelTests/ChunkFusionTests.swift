@@ -53,19 +53,7 @@ import TorusTensor
 
     /// Each chunk computed alone (positions from 0), relocated to its place in the prompt.
     static func chunksAlone(_ model: LlamaModel) throws -> PromptKV {
-        let kv = PromptKV(config: model.config, rows: tokens.count), kw = kv.width
-        var at = 0
-        for c in chunks {
-            let alone = PromptKV(config: model.config, rows: c.count)
-            _ = try denseStep(model, tokens: c, start: 0, keyStart: 0, kv: alone)
-            for l in 0..<model.config.numHiddenLayers {
-                (kv.keys[l].pointer + at * kw).update(from: alone.keys[l].pointer, count: c.count * kw)
-                (kv.values[l].pointer + at * kw).update(from: alone.values[l].pointer, count: c.count * kw)
-                model.relocateKeys(kv.keys[l].pointer + at * kw, rows: c.count, by: at)
-            }
-            at += c.count
-        }
-        return kv
+        try model.chunksComputedAlone(chunks, rows: tokens.count)
     }
 
     static var cachedFlags: [Bool] { (0..<tokens.count).map { $0 < chunkRows } }
