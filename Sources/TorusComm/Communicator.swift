@@ -59,13 +59,18 @@ public final class Communicator: @unchecked Sendable {
     // MARK: Point-to-point
 
     public func send(_ buffer: UnsafePointer<Float>, count: Int, to dest: Int, tag: Int = 0) throws {
-        try check(MPI_Send(buffer, Int32(count), torus_mpi_float(), Int32(dest), Int32(tag), handle),
-                  "MPI_Send(\(count) floats to rank \(dest), tag \(tag))", rank: rank)
+        let call = "MPI_Send(\(count) floats to rank \(dest), tag \(tag))"
+        let run = { try check(MPI_Send(buffer, Int32(count), torus_mpi_float(), Int32(dest), Int32(tag), self.handle), call, rank: self.rank) }
+        if MessageTag.isTraced(tag) { try Timeline.measure(call, kind: .send, bytes: count * 4, run) } else { try run() }
     }
 
     public func recv(_ buffer: UnsafeMutablePointer<Float>, count: Int, from source: Int, tag: Int = 0) throws {
-        try check(MPI_Recv(buffer, Int32(count), torus_mpi_float(), Int32(source), Int32(tag), handle, torus_mpi_status_ignore()),
-                  "MPI_Recv(\(count) floats from rank \(source), tag \(tag))", rank: rank)
+        let call = "MPI_Recv(\(count) floats from rank \(source), tag \(tag))"
+        let run = {
+            try check(MPI_Recv(buffer, Int32(count), torus_mpi_float(), Int32(source), Int32(tag), self.handle, torus_mpi_status_ignore()),
+                      call, rank: self.rank)
+        }
+        if MessageTag.isTraced(tag) { try Timeline.measure(call, kind: .recv, bytes: count * 4, run) } else { try run() }
     }
 
     /// Starts sending; `keepAlive` (the buffer's owner) is retained until completion.
@@ -73,7 +78,7 @@ public final class Communicator: @unchecked Sendable {
         var req: MPI_Request? = torus_mpi_request_null()
         let call = "MPI_Isend(\(count) floats to rank \(dest), tag \(tag))"
         try check(MPI_Isend(buffer, Int32(count), torus_mpi_float(), Int32(dest), Int32(tag), handle, &req), call, rank: rank)
-        return Request(handle: req, call: call, rank: rank, keepAlive: keepAlive, kind: .send, bytes: count * 4)
+        return Request(handle: req, call: call, rank: rank, keepAlive: keepAlive, kind: .send, bytes: count * 4, traced: MessageTag.isTraced(tag))
     }
 
     /// Starts receiving; `keepAlive` (the buffer's owner) is retained until completion.
@@ -81,7 +86,7 @@ public final class Communicator: @unchecked Sendable {
         var req: MPI_Request? = torus_mpi_request_null()
         let call = "MPI_Irecv(\(count) floats from rank \(source), tag \(tag))"
         try check(MPI_Irecv(buffer, Int32(count), torus_mpi_float(), Int32(source), Int32(tag), handle, &req), call, rank: rank)
-        return Request(handle: req, call: call, rank: rank, keepAlive: keepAlive, kind: .recv, bytes: count * 4)
+        return Request(handle: req, call: call, rank: rank, keepAlive: keepAlive, kind: .recv, bytes: count * 4, traced: MessageTag.isTraced(tag))
     }
 
     public func send(_ tensor: Tensor, to dest: Int, tag: Int = 0) throws {

@@ -48,6 +48,12 @@ public enum MessageTag {
         return (index + 1) * MessageKind.allCases.count + kind.rawValue
     }
 
+    /// Whether messages with `tag` belong on the timeline: not heartbeats, which are liveness
+    /// signals from background threads, not the algorithms' communication.
+    public static func isTraced(_ tag: Int) -> Bool {
+        tag <= 0 || tag % MessageKind.allCases.count != MessageKind.serveHeartbeat.rawValue
+    }
+
     /// Throws unless the stream's messages 0..<count all have tags within `upperBound`.
     public static func check(_ kind: MessageKind, count: Int, upperBound: Int, what: String) throws {
         guard count > 0 else { return }

@@ -12,15 +12,19 @@ public final class Request: @unchecked Sendable {
     let kind: SpanKind
     let bytes: Int
     let posted: UInt64
+    /// Whether the operation is recorded on the timeline (heartbeats are not).
+    let timeline: Timeline?
 
-    init(handle: MPI_Request?, call: String, rank: Int, keepAlive: AnyObject?, kind: SpanKind = .send, bytes: Int = 0) {
+    init(handle: MPI_Request?, call: String, rank: Int, keepAlive: AnyObject?, kind: SpanKind = .send, bytes: Int = 0,
+         traced: Bool = true) {
         self.handle = handle
         self.call = call
         self.rank = rank
         self.keepAlive = keepAlive
         self.kind = kind
         self.bytes = bytes
-        self.posted = Timeline.current == nil ? 0 : Timeline.now()
+        self.timeline = traced ? Timeline.current : nil
+        self.posted = timeline == nil ? 0 : Timeline.now()
     }
 
     /// Whether the operation has completed; drives MPI progress.
@@ -35,9 +39,9 @@ public final class Request: @unchecked Sendable {
     /// Blocks until the operation completes.
     public func wait() throws {
         if isComplete { return }
-        let t0 = Timeline.current == nil ? 0 : Timeline.now()
+        let t0 = timeline == nil ? 0 : Timeline.now()
         try check(MPI_Wait(&handle, torus_mpi_status_ignore()), "MPI_Wait(\(call))", rank: rank)
-        Timeline.current?.record("wait " + call, kind: .wait, start: t0, end: Timeline.now())
+        timeline?.record("wait " + call, kind: .wait, start: t0, end: Timeline.now())
         finish()
     }
 
@@ -55,7 +59,7 @@ public final class Request: @unchecked Sendable {
         isComplete = true
         keepAlive = nil
         // The transfer was in flight from posting until completion was observed.
-        Timeline.current?.record(call, kind: kind, start: posted, end: Timeline.now(), bytes: bytes)
+        timeline?.record(call, kind: kind, start: posted, end: Timeline.now(), bytes: bytes)
     }
 
     /// Waits for all requests.

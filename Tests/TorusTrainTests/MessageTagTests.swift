@@ -55,4 +55,14 @@ import TorusTrain
         }
         #expect(error?.description.contains("tokenring on 1024 ranks numbers 4096 tokenRingQueries messages") == true, "\(String(describing: error))")
     }
+
+    /// Heartbeats (background liveness signals) stay off the timeline; every other stream is on it.
+    @Test func onlyHeartbeatsAreUntraced() {
+        for kind in MessageKind.allCases {
+            for index in [0, 1, 7] {
+                #expect(MessageTag.isTraced(MessageTag.of(kind, index)) == (kind != .serveHeartbeat), "\(kind) #\(index)")
+            }
+        }
+        #expect(MessageTag.isTraced(0))
+    }
 }
