@@ -225,6 +225,17 @@ public final class Communicator: @unchecked Sendable {
         }
     }
 
+    /// Scatters from `root`: rank r receives `counts[r]` floats into `output`, block r of
+    /// `input` (packed in rank order; read on `root` only).
+    public func scatter(_ input: UnsafePointer<Float>?, counts: [Int], into output: UnsafeMutablePointer<Float>, root: Int = 0) throws {
+        precondition(counts.count == size, "scatter needs one count per rank (\(size)), has \(counts.count)")
+        let (held, displacements, at) = Int32Array.countsAndDisplacements(counts)
+        try Timeline.measure("MPI_Scatterv(\(at) floats)", kind: .collective, bytes: counts[rank] * 4) {
+            try check(MPI_Scatterv(input, held.pointer, displacements.pointer, torus_mpi_float(), output, Int32(counts[rank]),
+                                   torus_mpi_float(), Int32(root), handle), "MPI_Scatterv(\(at) floats from rank \(root))", rank: rank)
+        }
+    }
+
     public func barrier() throws {
         try check(MPI_Barrier(handle), "MPI_Barrier", rank: rank)
     }

@@ -29,9 +29,6 @@ public enum MessageKind: Int, CaseIterable, Sendable {
     case servePlan
     /// Serving: heartbeats to rank 0.
     case serveHeartbeat
-    /// Serving: a chunk-reuse prefill's stored rows sent from rank 0 to their ranks, and
-    /// newly computed chunk rows sent back.
-    case serveBlendRows
     /// `torus bench link` and `torus check comm` probes.
     case probe
 }

@@ -17,6 +17,38 @@ public final class PromptKV: @unchecked Sendable {
         keys = (0..<config.numHiddenLayers).map { _ in Tensor(zeros: [max(rows, 1), config.attentionShape.keyValueWidth]) }
         values = (0..<config.numHiddenLayers).map { _ in Tensor(zeros: [max(rows, 1), config.attentionShape.keyValueWidth]) }
     }
+
+    /// Rows `rows` of every layer, keys then values: [layer][K rows; V rows] (a stored chunk's
+    /// layout when the rows are the chunk's).
+    public func pack(rows: [Int]) -> [Float] {
+        var out = [Float](repeating: 0, count: rows.count * 2 * width * keys.count)
+        out.withUnsafeMutableBufferPointer { dst in
+            var at = dst.baseAddress!
+            for l in keys.indices {
+                for t in [keys[l], values[l]] {
+                    for r in rows {
+                        at.update(from: t.pointer + r * width, count: width)
+                        at += width
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    /// The inverse of `pack`: `packed` into rows `rows` of every layer.
+    public func unpack(_ packed: UnsafeBufferPointer<Float>, rows: [Int]) {
+        precondition(packed.count >= rows.count * 2 * width * keys.count, "\(packed.count) values for \(rows.count) rows")
+        guard var at = packed.baseAddress else { return }
+        for l in keys.indices {
+            for t in [keys[l], values[l]] {
+                for r in rows {
+                    (t.pointer + r * width).update(from: at, count: width)
+                    at += width
+                }
+            }
+        }
+    }
 }
 
 /// Which prompt rows a chunk-reuse prefill recomputes at each layer. Rows without a cache (and

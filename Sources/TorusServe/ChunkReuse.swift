@@ -230,20 +230,15 @@ public final class ChunkReuse: @unchecked Sendable {
                 missed.append(s)
                 continue
             }
-            let rows = s.count
-            v.data.withUnsafeBufferPointer { data in
-                for l in 0..<layers {
-                    let k = kv.keys[l].pointer + s.lowerBound * kw
-                    k.update(from: data.baseAddress! + v.keyOffset(layer: l), count: rows * kw)
-                    (kv.values[l].pointer + s.lowerBound * kw).update(from: data.baseAddress! + v.valueOffset(layer: l), count: rows * kw)
-                    model.relocateKeys(k, rows: rows, by: s.lowerBound - v.start)
-                }
+            v.data.withUnsafeBufferPointer { kv.unpack($0, rows: Array(s)) }
+            for l in 0..<layers {
+                model.relocateKeys(kv.keys[l].pointer + s.lowerBound * kw, rows: s.count, by: s.lowerBound - v.start)
             }
             for j in s { cached[j] = true }
             reusedKeys.append(key.hex)
             found.append((s, v))
             report.hits += 1
-            report.reusedTokens += rows
+            report.reusedTokens += s.count
         }
         let chosen = override ?? policy
         var fusion = report.hits == 0 ? RecomputePolicy.full : chosen.recompute(spans: spans, cached: cached, layers: layers)
@@ -267,19 +262,12 @@ public final class ChunkReuse: @unchecked Sendable {
         let keys = prepared.keys.map(\.hex)
         for s in prepared.missed {
             let index = spans.firstIndex(of: s) ?? 0
-            let rows = s.count
-            var data = [Float](repeating: 0, count: 2 * layers * rows * kw)
-            data.withUnsafeMutableBufferPointer { out in
-                for l in 0..<layers {
-                    (out.baseAddress! + 2 * l * rows * kw).update(from: kv.keys[l].pointer + s.lowerBound * kw, count: rows * kw)
-                    (out.baseAddress! + (2 * l + 1) * rows * kw).update(from: kv.values[l].pointer + s.lowerBound * kw, count: rows * kw)
-                }
-            }
+            let data = kv.pack(rows: Array(s))
             let chunk = Array(tokens[s])
             var v = ChunkVariant(key: prepared.keys[index],
                                  context: ChunkStore.context(tokens[0..<s.lowerBound]), start: s.lowerBound, tokens: chunk,
                                  approximate: !exact, layers: layers, width: kw, data: data,
-                                 savedFLOPs: Self.prefillFLOPs(model.config, start: s.lowerBound, count: rows))
+                                 savedFLOPs: Self.prefillFLOPs(model.config, start: s.lowerBound, count: s.count))
             v.priorChunks = Array(keys[0..<index])
             v.stats = index < result.statistics.count ? result.statistics[index] : nil
             store.insert(v)

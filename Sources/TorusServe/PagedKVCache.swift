@@ -90,22 +90,32 @@ public final class PagedKVCache: @unchecked Sendable {
                                partOut: partOut.pointer, partLSE: partLSE.pointer)
     }
 
-    /// `attend` for one query row at `position` (a decoding row: every key of `kv` up to its
-    /// position is visible), reading the keys and values in place in their blocks. Safe to
-    /// run for several sequences at once.
-    func attendRow(layer: Int, kv: RankKV, position: Int, q: Tensor, out: Tensor, lse: Tensor, row: Int) {
-        let qw = shape.queryWidth, hq = shape.queryHeads
-        var runRows: [Int] = [], runCounts: [Int] = []
+    /// The local rows a decoding row at `position` sees (every key of `kv` up to it), found
+    /// once per step for all layers.
+    struct DecodeRuns {
+        var rows: [Int] = []
+        var counts: [Int] = []
+        var keys: Int { counts.reduce(0, +) }
+    }
+
+    func decodeRuns(kv: RankKV, position: Int) -> DecodeRuns {
+        var runs = DecodeRuns()
         for s in kv.segments where s.start <= position {
-            runRows.append(s.localRow)
-            runCounts.append(min(s.count, position - s.start + 1))
+            runs.rows.append(s.localRow)
+            runs.counts.append(min(s.count, position - s.start + 1))
         }
-        let n = runCounts.reduce(0, +)
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(1, hq * n))
-        defer { scores.deallocate() }
-        kv.blocks.withUnsafeBufferPointer { blocks in
+        return runs
+    }
+
+    /// `attend` for one decoding row (row `row` of `q`) over the keys `runs` names, read in
+    /// place in their blocks; `scores` is scratch for `queryHeads * runs.keys` floats. Safe to
+    /// run for several sequences at once.
+    func attendRow(layer: Int, blocks: [Int32], runs: DecodeRuns, q: Tensor, out: Tensor, lse: Tensor, row: Int,
+                   scores: UnsafeMutablePointer<Float>) {
+        let qw = shape.queryWidth, hq = shape.queryHeads
+        blocks.withUnsafeBufferPointer { blocks in
             torus_decode_attention(q.pointer + row * qw, keys[layer].pointer, values[layer].pointer, blocks.baseAddress, blockSize,
-                                   runRows, runCounts, runRows.count, hq, shape.keyValueHeads, shape.headDim, shape.scale,
+                                   runs.rows, runs.counts, runs.rows.count, hq, shape.keyValueHeads, shape.headDim, shape.scale,
                                    out.pointer + row * qw, lse.pointer + row * hq, scores)
         }
     }

@@ -21,10 +21,12 @@ public protocol ServeGroup: AnyObject {
     func prefillAttention(length: Int, shape: AttentionShape) throws -> SequenceAttention
     /// This rank's part of a chunk-reuse prefill of `length` tokens split across the ranks.
     func fusionGroup(length: Int, shape: AttentionShape) throws -> FusionGroup
-    /// Sends `values` to `rank` (a chunk-reuse prefill's rows).
-    func send(_ values: [Float], to rank: Int) throws
-    /// Receives `count` values from `rank`.
-    func receive(count: Int, from rank: Int) throws -> [Float]
+    /// Rank 0's `parts` (packed in rank order, `counts[r]` values for rank r; ignored on the
+    /// other ranks) to every rank at once; returns this rank's part.
+    func scatter(_ parts: [Float], counts: [Int]) throws -> [Float]
+    /// Every rank's `values` (`counts[r]` from rank r) to rank 0, packed in rank order; other
+    /// ranks get nothing back.
+    func gather(_ values: [Float], counts: [Int]) throws -> [Float]
 }
 
 /// One process serves alone.
@@ -44,6 +46,6 @@ public final class SingleRankGroup: ServeGroup {
     public func fusionGroup(length: Int, shape: AttentionShape) throws -> FusionGroup {
         throw EngineConfigError("one rank does not prefill across ranks")
     }
-    public func send(_ values: [Float], to rank: Int) throws { throw EngineConfigError("one rank has no rank \(rank) to send to") }
-    public func receive(count: Int, from rank: Int) throws -> [Float] { throw EngineConfigError("one rank has no rank \(rank) to receive from") }
+    public func scatter(_ parts: [Float], counts: [Int]) throws -> [Float] { parts }
+    public func gather(_ values: [Float], counts: [Int]) throws -> [Float] { values }
 }

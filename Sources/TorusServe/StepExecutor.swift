@@ -14,6 +14,8 @@ final class StepExecutor {
     let shape: AttentionShape
     private let packed: Tensor     // [rows * (Hq*dh + Hq)]   this rank's partials
     private let gathered: Tensor   // [ranks * rows * (Hq*dh + Hq)]
+    /// Attention scores of a step's decoding rows (grown when a step needs more).
+    private var scores = Tensor(zeros: [1])
 
     init(model: LlamaModel, cache: PagedKVCache, workspace: StepWorkspace, group: ServeGroup) {
         self.model = model
@@ -66,22 +68,19 @@ final class StepExecutor {
                 throw EngineConfigError("a blend plan with \(plan.cached.count) cache flags for \(length) tokens")
             }
             let fusion = try group.fusionGroup(length: length, shape: shape)
-            let mine = fusion.localPositions
+            let mine = fusion.localPositions, ranks = 0..<group.size
             let kv = PromptKV(config: model.config, rows: mine.count)
+            let rowFloats = 2 * kv.width * kv.keys.count
+            // Every rank's stored rows from rank 0 at once (only rank 0 holds them).
+            let cachedRows = ranks.map { fusion.positions(rank: $0).filter { plan.cached[$0] } }
+            var parts: [Float] = []
             if rank == 0 {
                 guard let source else { throw EngineConfigError("rank 0 blends without the prompt's stored rows") }
-                for r in 0..<group.size {
-                    let rows = fusion.positions(rank: r).filter { plan.cached[$0] }
-                    if r == 0 {
-                        Self.copyRows(from: source, rows: rows, to: kv, rows: mine.indices.filter { plan.cached[mine[$0]] })
-                    } else {
-                        try group.send(Self.pack(source, rows: rows), to: r)
-                    }
-                }
-            } else {
-                let rows = mine.indices.filter { plan.cached[mine[$0]] }
-                Self.unpack(try group.receive(count: rows.count * 2 * kv.width * kv.keys.count, from: 0), into: kv, rows: rows)
+                // Each rank's block is packed on its own ([layer][K; V] of that rank's rows).
+                parts = cachedRows.flatMap { source.pack(rows: $0) }
             }
+            try group.scatter(parts, counts: cachedRows.map { $0.count * rowFloats })
+                .withUnsafeBufferPointer { kv.unpack($0, rows: mine.indices.filter { plan.cached[mine[$0]] }) }
             let result = try model.fuse(tokens: plan.prefillTokens, cached: plan.cached, kv: kv, policy: plan.recompute, group: fusion)
             for l in 0..<model.config.numHiddenLayers {
                 cache.store(layer: l, blocks: plan.prefillBlocks[rank], localRow: 0, count: mine.count, k: kv.keys[l], v: kv.values[l], rowOffset: 0)
@@ -89,65 +88,39 @@ final class StepExecutor {
             // The rows of chunks computed here go back to rank 0, which stores them.
             var wanted = [Bool](repeating: false, count: length)
             for s in plan.returnedSpans { for j in s where j < length { wanted[j] = true } }
+            let returnedRows = ranks.map { fusion.positions(rank: $0).filter { wanted[$0] } }
+            let all = try group.gather(kv.pack(rows: mine.indices.filter { wanted[mine[$0]] }), counts: returnedRows.map { $0.count * rowFloats })
             if rank == 0, let source {
-                Self.copyRows(from: kv, rows: mine.indices.filter { wanted[mine[$0]] }, to: source, rows: mine.filter { wanted[$0] })
-                for r in 1..<group.size {
-                    let rows = fusion.positions(rank: r).filter { wanted[$0] }
-                    Self.unpack(try group.receive(count: rows.count * 2 * kv.width * kv.keys.count, from: r), into: source, rows: rows)
+                all.withUnsafeBufferPointer { all in
+                    var at = 0
+                    for rows in returnedRows {
+                        source.unpack(UnsafeBufferPointer(rebasing: all[at..<(at + rows.count * rowFloats)]), rows: rows)
+                        at += rows.count * rowFloats
+                    }
                 }
-            } else if rank != 0 {
-                try group.send(Self.pack(kv, rows: mine.indices.filter { wanted[mine[$0]] }), to: 0)
             }
             return result
         }
     }
 
-    /// Rows `rows` of every layer's keys, then values: [layer][K rows; V rows].
-    static func pack(_ kv: PromptKV, rows: [Int]) -> [Float] {
-        let kw = kv.width
-        var out = [Float](repeating: 0, count: rows.count * 2 * kw * kv.keys.count)
-        var at = 0
-        for l in kv.keys.indices {
-            for t in [kv.keys[l], kv.values[l]] {
-                for r in rows {
-                    for i in 0..<kw { out[at + i] = t.pointer[r * kw + i] }
-                    at += kw
-                }
-            }
-        }
-        return out
-    }
-
-    /// The inverse of `pack`: the values into rows `rows` of `kv`.
-    static func unpack(_ values: [Float], into kv: PromptKV, rows: [Int]) {
-        let kw = kv.width
-        var at = 0
-        for l in kv.keys.indices {
-            for t in [kv.keys[l], kv.values[l]] {
-                for r in rows {
-                    for i in 0..<kw { t.pointer[r * kw + i] = values[at + i] }
-                    at += kw
-                }
-            }
-        }
-    }
-
-    static func copyRows(from a: PromptKV, rows: [Int], to b: PromptKV, rows target: [Int]) {
-        unpack(pack(a, rows: rows), into: b, rows: target)
-    }
-
     private func batch(_ plan: StepPlan) throws -> Tensor? {
         let rank = group.rank, cache = self.cache
         let logitRows = rank == 0 ? plan.logitRows.map(Int.init) : []
-        // Decoding rows (one per sequence) attend in parallel, each over its blocks in place.
+        // Decoding rows (one per sequence) attend in parallel, each over its blocks in place;
+        // their visible rows and score scratch are set up once for all layers.
         let rows = plan.chunks.filter { $0.count == 1 }, spans = plan.chunks.filter { $0.count > 1 }
+        let runs = rows.map { cache.decodeRuns(kv: $0.kv[rank], position: $0.start) }
+        var scoreOffsets: [Int] = [], need = 0
+        for r in runs { scoreOffsets.append(need); need += shape.queryHeads * r.keys }
+        if scores.count < need { scores = Tensor(zeros: [need]) }
+        let scratch = scores
         let logits = try model.step(tokens: plan.tokens, positions: plan.positions, logitRows: logitRows, workspace: workspace) { l, q, k, v, o, lse in
             for c in plan.chunks where c.appender == rank {
                 cache.store(layer: l, blocks: c.kv[rank].blocks, localRow: c.appendRow, count: c.count, k: k, v: v, rowOffset: c.rowOffset)
             }
             Parallel.forEach(rows.count) { i in
-                let c = rows[i]
-                cache.attendRow(layer: l, kv: c.kv[rank], position: c.start, q: q, out: o, lse: lse, row: c.rowOffset)
+                cache.attendRow(layer: l, blocks: rows[i].kv[rank].blocks, runs: runs[i], q: q, out: o, lse: lse, row: rows[i].rowOffset,
+                                scores: scratch.pointer + scoreOffsets[i])
             }
             for c in spans {
                 cache.attend(layer: l, kv: c.kv[rank], start: c.start, count: c.count, q: q, out: o, lse: lse, rowOffset: c.rowOffset)

@@ -144,17 +144,20 @@ final class MPIServeGroup: ServeGroup {
         try SequenceParallelFusion(comm: comm, method: method, layout: SequenceLayout(kind: layout, ranks: size, length: length), shape: shape)
     }
 
-    private static let rowsTag = MessageTag.of(.serveBlendRows, 0)
-
-    func send(_ values: [Float], to rank: Int) throws {
-        guard !values.isEmpty else { return }
-        try values.withUnsafeBufferPointer { try comm.send($0.baseAddress!, count: values.count, to: rank, tag: Self.rowsTag) }
+    func scatter(_ parts: [Float], counts: [Int]) throws -> [Float] {
+        var mine = [Float](repeating: 0, count: max(counts[rank], 1))
+        try parts.withUnsafeBufferPointer { input in
+            try mine.withUnsafeMutableBufferPointer { try comm.scatter(input.baseAddress, counts: counts, into: $0.baseAddress!) }
+        }
+        return Array(mine.prefix(counts[rank]))
     }
 
-    func receive(count: Int, from rank: Int) throws -> [Float] {
-        var values = [Float](repeating: 0, count: count)
-        guard count > 0 else { return values }
-        try values.withUnsafeMutableBufferPointer { try comm.recv($0.baseAddress!, count: count, from: rank, tag: Self.rowsTag) }
-        return values
+    func gather(_ values: [Float], counts: [Int]) throws -> [Float] {
+        var all = [Float](repeating: 0, count: rank == 0 ? max(counts.reduce(0, +), 1) : 1)
+        let input = values.isEmpty ? [0] : values
+        try input.withUnsafeBufferPointer { v in
+            try all.withUnsafeMutableBufferPointer { try comm.gather(v.baseAddress!, into: $0.baseAddress, counts: counts) }
+        }
+        return rank == 0 ? Array(all.prefix(counts.reduce(0, +))) : []
     }
 }

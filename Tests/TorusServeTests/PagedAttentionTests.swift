@@ -27,7 +27,9 @@ import TorusTensor
         q.fillNormal(std: 1, generator: &g)
         for (row, position) in [(0, 26), (1, 23), (2, 9)] {
             let out = Tensor(zeros: [3, shape.queryWidth]), lse = Tensor(zeros: [3, shape.queryHeads])
-            cache.attendRow(layer: 1, kv: kv, position: position, q: q, out: out, lse: lse, row: row)
+            let runs = cache.decodeRuns(kv: kv, position: position)
+            let scores = Tensor(zeros: [shape.queryHeads * runs.keys])
+            cache.attendRow(layer: 1, blocks: kv.blocks, runs: runs, q: q, out: out, lse: lse, row: row, scores: scores.pointer)
             let refOut = Tensor(zeros: [3, shape.queryWidth]), refLSE = Tensor(zeros: [3, shape.queryHeads])
             cache.attend(layer: 1, kv: kv, start: position, count: 1, q: q, out: refOut, lse: refLSE, rowOffset: row)
             for i in 0..<shape.queryWidth {
@@ -39,7 +41,9 @@ import TorusTensor
         }
         // A rank holding none of the sequence: zeros and -inf.
         let out = Tensor(zeros: [3, shape.queryWidth]), lse = Tensor(zeros: [3, shape.queryHeads])
-        cache.attendRow(layer: 1, kv: RankKV(), position: 5, q: q, out: out, lse: lse, row: 0)
+        let none = Tensor(zeros: [1])
+        cache.attendRow(layer: 1, blocks: [], runs: cache.decodeRuns(kv: RankKV(), position: 5), q: q, out: out, lse: lse, row: 0,
+                        scores: none.pointer)
         #expect((0..<shape.queryHeads).allSatisfy { lse[$0] == -.infinity } && (0..<shape.queryWidth).allSatisfy { out[$0] == 0 })
     }
 }
