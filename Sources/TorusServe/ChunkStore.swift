@@ -40,9 +40,6 @@ public struct ChunkVariant: Sendable {
     public var bytes: Int { data.count * MemoryLayout<Float>.size }
     /// The variant's name: its key and context.
     public var name: String { key.hex + "-" + context.hex.prefix(16) }
-    /// Offset of layer `l`'s keys in `data` (values follow).
-    public func keyOffset(layer l: Int) -> Int { 2 * l * tokens.count * width }
-    public func valueOffset(layer l: Int) -> Int { (2 * l + 1) * tokens.count * width }
 }
 
 /// Errors setting up the chunk store.

@@ -145,19 +145,24 @@ final class MPIServeGroup: ServeGroup {
     }
 
     func scatter(_ parts: [Float], counts: [Int]) throws -> [Float] {
-        var mine = [Float](repeating: 0, count: max(counts[rank], 1))
+        // One spare float so that a rank receiving nothing still passes a buffer.
+        var mine = [Float](repeating: 0, count: counts[rank] + 1)
         try parts.withUnsafeBufferPointer { input in
             try mine.withUnsafeMutableBufferPointer { try comm.scatter(input.baseAddress, counts: counts, into: $0.baseAddress!) }
         }
-        return Array(mine.prefix(counts[rank]))
+        mine.removeLast()
+        return mine
     }
 
     func gather(_ values: [Float], counts: [Int]) throws -> [Float] {
-        var all = [Float](repeating: 0, count: rank == 0 ? max(counts.reduce(0, +), 1) : 1)
+        let total = counts.reduce(0, +)
+        var all = [Float](repeating: 0, count: rank == 0 ? total + 1 : 1)
         let input = values.isEmpty ? [0] : values
         try input.withUnsafeBufferPointer { v in
             try all.withUnsafeMutableBufferPointer { try comm.gather(v.baseAddress!, into: $0.baseAddress, counts: counts) }
         }
-        return rank == 0 ? Array(all.prefix(counts.reduce(0, +))) : []
+        guard rank == 0 else { return [] }
+        all.removeLast()
+        return all
     }
 }
