@@ -55,6 +55,10 @@ struct DataSection {
     var ragFiller = true
     /// A tokenizer.json for the built-in corpora (default: bytes); copied into the model directory.
     var tokenizer: String?
+    /// The built-in RAG corpus these settings describe.
+    func ragCorpus(seed: UInt64) -> RAGCorpus {
+        RAGCorpus(seed: seed, documents: ragDocuments, filler: ragFiller)
+    }
     static let keys = ["train", "heldout", "synth_examples", "rag_documents", "rag_loss", "rag_filler", "tokenizer"]  // heldout: file, synth or none
 }
 

@@ -49,7 +49,7 @@ struct TrainCommand: ParsableCommand {
         var mask: [Bool]?
         let tokens: [Int32]
         if cfg.data.train == "synth_rag" {
-            let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments, filler: cfg.data.ragFiller)
+            let corpus = cfg.data.ragCorpus(seed: cfg.seed)
             let windows = corpus.trainingTokenWindows(count: cfg.data.synthExamples, split: "train", window: t.seqLen, tokenizer: tokenizer)
             tokens = windows.tokens
             if cfg.data.ragLoss == "questions" { mask = windows.questions }
@@ -178,7 +178,7 @@ struct TrainCommand: ParsableCommand {
         func percent(_ a: Int, _ b: Int) -> Double { b == 0 ? 0 : 100 * Double(a) / Double(b) }
         switch cfg.data.heldout {
         case "synth_rag":
-            let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments, filler: cfg.data.ragFiller)
+            let corpus = cfg.data.ragCorpus(seed: cfg.seed)
             let examples = (0..<Self.ragQuestions).map { corpus.example($0, split: "heldout") }
                 .filter { tokenizer.encode($0.prompt).count <= limit }
             return try ["single", "friend", "previous"].compactMap { kind in
@@ -244,7 +244,7 @@ struct TrainCommand: ParsableCommand {
             return tokenizer.encode(SyntheticCorpus(seed: cfg.seed).text(count: count, split: split))
         }
         if source == "synth_rag" {
-            let corpus = RAGCorpus(seed: cfg.seed, documents: cfg.data.ragDocuments, filler: cfg.data.ragFiller)
+            let corpus = cfg.data.ragCorpus(seed: cfg.seed)
             return tokenizer.encode(corpus.text(count: 40, split: split))
         }
         return try readTokens(path: source, vocab: vocab)
