@@ -55,11 +55,22 @@ public struct StageShards: Sendable {
         }
     }
 
-    /// Writes `config.json` and, with several stages, the shard index into `dir`, completing a
-    /// model directory whose shards the stages wrote (all of which must be there).
-    public func writeIndex(into dir: String) throws {
+    /// Writes `config.json`, the tokenizer and, with several stages, the shard index into
+    /// `dir`, completing a model directory whose shards the stages wrote (all of which must be
+    /// there). The tokenizer is a copy of `tokenizerFile` (the `tokenizer.json` the model was
+    /// trained with), or the byte tokenizer when it is nil.
+    public func writeIndex(into dir: String, tokenizerFile: String? = nil) throws {
         try requireFiles(in: dir) { modelFile(stage: $0) }
         try HFCheckpoint.writeConfig(config, to: (dir as NSString).appendingPathComponent("config.json"))
+        if let tokenizerFile {
+            let target = (dir as NSString).appendingPathComponent("tokenizer.json")
+            do {
+                try? FileManager.default.removeItem(atPath: target)
+                try FileManager.default.copyItem(atPath: tokenizerFile, toPath: target)
+            } catch {
+                throw CheckpointError.io(path: target, message: "cannot copy the tokenizer \(tokenizerFile): \(error.localizedDescription)")
+            }
+        }
         if parts.count > 1 { try HFCheckpoint.writeIndex(config: config, weightMap: weightMap, into: dir) }
     }
 }

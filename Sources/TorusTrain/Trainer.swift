@@ -57,6 +57,9 @@ public final class Trainer {
     public let outDir: String?
     public private(set) var step = 0
     public private(set) var lastCheckpoint: String?
+    /// The `tokenizer.json` the model reads, copied into every model directory the trainer
+    /// writes (checkpoints and `saveModel`) so that each loads as it is; nil: the byte tokenizer.
+    public var tokenizerFile: String?
     /// Test hook: (rank, step) at which this process kills itself, to test failure handling.
     public var faultInjection: (rank: Int, step: Int)?
     /// Test hook: the step at which a weight is set to NaN on every rank.
@@ -467,7 +470,7 @@ public final class Trainer {
             guard let full else { throw TrainError.checkpoint("rank \(comm.rank) writes stage \(stage) but holds no gathered optimizer state") }
             try TrainingCheckpoint.writeStage(into: temp, stage: stage, shards: shards, model: model, optimizer: full)
         } complete: { temp in
-            try TrainingCheckpoint.complete(temp, shards: shards, state: state)
+            try TrainingCheckpoint.complete(temp, shards: shards, state: state, tokenizerFile: tokenizerFile)
         }
         try CollectiveWrite.agree(comm, "publishing \(dir)") {
             if comm.rank == 0 { try TrainingCheckpoint.publish(out: outDir, dir: dir) }
@@ -485,7 +488,7 @@ public final class Trainer {
                                             to: (temp as NSString).appendingPathComponent(shards.modelFile(stage: stage)))
             }
         } complete: { temp in
-            try shards.writeIndex(into: temp)
+            try shards.writeIndex(into: temp, tokenizerFile: tokenizerFile)
         }
     }
 }

@@ -40,10 +40,11 @@ public enum TrainingCheckpoint {
     }
 
     /// Adds what one rank writes once (model config and index, `trainer.json`) to the
-    /// checkpoint directory being built at `dir`.
-    public static func complete(_ dir: String, shards: StageShards, state: TrainerState) throws {
+    /// checkpoint directory being built at `dir`; the model directory gets a copy of
+    /// `tokenizerFile` (nil: the byte tokenizer).
+    public static func complete(_ dir: String, shards: StageShards, state: TrainerState, tokenizerFile: String? = nil) throws {
         try shards.requireFiles(in: dir) { shards.optimizerFile(stage: $0) }
-        try shards.writeIndex(into: (dir as NSString).appendingPathComponent("model"))
+        try shards.writeIndex(into: (dir as NSString).appendingPathComponent("model"), tokenizerFile: tokenizerFile)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let path = (dir as NSString).appendingPathComponent("trainer.json")

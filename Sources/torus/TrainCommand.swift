@@ -58,6 +58,7 @@ struct TrainCommand: ParsableCommand {
         }
         let trainer = try Trainer(model: model, tokens: tokens, options: options, comm: world, outDir: t.out)
         trainer.targetMask = mask
+        trainer.tokenizerFile = cfg.data.tokenizer
         if let spec = ProcessInfo.processInfo.environment["TORUS_FAULT_KILL"] {
             let parts = spec.split(separator: ":").compactMap { Int($0) }
             if parts.count == 2 { trainer.faultInjection = (parts[0], parts[1]) }
@@ -123,11 +124,6 @@ struct TrainCommand: ParsableCommand {
         }
         let modelDir = t.out + "/model"
         try trainer.saveModel(to: modelDir)
-        if rank0, let path = cfg.data.tokenizer {
-            // The model reads the tokenizer it was trained with.
-            try? FileManager.default.removeItem(atPath: modelDir + "/tokenizer.json")
-            try FileManager.default.copyItem(atPath: path, toPath: modelDir + "/tokenizer.json")
-        }
         if rank0 {
             // Evaluation needs every layer: a pipeline stage reads the whole model back.
             let model = model.part.isWhole(model.config) ? model : try HFCheckpoint.load(directory: modelDir)

@@ -76,7 +76,8 @@ import TorusModel
 
     /// `train.eval_every` on the RAG corpus in the default BPE tokenizer: every 2 steps the 2
     /// ranks answer shares of the held-out questions; each evaluation is a line of
-    /// evaluation.jsonl with every question kind counted over all ranks, and curve.svg draws it.
+    /// evaluation.jsonl with every question kind counted over all ranks, and curve.svg draws it;
+    /// checkpoints and the model carry the configured tokenizer.
     @Test func ragEvaluationDuringTrainingCountsEveryQuestion() throws {
         let dir = Self.workDir("rag-eval")
         let tokenizer = ClientPython.repository + "/configs/rag-tokenizer.json"
@@ -90,6 +91,7 @@ import TorusModel
           warmup_steps: 1
           log_every: 1
           eval_every: 2
+          checkpoint_every: 2
         data:
           train: synth_rag
           heldout: synth_rag
@@ -110,7 +112,11 @@ import TorusModel
             #expect(e.accuracy.values.map(\.total).reduce(0, +) == 100, "every held-out question answered once: \(e.accuracy)")
         }
         #expect(try String(contentsOfFile: dir + "/out/curve.svg", encoding: .utf8).contains("single ("))
-        #expect(FileManager.default.fileExists(atPath: dir + "/out/model/tokenizer.json"))
+        // Every model directory the run writes (checkpoints too) reads the tokens it was trained on.
+        let trained = FileManager.default.contents(atPath: tokenizer)
+        for model in ["model", "checkpoints/step-000002/model", "checkpoints/step-000004/model"] {
+            #expect(FileManager.default.contents(atPath: dir + "/out/\(model)/tokenizer.json") == trained, "\(model)/tokenizer.json is not \(tokenizer)")
+        }
     }
 
     /// The same global batch on 1, 2 and 4 ranks gives the same losses and weights. Tolerance:

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+# Whether a training recipe forms in-context copying by name (an induction circuit) within a
+# token budget: the smallest form of what the RAG questions of issue #11 need. Each 256-token
+# window lists 6-12 (name, value) pairs of the RAG corpus's vocabulary ("Poti goat. Kemi Galto.")
+# and then lists the same pairs again and again in shuffled order, so after the first listing
+# every value follows from the name just before it. Loss per token: ~3.3 using no context,
+# ~1.7 with the window's names and values as a bag, ~0.8 with a working induction circuit.
+# `score` splits a trained model's held-out loss by token role; the figure that matters is the
+# loss on values after the first listing (~0 when it copies by name, ln(pairs) ~ 2.2 when it
+# only knows which values the window holds). Needs tokenizers (write) and torch + transformers
+# (score), in a venv outside the repository.
+#   python3 bench/induction-probe.py write /tmp/probe        (train.tokens, heldout.tokens, probe.yaml)
+#   mpirun -np 2 torus train --config /tmp/probe/probe.yaml
+#   python3 bench/induction-probe.py score /tmp/probe/out/model /tmp/probe
+import math, os, random, re, struct, sys
+try:
+    from tokenizers import Tokenizer
+except ImportError as e:
+    sys.exit(f'induction-probe: needs tokenizers ({e})')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKENIZER = os.path.join(ROOT, 'configs', 'rag-tokenizer.json')
+WINDOW = 256
+# The value words of Sources/TorusTrain/RAGCorpus.swift.
+CITIES = ['Tarsa', 'Molvik', 'Queren', 'Adlo', 'Bexhal', 'Corin', 'Dunmar', 'Elsby', 'Fenwick', 'Galto', 'Hollin', 'Istra',
+          'Jorvale', 'Kesh', 'Lunde', 'Marrow']
+VALUES = CITIES + ['red', 'green', 'blue', 'amber', 'violet', 'silver', 'olive', 'teal', 'ochre', 'white', 'crimson', 'grey',
+                   'baker', 'pilot', 'tailor', 'judge', 'miner', 'farmer', 'poet', 'smith', 'nurse', 'clerk', 'sailor', 'mason',
+                   'cat', 'dog', 'parrot', 'goat', 'horse', 'rabbit', 'owl', 'tortoise']
+CONFIG = """# Induction probe (bench/induction-probe.py): the default RAG model's shape, learning rate 1e-3.
+model:
+  hidden_size: 128
+  intermediate_size: 344
+  num_hidden_layers: 4
+  num_attention_heads: 2
+  num_key_value_heads: 1
+  vocab_size: 1408
+  max_position_embeddings: 2048
+  tie_word_embeddings: true
+  initializer_range: 0.06
+seed: 11
+train:
+  steps: 1500
+  batch_size: 16
+  seq_len: 256
+  lr: 1.0e-3
+  min_lr: 1.0e-4
+  warmup_steps: 30
+  log_every: 50
+  out: {out}
+data:
+  train: {train}
+  heldout: {heldout}
+"""
+
+
+def windows(tokenizer, count, seed):
+    # Names: the single-token capitalised four-letter words of the tokenizer (the corpus's name pool).
+    names = sorted(w[1:] for w in tokenizer.get_vocab() if re.fullmatch('\u0120[A-Z][a-z]{3}', w)
+                   and w[1:] not in CITIES + ['What', 'Where'])
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        k = rng.randint(6, 12)
+        pairs = list(zip(rng.sample(names, k), [rng.choice(VALUES) for _ in range(k)]))
+        ids = []
+        while len(ids) < WINDOW:
+            rng.shuffle(pairs)
+            ids += tokenizer.encode(''.join(f' {n} {v}.' for n, v in pairs) + '\n').ids
+        out += ids[:WINDOW]
+    return out, len(names)
+
+
+def write_tokens(path, ids):
+    # Torus token file: magic, version 1, width 2, count, then the tokens (Sources/TorusModel/TokenFile.swift).
+    with open(path, 'wb') as f:
+        f.write(b'TORUSTOK' + struct.pack('<IIQ', 1, 2, len(ids)) + struct.pack(f'<{len(ids)}H', *ids))
+
+
+def read_tokens(path):
+    data = open(path, 'rb').read()
+    if data[:8] != b'TORUSTOK' or struct.unpack('<I', data[12:16])[0] != 2:
+        sys.exit(f'induction-probe: {path} is not a 2-byte Torus token file')
+    n = struct.unpack('<Q', data[16:24])[0]
+    return list(struct.unpack(f'<{n}H', data[24:24 + 2 * n]))
+
+
+def write(directory):
+    tokenizer = Tokenizer.from_file(TOKENIZER)
+    os.makedirs(directory, exist_ok=True)
+    train, names = windows(tokenizer, 20000, 1)
+    heldout, _ = windows(tokenizer, 50, 2)
+    write_tokens(os.path.join(directory, 'train.tokens'), train)
+    write_tokens(os.path.join(directory, 'heldout.tokens'), heldout)
+    with open(os.path.join(directory, 'probe.yaml'), 'w') as f:
+        f.write(CONFIG.format(out=os.path.join(directory, 'out'), train=os.path.join(directory, 'train.tokens'),
+                              heldout=os.path.join(directory, 'heldout.tokens')))
+    print(f'induction-probe: {len(train) // WINDOW} training and {len(heldout) // WINDOW} held-out windows of {WINDOW} tokens '
+          f'({names} names, {len(VALUES)} values) in {directory}; config {directory}/probe.yaml')
+
+
+def score(model_dir, directory):
+    try:
+        import torch
+        from transformers import LlamaForCausalLM
+    except ImportError as e:
+        sys.exit(f'induction-probe: score needs torch and transformers ({e})')
+    tokenizer = Tokenizer.from_file(TOKENIZER)
+    model = LlamaForCausalLM.from_pretrained(model_dir).eval()
+    ids = read_tokens(os.path.join(directory, 'heldout.tokens'))
+    dot, newline = tokenizer.encode('.').ids[0], tokenizer.encode('\n').ids[0]
+    losses = {'value, first listing': [], 'value, later listings': [], 'name, later listings': []}
+    for start in range(0, len(ids) - WINDOW + 1, WINDOW):
+        window = ids[start:start + WINDOW]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([window])).logits[0], -1)
+        later = False
+        for i in range(1, WINDOW - 1):
+            later = later or window[i - 1] == newline
+            loss = -logp[i - 1, window[i]].item()
+            if window[i + 1] == dot:
+                losses['value, later listings' if later else 'value, first listing'].append(loss)
+            elif later and i + 2 < WINDOW and window[i + 2] == dot:
+                losses['name, later listings'].append(loss)
+    for role, values in losses.items():
+        mean = sum(values) / len(values)
+        print(f'{role}: {mean:.3f} nats per token (perplexity {math.exp(mean):.1f}) over {len(values)} tokens')
+
+
+if len(sys.argv) == 3 and sys.argv[1] == 'write':
+    write(sys.argv[2])
+elif len(sys.argv) == 4 and sys.argv[1] == 'score':
+    score(sys.argv[2], sys.argv[3])
+else:
+    sys.exit('usage: induction-probe.py write DIR | score MODEL_DIR DIR')
