@@ -58,7 +58,8 @@ public struct StageShards: Sendable {
     /// Writes `config.json`, the tokenizer and, with several stages, the shard index into
     /// `dir`, completing a model directory whose shards the stages wrote (all of which must be
     /// there). The tokenizer is a copy of `tokenizerFile` (the `tokenizer.json` the model was
-    /// trained with), or the byte tokenizer when it is nil.
+    /// trained with); when it is nil, the one `HFCheckpoint.writeConfig` writes (the byte
+    /// tokenizer, for vocabularies that hold the bytes).
     public func writeIndex(into dir: String, tokenizerFile: String? = nil) throws {
         try requireFiles(in: dir) { modelFile(stage: $0) }
         try HFCheckpoint.writeConfig(config, to: (dir as NSString).appendingPathComponent("config.json"))
