@@ -16,6 +16,9 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// The tensors this instance holds (the whole model unless it is one pipeline stage's).
     public let part: ModelPart
+    /// bfloat16 copies of the dense layers' weights by the address of their fp32 weights, when
+    /// `setInferencePrecision(.bfloat16)` made them (read-only during steps).
+    var bfloat16Layers: [UnsafeRawPointer: BFloat16Linear] = [:]
 
     /// A model with all weights zero, holding only `part` when given (a pipeline stage keeps
     /// its own layers). Throws when the config is inconsistent.
@@ -272,8 +275,7 @@ public final class LlamaModel: @unchecked Sendable {
         RMSNorm.forward(x: x.pointer, weight: weights.finalNorm.pointer, y: normed.pointer, rstd: rstd.pointer,
                         rows: rows, dim: config.hiddenSize, eps: Float(config.rmsNormEps))
         let logits = logits ?? Tensor(zeros: [rows, config.vocabSize])
-        Linear.forward(x: normed.pointer, weight: weights.lmHead.pointer, y: logits.pointer,
-                       rows: rows, inFeatures: config.hiddenSize, outFeatures: config.vocabSize)
+        project(normed.pointer, weights.lmHead, logits.pointer, rows: rows, inFeatures: config.hiddenSize, outFeatures: config.vocabSize)
         return (logits, normed, rstd)
     }
 
@@ -297,9 +299,9 @@ public final class LlamaModel: @unchecked Sendable {
         let d = config.hiddenSize, eps = Float(config.rmsNormEps)
         let qw = shape.queryWidth, kw = shape.keyValueWidth
         RMSNorm.forward(x: x.pointer, weight: w.inputNorm.pointer, y: b.h1.pointer, rstd: b.rstd1.pointer, rows: rows, dim: d, eps: eps)
-        Linear.forward(x: b.h1.pointer, weight: w.q.pointer, y: b.q.pointer, rows: rows, inFeatures: d, outFeatures: qw)
-        Linear.forward(x: b.h1.pointer, weight: w.k.pointer, y: b.k.pointer, rows: rows, inFeatures: d, outFeatures: kw)
-        Linear.forward(x: b.h1.pointer, weight: w.v.pointer, y: b.v.pointer, rows: rows, inFeatures: d, outFeatures: kw)
+        project(b.h1.pointer, w.q, b.q.pointer, rows: rows, inFeatures: d, outFeatures: qw)
+        project(b.h1.pointer, w.k, b.k.pointer, rows: rows, inFeatures: d, outFeatures: kw)
+        project(b.h1.pointer, w.v, b.v.pointer, rows: rows, inFeatures: d, outFeatures: kw)
         rotary.apply(b.q.pointer, rows: rows, heads: shape.queryHeads, positions: positions)
         rotary.apply(b.k.pointer, rows: rows, heads: shape.keyValueHeads, positions: positions)
     }
@@ -310,14 +312,14 @@ public final class LlamaModel: @unchecked Sendable {
         let d = config.hiddenSize, f = config.intermediateSize, eps = Float(config.rmsNormEps)
         let qw = shape.queryWidth
         b.x2.pointer.update(from: x.pointer, count: rows * d)
-        Linear.forward(x: b.o.pointer, weight: w.o.pointer, y: b.x2.pointer, rows: rows, inFeatures: qw, outFeatures: d, accumulate: true)
+        project(b.o.pointer, w.o, b.x2.pointer, rows: rows, inFeatures: qw, outFeatures: d, accumulate: true)
         RMSNorm.forward(x: b.x2.pointer, weight: w.postNorm.pointer, y: b.h2.pointer, rstd: b.rstd2.pointer, rows: rows, dim: d, eps: eps)
-        Linear.forward(x: b.h2.pointer, weight: w.gate.pointer, y: b.gate.pointer, rows: rows, inFeatures: d, outFeatures: f)
-        Linear.forward(x: b.h2.pointer, weight: w.up.pointer, y: b.up.pointer, rows: rows, inFeatures: d, outFeatures: f)
+        project(b.h2.pointer, w.gate, b.gate.pointer, rows: rows, inFeatures: d, outFeatures: f)
+        project(b.h2.pointer, w.up, b.up.pointer, rows: rows, inFeatures: d, outFeatures: f)
         SwiGLU.forward(gate: b.gate.pointer, up: b.up.pointer, out: b.act.pointer, count: rows * f)
         // x may be the previous layer's `out` (serving reuses one set of buffers): it is not read past x2.
         b.out.pointer.update(from: b.x2.pointer, count: rows * d)
-        Linear.forward(x: b.act.pointer, weight: w.down.pointer, y: b.out.pointer, rows: rows, inFeatures: f, outFeatures: d, accumulate: true)
+        project(b.act.pointer, w.down, b.out.pointer, rows: rows, inFeatures: f, outFeatures: d, accumulate: true)
     }
 
     /// Flat offset of the first tensor of layer `l` (or of the final norm for `l == layers`).

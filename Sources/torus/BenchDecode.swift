@@ -15,17 +15,22 @@ struct BenchDecode: ParsableCommand {
     @Option(help: "Tokens to decode.") var tokens: Int = 256
     @Option(help: "Prompt tokens before decoding.") var promptTokens: Int = 16
     @Option(help: "Buffer for the bandwidth loops, MiB.") var bufferMb: Int = 1024
+    @Option(help: "Dense layers in float32 or bfloat16 (as torus serve --dtype).") var dtype: String = "float32"
 
     func run() throws {
         BLASCoreCheck.warnOnce()
         let m = try HFCheckpoint.load(directory: model)
-        let weightBytes = m.config.parameterCount * 4
+        let precision = try InferencePrecision(option: dtype)
+        m.setInferencePrecision(precision)
+        // Bytes one decode step reads: the dense layers' weights in the chosen precision, the rest fp32.
+        let weightBytes = m.config.parameterCount * 4 - (precision == .bfloat16 ? m.inferenceWeightBytesSaved : 0)
         print("machine: \(BLASEnvironment.availableCores) cores, OpenBLAS core \(BLAS.coreName), \(BLAS.threads) BLAS threads, "
               + "OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "(unset)")")
         let (read1, readAll, copy1) = bandwidth(bytes: bufferMb << 20)
         print(String(format: "memory bandwidth: read %.1f GB/s (1 thread), %.1f GB/s (%d threads); copy %.1f GB/s (1 thread, read + write bytes)",
                      read1 / 1e9, readAll / 1e9, BLASEnvironment.availableCores, copy1 / 1e9))
-        print(String(format: "model: %d parameters, %.1f MB of fp32 weights", m.config.parameterCount, Double(weightBytes) / 1e6))
+        print(String(format: "model: %d parameters, %.1f MB of weights read per token (%@ dense layers)", m.config.parameterCount,
+                     Double(weightBytes) / 1e6, precision.rawValue))
         let best = max(read1, readAll)
         print(String(format: "limit: %.0f tokens/s (best read bandwidth / weight bytes)", best / Double(weightBytes)))
 

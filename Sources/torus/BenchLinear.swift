@@ -6,7 +6,7 @@ import TorusTensor
 /// OpenBLAS (sgemm, and one sgemv per row), on the layer shapes of a model.
 struct BenchLinear: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "linear",
-        abstract: "Linear layers with few rows (decoding): the weights-once kernel against OpenBLAS sgemm and sgemv, GFLOP/s and weight GB/s.")
+        abstract: "Linear layers with few rows (decoding): the weights-once kernel against OpenBLAS sgemm and sgemv, and the bfloat16 kernel; GFLOP/s and weight GB/s.")
 
     @Option(help: "Input features.") var inFeatures: Int = 512
     @Option(help: "Output features.") var outFeatures: Int = 1376
@@ -30,12 +30,18 @@ struct BenchLinear: ParsableCommand {
         let weights = (0..<copies).map { _ in Tensor(zeros: [outFeatures, inFeatures]) }
         let x = Tensor(zeros: [most, inFeatures]), y = Tensor(zeros: [most, outFeatures])
         for w in weights { w.fillNormal(std: 0.05, generator: &g) }
-        var next = 0
+        // bfloat16 copies (`serve --dtype bfloat16`), twice as many so they span the same bytes.
+        let reduced = (0..<min(2 * copies, max(1, (weightsMb << 20) / (matrixBytes / 2)))).map {
+            BFloat16Linear(weight: weights[$0 % copies].pointer, outFeatures: outFeatures, inFeatures: inFeatures)
+        }
+        var next = 0, nextReduced = 0
         func w() -> UnsafeMutablePointer<Float> { next = (next + 1) % copies; return weights[next].pointer }
+        func bf16() -> BFloat16Linear { nextReduced = (nextReduced + 1) % reduced.count; return reduced[nextReduced] }
         x.fillNormal(std: 1, generator: &g)
         print("machine: \(BLASEnvironment.availableCores) cores, OpenBLAS core \(BLAS.coreName), \(BLAS.threads) threads; "
             + "W [\(outFeatures), \(inFeatures)] (\(matrixBytes >> 10) KiB, \(copies) cycled); forward uses sgemv per row up to \(Linear.gemvRows) rows, the kernel up to \(Linear.fewRows), then sgemm")
-        print("  rows    kernel GFLOP/s (weight GB/s)    sgemm GFLOP/s    sgemv/row GFLOP/s")
+        print("bfloat16: \(BFloat16Linear.accelerated ? "AVX512-BF16 kernel" : "portable kernel (no AVX512-BF16)"), \(reduced.count) matrices cycled")
+        print("  rows    kernel GFLOP/s (weight GB/s)    sgemm GFLOP/s    sgemv/row GFLOP/s    bfloat16 GFLOP/s (weight GB/s)")
         for n in counts {
             func measure(_ body: () -> Void) -> Double {
                 body()
@@ -55,8 +61,9 @@ struct BenchLinear: ParsableCommand {
             let gemv = measure {
                 Linear.forwardBLAS(x: x.pointer, weight: w(), y: y.pointer, rows: n, inFeatures: inFeatures, outFeatures: outFeatures, perRow: true)
             }
-            print(String(format: "  %4d    %7.1f (%5.1f)                 %7.1f          %7.1f", n, flops / kernel / 1e9, bytes / kernel / 1e9,
-                         flops / sgemm / 1e9, flops / gemv / 1e9))
+            let half = measure { bf16().forward(x: x.pointer, y: y.pointer, rows: n) }
+            print(String(format: "  %4d    %7.1f (%5.1f)                 %7.1f          %7.1f              %7.1f (%5.1f)", n, flops / kernel / 1e9,
+                         bytes / kernel / 1e9, flops / sgemm / 1e9, flops / gemv / 1e9, flops / half / 1e9, bytes / 2 / half / 1e9))
         }
     }
 }

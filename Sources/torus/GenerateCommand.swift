@@ -16,6 +16,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Sampling temperature; 0 is greedy.") var temperature: Float = 0
     @Option(help: "Nucleus sampling threshold.") var topP: Float = 1
     @Option(help: "Sampling seed.") var seed: UInt64 = 0
+    @Option(help: "Dense layers in float32 or bfloat16 (as torus serve --dtype).") var dtype: String = "float32"
     @Flag(help: "Print token ids instead of text.") var ids = false
     @Flag(help: "Stop at the first newline token (10).") var stopAtNewline = false
     @Option(help: "Split the prompt over the ranks of mpirun for prefill and keep the KV cache distributed: ring or tokenring.") var sequenceParallel: String?
@@ -32,6 +33,7 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         let m = try HFCheckpoint.load(directory: model)
+        m.setInferencePrecision(try InferencePrecision(option: dtype))
         // Token ids need no tokenizer (a small-vocabulary model may have none).
         let tokenizer = try? ModelTokenizer.load(directory: model, vocabularySize: m.config.vocabSize)
         func textTokenizer() throws -> any TextTokenizer {

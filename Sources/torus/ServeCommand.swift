@@ -23,6 +23,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Sequences running at once.") var maxNumSeqs: Int?
     @Option(help: "Requests queued before 429.") var maxWaiting: Int?
     @Option(help: "Chat template: chatml or llama3 (default: detected from tokenizer_config.json).") var chatTemplate: String?
+    @Option(help: "Dense layers in float32 or bfloat16 (serve.dtype; vLLM's --dtype).") var dtype: String?
     @Option(help: "Largest request body, MiB.") var maxBodyMb: Int?
     @Option(help: "Under mpirun: prefill long prompts across the ranks with ring or tokenring.") var sequenceParallel: String?
     @Option(help: "Layout of a prompt over the ranks: zigzag or contiguous.") var spLayout: String?
@@ -52,6 +53,7 @@ struct ServeCommand: ParsableCommand {
         if let maxWaiting { s.maxWaiting = maxWaiting }
         if let chatTemplate { s.chatTemplate = chatTemplate }
         if let maxBodyMb { s.maxBodyMB = maxBodyMb }
+        if let dtype { s.dtype = try InferencePrecision(option: dtype) }
         if let sequenceParallel { s.spMethod = sequenceParallel }
         if let spLayout { s.spLayout = spLayout }
         if let spThreshold { s.spThreshold = spThreshold }
@@ -101,6 +103,7 @@ struct ServeCommand: ParsableCommand {
         }
 
         let loaded = try HFCheckpoint.load(directory: dir)
+        loaded.setInferencePrecision(s.dtype)
         let tokenizer = try ModelTokenizer.load(directory: dir, vocabularySize: loaded.config.vocabSize)
         // Under mpirun every rank runs the steps; rank 0 also runs HTTP and the scheduler.
         let group: ServeGroup

@@ -1,5 +1,6 @@
 import Foundation
 import TorusHTTP
+import TorusModel
 import TorusServe
 import Yams
 
@@ -18,6 +19,7 @@ import Yams
 ///       max_num_seqs: 64              # running sequences
 ///       max_waiting: 1024             # queued requests before 429
 ///       chat_template: chatml         # chatml | llama3 (else detected from tokenizer_config.json)
+///       dtype: float32                # float32 | bfloat16 (dense layers' weights and inputs rounded to bfloat16)
 ///       max_body_mb: 64
 ///       shutdown_grace_s: 10
 ///       sequence_parallel:            # under mpirun: long prompts prefilled across the ranks
@@ -49,6 +51,7 @@ struct ServeSection {
     var maxNumSeqs = 64
     var maxWaiting = 1024
     var chatTemplate: String?
+    var dtype = InferencePrecision.float32
     var maxBodyMB = 64
     var shutdownGraceS = 10.0
     var spMethod = "ring"
@@ -64,7 +67,7 @@ struct ServeSection {
 
     static let keys = ["model", "served_model_name", "host", "port", "api_key_env", "block_size", "kv_cache_memory_mb",
                        "max_model_len", "max_num_batched_tokens", "max_num_seqs", "max_waiting", "chat_template",
-                       "max_body_mb", "shutdown_grace_s", "sequence_parallel", "chunk_reuse"]
+                       "dtype", "max_body_mb", "shutdown_grace_s", "sequence_parallel", "chunk_reuse"]
 
     /// The `serve:` section of `path` (defaults when the file has none).
     static func load(path: String) throws -> ServeSection {
@@ -91,6 +94,14 @@ struct ServeSection {
         if m["max_num_seqs"] != nil { s.maxNumSeqs = try r.int(m, "max_num_seqs", section: "serve", min: 1) }
         if m["max_waiting"] != nil { s.maxWaiting = try r.int(m, "max_waiting", section: "serve", min: 0) }
         if m["chat_template"] != nil { s.chatTemplate = try r.string(m, "chat_template", section: "serve") }
+        if m["dtype"] != nil {
+            let name = try r.string(m, "dtype", section: "serve")
+            guard let dtype = InferencePrecision(rawValue: name) else {
+                throw ConfigError(file: path, message: "'serve.dtype' is '\(name)'; known: "
+                    + InferencePrecision.allCases.map(\.rawValue).joined(separator: ", "))
+            }
+            s.dtype = dtype
+        }
         if m["max_body_mb"] != nil { s.maxBodyMB = try r.int(m, "max_body_mb", section: "serve", min: 1) }
         if m["shutdown_grace_s"] != nil { s.shutdownGraceS = try r.double(m, "shutdown_grace_s", section: "serve") }
         if let sp = m["sequence_parallel"] {

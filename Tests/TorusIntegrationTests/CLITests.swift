@@ -81,6 +81,13 @@ import TorusModel
         #expect(gen.status == 0, "\(gen.output)")
         let ids = gen.stdout.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",").compactMap { Int32($0) }
         #expect(ids == (try loaded.generate(prompt: [1, 2, 3], maxNewTokens: 5)))
+        // --dtype bfloat16: the tokens of the model's bfloat16 layers.
+        let reduced = try TorusBinary.torus(["generate", "--model", dir + "/model", "--prompt-ids", "1,2,3", "--max-tokens", "5", "--ids",
+                                             "--dtype", "bfloat16"])
+        #expect(reduced.status == 0, "\(reduced.output)")
+        loaded.setInferencePrecision(.bfloat16)
+        let reducedIDs = reduced.stdout.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",").compactMap { Int32($0) }
+        #expect(reducedIDs == (try loaded.generate(prompt: [1, 2, 3], maxNewTokens: 5)))
     }
 
     @Test func badInputsGiveClearErrors() throws {

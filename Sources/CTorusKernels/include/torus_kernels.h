@@ -54,4 +54,21 @@ void torus_linear_rows(const float *x, const float *w, float *y, long rows, long
 void torus_decode_attention(const float *q, const float *keys, const float *values, const int *blocks, long block_size,
                             const long *run_rows, const long *run_counts, long runs, long query_heads, long kv_heads,
                             long head_dim, float scale, float *out, float *lse, float *scores);
+
+/* bfloat16 inference linear layers (bf16.c). Weights [out, in] are packed once in panels of 16
+   outputs by pairs of inputs (zero padded); activations are rounded to bfloat16 rows of
+   2 * ceil(in / 2) values; products are summed in fp32. */
+#include <stdint.h>
+/* Nonzero when the CPU and OS run AVX512-BF16 (otherwise a portable kernel is used). */
+int torus_has_avx512bf16(void);
+/* f rounded to the nearest bfloat16 (ties to even). */
+uint16_t torus_bf16_round(float f);
+/* Elements of a packed [out, in] weight matrix. */
+long torus_bf16_packed_count(long out, long in);
+void torus_bf16_pack(const float *w, long out, long in, uint16_t *packed);
+/* rows x in activations into xb (rows x 2 * ceil(in / 2)). */
+void torus_bf16_rows(const float *x, uint16_t *xb, long rows, long in);
+/* y[rows, out] = xb W^T (or +=) for the output panels [p_begin, p_end) (16 outputs each). */
+void torus_linear_bf16(const uint16_t *xb, const uint16_t *packed, float *y, long rows, long in, long out, long p_begin,
+                       long p_end, int accumulate);
 #endif

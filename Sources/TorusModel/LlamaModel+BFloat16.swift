@@ -1,0 +1,49 @@
+import TorusTensor
+
+/// The inference precision of a model's dense layers (`serve.dtype`, `--dtype`, vLLM's names).
+public enum InferencePrecision: String, CaseIterable, Codable, Sendable {
+    /// fp32 weights and activations (training's arithmetic; the default).
+    case float32
+    /// Weights and layer inputs rounded to bfloat16, products summed in fp32.
+    case bfloat16
+}
+
+extension LlamaModel {
+    /// Switches the dense layers (projections, MLP and head) of forward passes to `precision`:
+    /// for bfloat16, packs a bfloat16 copy of the current weights (the fp32 weights stay; later
+    /// changes to them are not followed, so this is for serving and generation, not training).
+    /// Norms, rotary embeddings, attention and the KV cache stay fp32.
+    public func setInferencePrecision(_ precision: InferencePrecision) {
+        guard precision == .bfloat16 else { bfloat16Layers = [:]; return }
+        var packed: [UnsafeRawPointer: BFloat16Linear] = [:]
+        func add(_ w: Tensor) {
+            guard w.count > 0, w.shape.count == 2 else { return }
+            packed[UnsafeRawPointer(w.pointer)] = BFloat16Linear(weight: w.pointer, outFeatures: w.shape[0], inFeatures: w.shape[1])
+        }
+        for l in part.layerRanges.joined() {
+            let w = weights.layers[l]
+            [w.q, w.k, w.v, w.o, w.gate, w.up, w.down].forEach(add)
+        }
+        add(weights.lmHead)
+        bfloat16Layers = packed
+    }
+
+    /// The precision `setInferencePrecision` set.
+    public var inferencePrecision: InferencePrecision { bfloat16Layers.isEmpty ? .float32 : .bfloat16 }
+
+    /// Bytes of fp32 weights the bfloat16 layers stand in for, less their own bytes (what a
+    /// decode step reads less; zero in float32). A tied head is counted once.
+    public var inferenceWeightBytesSaved: Int {
+        bfloat16Layers.values.reduce(0) { $0 + $1.outFeatures * $1.inFeatures * 4 - $1.bytes }
+    }
+
+    /// `y = x W^T` (or `+=`) for the weight `w`, in the inference precision.
+    func project(_ x: UnsafePointer<Float>, _ w: Tensor, _ y: UnsafeMutablePointer<Float>, rows: Int, inFeatures: Int,
+                 outFeatures: Int, accumulate: Bool = false) {
+        if let packed = bfloat16Layers[UnsafeRawPointer(w.pointer)] {
+            packed.forward(x: x, y: y, rows: rows, accumulate: accumulate)
+        } else {
+            Linear.forward(x: x, weight: w.pointer, y: y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures, accumulate: accumulate)
+        }
+    }
+}

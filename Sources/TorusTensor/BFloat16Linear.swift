@@ -1,0 +1,63 @@
+import CTorusKernels
+
+/// The weights of one dense layer (`y = x W^T`, `W` of shape [out, in]) rounded to bfloat16
+/// and packed for inference: products of bfloat16 activations and weights, summed in fp32
+/// (vLLM's `--dtype bfloat16`). With AVX512-BF16 twice the multiply rate of fp32 and half the
+/// weight bytes; on other CPUs a portable kernel computes the same products. The packed copy
+/// does not follow later changes of the fp32 weights.
+public final class BFloat16Linear: @unchecked Sendable {
+    public let inFeatures: Int
+    public let outFeatures: Int
+    /// Whether this CPU runs the AVX512-BF16 kernel (else the portable one).
+    public static let accelerated = torus_has_avx512bf16() != 0
+    private let packed: UnsafeMutablePointer<UInt16>
+    private let packedCount: Int
+
+    /// Rounds and packs `weight` [outFeatures, inFeatures].
+    public init(weight: UnsafePointer<Float>, outFeatures: Int, inFeatures: Int) {
+        precondition(outFeatures > 0 && inFeatures > 0, "a linear layer needs positive shapes, got [\(outFeatures), \(inFeatures)]")
+        self.inFeatures = inFeatures
+        self.outFeatures = outFeatures
+        packedCount = torus_bf16_packed_count(outFeatures, inFeatures)
+        packed = .allocate(capacity: packedCount)
+        torus_bf16_pack(weight, outFeatures, inFeatures, packed)
+    }
+
+    deinit { packed.deallocate() }
+
+    /// `x` rounded to the nearest bfloat16 (ties to even), as the kernels round.
+    public static func rounded(_ x: Float) -> Float {
+        Float(bitPattern: UInt32(torus_bf16_round(x)) << 16)
+    }
+
+    /// Bytes of the packed weights.
+    public var bytes: Int { packedCount * 2 }
+
+    /// `y[rows, out] = bf16(x)[rows, in] bf16(W)^T` (or `+=` when `accumulate`), the output
+    /// features split over this rank's threads.
+    public func forward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows: Int, accumulate: Bool = false) {
+        guard rows > 0 else { return }
+        let stride = 2 * ((inFeatures + 1) / 2)
+        withUnsafeTemporaryAllocation(of: UInt16.self, capacity: rows * stride) { xb in
+            guard let xb = xb.baseAddress else { return }
+            let threads = BLAS.threads
+            // Rounding the activations: by rows over the threads when there are many.
+            let rowParts = rows >= 64 ? threads : 1
+            let rowsPer = (rows + rowParts - 1) / rowParts
+            Parallel.forEach(rowParts) { p in
+                let begin = p * rowsPer, end = min(rows, begin + rowsPer)
+                guard begin < end else { return }
+                torus_bf16_rows(x + begin * inFeatures, xb + begin * stride, end - begin, inFeatures)
+            }
+            // Pairs of 16-output panels (the kernel's tile), split over the threads.
+            let panels = (outFeatures + 15) / 16
+            let parts = max(1, min(threads, panels / 2))
+            let per = ((panels + parts - 1) / parts + 1) / 2 * 2
+            Parallel.forEach(parts) { p in
+                let begin = p * per, end = min(panels, begin + per)
+                guard begin < end else { return }
+                torus_linear_bf16(xb, packed, y, rows, inFeatures, outFeatures, begin, end, accumulate ? 1 : 0)
+            }
+        }
+    }
+}

@@ -1,0 +1,53 @@
+import Testing
+import TorusModel
+import TorusServe
+import TorusTensor
+
+/// `serve --dtype bfloat16` and `generate --dtype bfloat16` share the model's bfloat16 layers:
+/// the engine's batched greedy tokens equal `generate`'s, and the logits stay near fp32's.
+@Suite struct BFloat16ServingTests {
+    static func model(_ precision: InferencePrecision) throws -> LlamaModel {
+        let m = try LlamaModel.initialized(config: ServeFixture.config, seed: 7)
+        m.setInferencePrecision(precision)
+        return m
+    }
+
+    @Test func logitsStayNearFloat32AndSwitchBack() throws {
+        let m = try Self.model(.bfloat16)
+        #expect(m.inferencePrecision == .bfloat16)
+        let prompt = ServeFixture.prompt(40, seed: 9)
+        let reduced = try m.logits(tokens: prompt, batch: 1, seqLen: prompt.count).array
+        let exact = try ServeFixture.model.logits(tokens: prompt, batch: 1, seqLen: prompt.count).array
+        let scale = exact.map { abs($0) }.max() ?? 1
+        let error = zip(reduced, exact).map { abs($0 - $1) }.max() ?? 0
+        #expect(error > 0 && error / scale < 0.05, "bfloat16 logits differ from fp32 by \(error) (largest logit \(scale))")
+        m.setInferencePrecision(.float32)
+        #expect(try m.logits(tokens: prompt, batch: 1, seqLen: prompt.count).array == exact)
+    }
+
+    /// 8 requests of mixed lengths batched with chunked prefill: each gets `generate`'s greedy
+    /// tokens on the same bfloat16 model, up to a near-tie (rows batched differently round
+    /// their inputs to bfloat16 from slightly different fp32 values).
+    @Test func batchedGreedyMatchesGenerate() async throws {
+        let m = try Self.model(.bfloat16)
+        let engine = try Engine(model: m, config: EngineConfig(blockSize: 16, kvCacheBytes: 16 << 20, maxModelLength: nil,
+                                                               limits: .init(maxBatchedTokens: 64, maxRunning: 8, maxWaiting: 64)))
+        defer { engine.shutdown() }
+        let cases = (0..<8).map { i in (ServeFixture.prompt(5 + 17 * i, seed: UInt64(300 + i)), 6 + (i * 5) % 13) }
+        try await withThrowingTaskGroup(of: (Int, [Int32]).self) { group in
+            for (i, c) in cases.enumerated() {
+                group.addTask { (i, try await ServeFixture.run(engine, GenerationRequest(prompt: c.0, maxTokens: c.1)).tokens) }
+            }
+            for try await (i, got) in group {
+                let (prompt, n) = cases[i]
+                let want = try m.generate(prompt: prompt, maxNewTokens: n)
+                #expect(got.count == want.count)
+                guard let j = zip(got, want).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset else { continue }
+                let logits = try m.logits(tokens: prompt + want[..<j], batch: 1, seqLen: prompt.count + j).array
+                let row = Array(logits[((prompt.count + j - 1) * 256)...].prefix(256))
+                let a = row[Int(got[j])], b = row[Int(want[j])]
+                #expect(abs(a - b) <= 0.02 * max(1, abs(a)), "request \(i) token \(j): \(got[j]) vs \(want[j]), logits \(a) vs \(b)")
+            }
+        }
+    }
+}
