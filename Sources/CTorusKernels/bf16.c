@@ -91,9 +91,47 @@ void torus_bf16_rows(const float *x, uint16_t *xb, long rows, long in) {
 }
 
 #if defined(__x86_64__) && defined(__clang__)
-/* 6 rows x 2 panels (32 outputs) of fp32 accumulators: 12 zmm, each step one weight load per
-   panel and one broadcast pair of activations per row. */
-#define BF16_ROWS 6
+/* One tile: NR rows (a compile-time constant after inlining, so the accumulators stay in
+   registers) x 2 panels (32 outputs), summed over the input pairs in SPLIT interleaved partial
+   sums, so that consecutive vdpbf16ps on few rows do not wait on each other. */
+__attribute__((target("avx512f,avx512bf16,avx512vl,avx512bw"), always_inline))
+static inline void bf16_tile(const uint32_t *a, long pairs, const uint16_t *b0, const uint16_t *b1, float *y, long out,
+                             long o0, __mmask16 m0, __mmask16 m1, int two, int accumulate, const int NR, const int SPLIT) {
+    __m512 acc0[6][4], acc1[6][4];
+    for (int r = 0; r < NR; r++)
+        for (int j = 0; j < SPLIT; j++) { acc0[r][j] = _mm512_setzero_ps(); acc1[r][j] = _mm512_setzero_ps(); }
+    long kk = 0;
+    for (; kk + SPLIT <= pairs; kk += SPLIT)
+        for (int j = 0; j < SPLIT; j++) {
+            __m512bh w0 = (__m512bh)_mm512_loadu_si512(b0 + (kk + j) * 32), w1 = (__m512bh)_mm512_loadu_si512(b1 + (kk + j) * 32);
+            for (int r = 0; r < NR; r++) {
+                __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r * pairs + kk + j]);
+                acc0[r][j] = _mm512_dpbf16_ps(acc0[r][j], av, w0);
+                acc1[r][j] = _mm512_dpbf16_ps(acc1[r][j], av, w1);
+            }
+        }
+    for (; kk < pairs; kk++) {
+        __m512bh w0 = (__m512bh)_mm512_loadu_si512(b0 + kk * 32), w1 = (__m512bh)_mm512_loadu_si512(b1 + kk * 32);
+        for (int r = 0; r < NR; r++) {
+            __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r * pairs + kk]);
+            acc0[r][0] = _mm512_dpbf16_ps(acc0[r][0], av, w0);
+            acc1[r][0] = _mm512_dpbf16_ps(acc1[r][0], av, w1);
+        }
+    }
+    for (int r = 0; r < NR; r++) {
+        for (int j = 1; j < SPLIT; j++) { acc0[r][0] = _mm512_add_ps(acc0[r][0], acc0[r][j]); acc1[r][0] = _mm512_add_ps(acc1[r][0], acc1[r][j]); }
+        float *row = y + r * out;
+        if (accumulate) {
+            acc0[r][0] = _mm512_add_ps(acc0[r][0], _mm512_maskz_loadu_ps(m0, row + o0));
+            if (two) acc1[r][0] = _mm512_add_ps(acc1[r][0], _mm512_maskz_loadu_ps(m1, row + o0 + 16));
+        }
+        _mm512_mask_storeu_ps(row + o0, m0, acc0[r][0]);
+        if (two) _mm512_mask_storeu_ps(row + o0 + 16, m1, acc1[r][0]);
+    }
+}
+
+/* Tiles of 6 rows (12 accumulators: one weight load per panel and one broadcast per row each
+   step); the last 1-5 rows by a tile of their own size. */
 __attribute__((target("avx512f,avx512bf16,avx512vl,avx512bw")))
 static void linear_bf16_avx512(const uint16_t *xb, const uint16_t *packed, float *y, long rows, long in, long out,
                                long p_begin, long p_end, int accumulate) {
@@ -104,66 +142,16 @@ static void linear_bf16_avx512(const uint16_t *xb, const uint16_t *packed, float
         long o0 = p * 16, o1 = o0 + 16;
         __mmask16 m0 = out - o0 >= 16 ? 0xffff : (__mmask16)((1u << (out - o0)) - 1);
         __mmask16 m1 = !two ? 0 : out - o1 >= 16 ? 0xffff : (__mmask16)((1u << (out - o1)) - 1);
-        for (long r0 = 0; r0 < rows; r0 += BF16_ROWS) {
-            int nr = rows - r0 < BF16_ROWS ? (int)(rows - r0) : BF16_ROWS;
-            __m512 acc0[BF16_ROWS], acc1[BF16_ROWS];
-            for (int r = 0; r < BF16_ROWS; r++) { acc0[r] = _mm512_setzero_ps(); acc1[r] = _mm512_setzero_ps(); }
+        for (long r0 = 0; r0 < rows; r0 += 6) {
             const uint32_t *a = (const uint32_t *)(const void *)(xb + r0 * 2 * pairs);
-            if (nr == BF16_ROWS) {
-                for (long kk = 0; kk < pairs; kk++) {
-                    __m512bh w0 = (__m512bh)_mm512_loadu_si512(b0 + kk * 32), w1 = (__m512bh)_mm512_loadu_si512(b1 + kk * 32);
-                    for (int r = 0; r < BF16_ROWS; r++) {
-                        __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r * pairs + kk]);
-                        acc0[r] = _mm512_dpbf16_ps(acc0[r], av, w0);
-                        acc1[r] = _mm512_dpbf16_ps(acc1[r], av, w1);
-                    }
-                }
-            } else if (nr <= 2) {
-                /* Few rows (decoding): four partial sums per accumulator over interleaved input
-                   pairs, so that consecutive vdpbf16ps do not wait on each other. */
-                __m512 part0[2][4], part1[2][4];
-                for (int r = 0; r < 2; r++)
-                    for (int j = 0; j < 4; j++) { part0[r][j] = _mm512_setzero_ps(); part1[r][j] = _mm512_setzero_ps(); }
-                long kk = 0;
-                for (; kk + 4 <= pairs; kk += 4)
-                    for (int j = 0; j < 4; j++) {
-                        __m512bh w0 = (__m512bh)_mm512_loadu_si512(b0 + (kk + j) * 32), w1 = (__m512bh)_mm512_loadu_si512(b1 + (kk + j) * 32);
-                        for (int r = 0; r < nr; r++) {
-                            __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r * pairs + kk + j]);
-                            part0[r][j] = _mm512_dpbf16_ps(part0[r][j], av, w0);
-                            part1[r][j] = _mm512_dpbf16_ps(part1[r][j], av, w1);
-                        }
-                    }
-                for (; kk < pairs; kk++) {
-                    __m512bh w0 = (__m512bh)_mm512_loadu_si512(b0 + kk * 32), w1 = (__m512bh)_mm512_loadu_si512(b1 + kk * 32);
-                    for (int r = 0; r < nr; r++) {
-                        __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r * pairs + kk]);
-                        part0[r][0] = _mm512_dpbf16_ps(part0[r][0], av, w0);
-                        part1[r][0] = _mm512_dpbf16_ps(part1[r][0], av, w1);
-                    }
-                }
-                for (int r = 0; r < nr; r++) {
-                    acc0[r] = _mm512_add_ps(_mm512_add_ps(part0[r][0], part0[r][1]), _mm512_add_ps(part0[r][2], part0[r][3]));
-                    acc1[r] = _mm512_add_ps(_mm512_add_ps(part1[r][0], part1[r][1]), _mm512_add_ps(part1[r][2], part1[r][3]));
-                }
-            } else {
-                for (long kk = 0; kk < pairs; kk++) {
-                    __m512bh w0 = (__m512bh)_mm512_loadu_si512(b0 + kk * 32), w1 = (__m512bh)_mm512_loadu_si512(b1 + kk * 32);
-                    for (int r = 0; r < nr; r++) {
-                        __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r * pairs + kk]);
-                        acc0[r] = _mm512_dpbf16_ps(acc0[r], av, w0);
-                        acc1[r] = _mm512_dpbf16_ps(acc1[r], av, w1);
-                    }
-                }
-            }
-            for (int r = 0; r < nr; r++) {
-                float *row = y + (r0 + r) * out;
-                if (accumulate) {
-                    acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, row + o0));
-                    if (two) acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, row + o1));
-                }
-                _mm512_mask_storeu_ps(row + o0, m0, acc0[r]);
-                if (two) _mm512_mask_storeu_ps(row + o1, m1, acc1[r]);
+            float *yr = y + r0 * out;
+            switch (rows - r0 < 6 ? rows - r0 : 6) {
+            case 1: bf16_tile(a, pairs, b0, b1, yr, out, o0, m0, m1, two, accumulate, 1, 4); break;
+            case 2: bf16_tile(a, pairs, b0, b1, yr, out, o0, m0, m1, two, accumulate, 2, 4); break;
+            case 3: bf16_tile(a, pairs, b0, b1, yr, out, o0, m0, m1, two, accumulate, 3, 2); break;
+            case 4: bf16_tile(a, pairs, b0, b1, yr, out, o0, m0, m1, two, accumulate, 4, 2); break;
+            case 5: bf16_tile(a, pairs, b0, b1, yr, out, o0, m0, m1, two, accumulate, 5, 1); break;
+            default: bf16_tile(a, pairs, b0, b1, yr, out, o0, m0, m1, two, accumulate, 6, 1); break;
             }
         }
     }

@@ -15,16 +15,22 @@ extension LlamaModel {
     /// Norms, rotary embeddings, attention and the KV cache stay fp32.
     public func setInferencePrecision(_ precision: InferencePrecision) {
         guard precision == .bfloat16 else { bfloat16Layers = [:]; return }
-        var packed: [UnsafeRawPointer: BFloat16Linear] = [:]
-        func add(_ w: Tensor) {
-            guard w.count > 0, w.shape.count == 2 else { return }
-            packed[UnsafeRawPointer(w.pointer)] = BFloat16Linear(weight: w.pointer, outFeatures: w.shape[0], inFeatures: w.shape[1])
-        }
+        var matrices: [Tensor] = []
         for l in part.layerRanges.joined() {
             let w = weights.layers[l]
-            [w.q, w.k, w.v, w.o, w.gate, w.up, w.down].forEach(add)
+            matrices += [w.q, w.k, w.v, w.o, w.gate, w.up, w.down]
         }
-        add(weights.lmHead)
+        matrices.append(weights.lmHead)
+        matrices = matrices.filter { $0.count > 0 && $0.shape.count == 2 }
+        // One arena for all (on huge pages), each matrix at a 64-byte boundary.
+        let counts = matrices.map { (BFloat16Linear.packedCount(outFeatures: $0.shape[0], inFeatures: $0.shape[1]) + 31) / 32 * 32 }
+        let arena = Tensor(zeros: [max(1, counts.reduce(0, +) / 2)])
+        var packed: [UnsafeRawPointer: BFloat16Linear] = [:], offset = 0
+        for (w, count) in zip(matrices, counts) {
+            packed[UnsafeRawPointer(w.pointer)] = BFloat16Linear(weight: w.pointer, outFeatures: w.shape[0], inFeatures: w.shape[1],
+                                                                 arena: arena, offset: offset)
+            offset += count
+        }
         bfloat16Layers = packed
     }
 

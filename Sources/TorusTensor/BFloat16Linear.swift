@@ -1,4 +1,5 @@
 import CTorusKernels
+import Foundation
 
 /// The weights of one dense layer (`y = x W^T`, `W` of shape [out, in]) rounded to bfloat16
 /// and packed for inference: products of bfloat16 activations and weights, summed in fp32
@@ -12,18 +13,31 @@ public final class BFloat16Linear: @unchecked Sendable {
     public static let accelerated = torus_has_avx512bf16() != 0
     private let packed: UnsafeMutablePointer<UInt16>
     private let packedCount: Int
+    /// What holds `packed`: a shared arena, or nil when this layer allocated it.
+    private let arena: Tensor?
 
-    /// Rounds and packs `weight` [outFeatures, inFeatures].
-    public init(weight: UnsafePointer<Float>, outFeatures: Int, inFeatures: Int) {
+    /// Elements (bfloat16) of a packed [outFeatures, inFeatures] matrix.
+    public static func packedCount(outFeatures: Int, inFeatures: Int) -> Int { torus_bf16_packed_count(outFeatures, inFeatures) }
+
+    /// Rounds and packs `weight` [outFeatures, inFeatures] into memory of its own.
+    public convenience init(weight: UnsafePointer<Float>, outFeatures: Int, inFeatures: Int) {
+        let count = Self.packedCount(outFeatures: outFeatures, inFeatures: inFeatures)
+        self.init(weight: weight, outFeatures: outFeatures, inFeatures: inFeatures, arena: Tensor(zeros: [(count + 1) / 2]), offset: 0)
+    }
+
+    /// Rounds and packs `weight` into `arena` from bfloat16 element `offset` on (the arena is
+    /// kept alive; one arena for a model's layers puts them all on huge pages, which the
+    /// hardware prefetcher streams past 4 KiB).
+    public init(weight: UnsafePointer<Float>, outFeatures: Int, inFeatures: Int, arena: Tensor, offset: Int) {
         precondition(outFeatures > 0 && inFeatures > 0, "a linear layer needs positive shapes, got [\(outFeatures), \(inFeatures)]")
         self.inFeatures = inFeatures
         self.outFeatures = outFeatures
-        packedCount = torus_bf16_packed_count(outFeatures, inFeatures)
-        packed = .allocate(capacity: packedCount)
+        packedCount = Self.packedCount(outFeatures: outFeatures, inFeatures: inFeatures)
+        precondition(offset >= 0 && offset + packedCount <= arena.count * 2, "the arena of \(arena.count * 2) bfloat16 values cannot hold [\(outFeatures), \(inFeatures)] at \(offset)")
+        self.arena = arena
+        packed = UnsafeMutableRawPointer(arena.pointer).bindMemory(to: UInt16.self, capacity: arena.count * 2) + offset
         torus_bf16_pack(weight, outFeatures, inFeatures, packed)
     }
-
-    deinit { packed.deallocate() }
 
     /// `x` rounded to the nearest bfloat16 (ties to even), as the kernels round.
     public static func rounded(_ x: Float) -> Float {

@@ -30,9 +30,13 @@ struct BenchLinear: ParsableCommand {
         let weights = (0..<copies).map { _ in Tensor(zeros: [outFeatures, inFeatures]) }
         let x = Tensor(zeros: [most, inFeatures]), y = Tensor(zeros: [most, outFeatures])
         for w in weights { w.fillNormal(std: 0.05, generator: &g) }
-        // bfloat16 copies (`serve --dtype bfloat16`), twice as many so they span the same bytes.
-        let reduced = (0..<min(2 * copies, max(1, (weightsMb << 20) / (matrixBytes / 2)))).map {
-            BFloat16Linear(weight: weights[$0 % copies].pointer, outFeatures: outFeatures, inFeatures: inFeatures)
+        // bfloat16 copies (`serve --dtype bfloat16`) spanning the same bytes, in one arena on
+        // huge pages as a model's are.
+        let reducedCount = min(2 * copies, max(1, (weightsMb << 20) / (matrixBytes / 2)))
+        let packedCount = (BFloat16Linear.packedCount(outFeatures: outFeatures, inFeatures: inFeatures) + 31) / 32 * 32
+        let arena = Tensor(zeros: [reducedCount * packedCount / 2])
+        let reduced = (0..<reducedCount).map {
+            BFloat16Linear(weight: weights[$0 % copies].pointer, outFeatures: outFeatures, inFeatures: inFeatures, arena: arena, offset: $0 * packedCount)
         }
         var next = 0, nextReduced = 0
         func w() -> UnsafeMutablePointer<Float> { next = (next + 1) % copies; return weights[next].pointer }
