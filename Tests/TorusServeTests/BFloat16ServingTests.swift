@@ -40,13 +40,8 @@ import TorusTensor
             }
             for try await (i, got) in group {
                 let (prompt, n) = cases[i]
-                let want = try m.generate(prompt: prompt, maxNewTokens: n)
-                #expect(got.count == want.count)
-                guard let j = zip(got, want).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset else { continue }
-                let logits = try m.logits(tokens: prompt + want[..<j], batch: 1, seqLen: prompt.count + j).array
-                let row = Array(logits[((prompt.count + j - 1) * 256)...].prefix(256))
-                let a = row[Int(got[j])], b = row[Int(want[j])]
-                #expect(abs(a - b) <= 0.02 * max(1, abs(a)), "request \(i) token \(j): \(got[j]) vs \(want[j]), logits \(a) vs \(b)")
+                try ServeFixture.expectSameGreedy(got, try m.generate(prompt: prompt, maxNewTokens: n), prompt: prompt, model: m,
+                                                  relativeTolerance: 0.02)
             }
         }
     }
