@@ -14,7 +14,9 @@
 #   python3 bench/induction-probe.py write /tmp/probe        (train.tokens, heldout.tokens, probe.yaml)
 #   mpirun -np 2 torus train --config /tmp/probe/probe.yaml
 #   python3 bench/induction-probe.py score /tmp/probe/out/model /tmp/probe
-import math, os, random, re, struct, sys
+#   python3 bench/induction-probe.py torch /tmp/probe 1500     (the PyTorch twin: transformers' LlamaForCausalLM of the
+#       same config, AdamW, schedule and clipping, on the same windows, into /tmp/probe/torch-model; then score that)
+import math, os, random, re, struct, sys, time
 try:
     from tokenizers import Tokenizer
 except ImportError as e:
@@ -134,9 +136,57 @@ def score(model_dir, directory):
     print(f'reference for later values: {sum(bag) / len(bag):.3f} nats knowing only which values the window holds, 0 copying by name')
 
 
-if len(sys.argv) == 3 and sys.argv[1] == 'write':
+def torch_twin(directory, steps):
+    # The probe config trained by PyTorch: whether a plateau is Torus's or the recipe's.
+    try:
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError as e:
+        sys.exit(f'induction-probe: torch needs torch and transformers ({e})')
+    torch.manual_seed(0)
+    torch.set_num_threads(int(os.environ.get('TORUS_TORCH_THREADS', '2')))
+    tokens = torch.tensor(read_tokens(os.path.join(directory, 'train.tokens')), dtype=torch.long)
+    config = LlamaConfig(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
+                         vocab_size=1408, max_position_embeddings=2048, rope_theta=10000.0, rms_norm_eps=1e-5,
+                         tie_word_embeddings=True, initializer_range=0.06)
+    model = LlamaForCausalLM(config)
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    vectors = [p for p in model.parameters() if p.dim() < 2]
+    peak, low, warmup, batch = 1e-3, 1e-4, 30, 16
+    optimizer = torch.optim.AdamW([{'params': matrices, 'weight_decay': 0.1}, {'params': vectors, 'weight_decay': 0.0}],
+                                  lr=peak, betas=(0.9, 0.95), eps=1e-8)
+    windows = (len(tokens) - 1) // WINDOW
+    generator = torch.Generator().manual_seed(11)
+    started, running = time.time(), 0.0
+    for step in range(1, steps + 1):
+        # Torus's schedule: linear warm-up, cosine to the minimum.
+        progress = min(1, (step - warmup) / max(1, steps - warmup))
+        rate = peak * step / warmup if step <= warmup else low + 0.5 * (peak - low) * (1 + math.cos(math.pi * progress))
+        for group in optimizer.param_groups:
+            group['lr'] = rate
+        starts = torch.randint(0, windows, (batch,), generator=generator) * WINDOW
+        x = torch.stack([tokens[i:i + WINDOW] for i in starts])
+        y = torch.stack([tokens[i + 1:i + WINDOW + 1] for i in starts])
+        loss = torch.nn.functional.cross_entropy(model(x).logits.view(-1, config.vocab_size), y.view(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        running += loss.item()
+        if step % 50 == 0:
+            elapsed = time.time() - started
+            print(f'step {step}: loss {running / 50:.3f} (mean of 50), {step * batch * WINDOW / elapsed:.0f} tokens/s', flush=True)
+            running = 0.0
+    out = os.path.join(directory, 'torch-model')
+    model.save_pretrained(out)
+    print(f'induction-probe: wrote {out}; score it with: induction-probe.py score {out} {directory}')
+
+
+if len(sys.argv) == 4 and sys.argv[1] == 'torch':
+    torch_twin(sys.argv[2], int(sys.argv[3]))
+elif len(sys.argv) == 3 and sys.argv[1] == 'write':
     write(sys.argv[2])
 elif len(sys.argv) == 4 and sys.argv[1] == 'score':
     score(sys.argv[2], sys.argv[3])
 else:
-    sys.exit('usage: induction-probe.py write DIR | score MODEL_DIR DIR')
+    sys.exit('usage: induction-probe.py write DIR | score MODEL_DIR DIR | torch DIR STEPS')
