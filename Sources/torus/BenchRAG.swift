@@ -16,6 +16,7 @@ struct BenchRAG: ParsableCommand {
 
     @Option(help: "Hugging Face model directory (trained on synth_rag).") var model: String
     @Option(help: "Requests in the trace.") var requests: Int = 48
+    @Option(help: "Dense layers in float32 or bfloat16 (as torus serve --dtype); every method runs in it.") var dtype: String = "float32"
     @Option(help: "Worlds the requests draw from (Zipf popularity; documents recur within a world).") var worlds: Int = 8
     @Option(help: "Seed of the corpus (the training config's seed: its held-out split).") var corpusSeed: UInt64 = 11
     @Option(help: "Seed of the trace.") var seed: UInt64 = 1
@@ -66,6 +67,7 @@ struct BenchRAG: ParsableCommand {
     func run() throws {
         BLASCoreCheck.warnOnce()
         let m = try HFCheckpoint.load(directory: model)
+        m.setInferencePrecision(try InferencePrecision(option: dtype))
         try m.prepareServing(maxPositions: m.config.maxPositionEmbeddings)
         let parts = documents.split(separator: "-").compactMap { Int($0) }
         guard parts.count == 2, parts[0] >= 1, parts[0] <= parts[1] else {

@@ -13,9 +13,11 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Windows per forward pass.") var batch: Int = 4
     @Option(help: "Question file (JSON lines with prompt, answer, hops, as written by 'torus data synth'): report answer accuracy.") var qa: String?
     @Option(help: "Evaluate at most this many questions.") var qaLimit: Int?
+    @Option(help: "Dense layers in float32 or bfloat16 (as torus serve --dtype).") var dtype: String = "float32"
 
     func run() throws {
         let m = try HFCheckpoint.load(directory: model)
+        m.setInferencePrecision(try InferencePrecision(option: dtype))
         let tokens = try readTokens(path: data, vocab: m.config.vocabSize)
         let t = seqLen ?? min(m.config.maxPositionEmbeddings, 256)
         guard t >= 1, t <= m.config.maxPositionEmbeddings else {
