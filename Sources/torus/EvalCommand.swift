@@ -37,21 +37,45 @@ struct EvalCommand: ParsableCommand {
         if let qa { try evaluateQuestions(model: m, path: qa) }
     }
 
+    /// Answer accuracy over a question file: `torus data synth` lines of either corpus (QA:
+    /// prompt, answer, hops; RAG: documents, question, answer, kind), prompted through the
+    /// model directory's tokenizer; RAG questions are also counted by kind.
     func evaluateQuestions(model m: LlamaModel, path: String) throws {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw ValidationErrorMessage("question file \(path) does not exist or cannot be read")
         }
-        var examples: [QAExample] = []
+        var examples: [(qa: QAExample, kind: String?)] = []
         for (i, line) in text.split(separator: "\n").enumerated() where !line.trimmingCharacters(in: .whitespaces).isEmpty {
-            do { examples.append(try JSONDecoder().decode(QAExample.self, from: Data(line.utf8))) } catch {
-                throw ValidationErrorMessage("question file \(path), line \(i + 1): expected {\"prompt\", \"answer\", \"hops\"}")
+            let data = Data(line.utf8)
+            if let rag = try? JSONDecoder().decode(RAGExample.self, from: data) {
+                examples.append((rag.qa, rag.kind))
+            } else if let qa = try? JSONDecoder().decode(QAExample.self, from: data) {
+                examples.append((qa, nil))
+            } else {
+                throw ValidationErrorMessage("question file \(path), line \(i + 1): expected {\"prompt\", \"answer\", \"hops\"} "
+                    + "or a RAG example {\"documents\", \"question\", \"answer\", \"value\", \"kind\", \"hops\"}")
             }
         }
         if let qaLimit { examples = Array(examples.prefix(qaLimit)) }
-        let fitting = examples.filter { $0.prompt.utf8.count + 16 <= m.config.maxPositionEmbeddings }
-        let r = try QAEvaluation.evaluate(model: m, examples: fitting)
-        print(String(format: "eval: answer accuracy %.1f%% (%d/%d), two-hop %.1f%% (%d/%d)%@", 100 * r.accuracy, r.correct, r.total,
-                     100 * r.twoHopAccuracy, r.twoHopCorrect, r.twoHopTotal,
-                     fitting.count < examples.count ? " (\(examples.count - fitting.count) questions longer than the context skipped)" : ""))
+        let tokenizer = try ModelTokenizer.load(directory: model, vocabularySize: m.config.vocabSize)
+        // Room for the answer: RAG answer lines are up to ~20 BPE tokens (64 bytes); QA answers one word.
+        let answerRoom = examples.contains { $0.kind != nil } ? 64 : 16
+        let fitting = examples.filter { tokenizer.encode($0.qa.prompt).count + answerRoom <= m.config.maxPositionEmbeddings }
+        let skipped = examples.count - fitting.count
+        // One pass per kind (a QA file is one kind), the totals summed.
+        var kinds: [String?] = []
+        for e in fitting where !kinds.contains(e.kind) { kinds.append(e.kind) }
+        var correct = 0, total = 0, twoHopCorrect = 0, twoHopTotal = 0, lines: [String] = []
+        for kind in kinds {
+            let r = try QAEvaluation.evaluate(model: m, examples: fitting.filter { $0.kind == kind }.map(\.qa), maxAnswerTokens: answerRoom,
+                                              tokenizer: tokenizer)
+            correct += r.correct; total += r.total; twoHopCorrect += r.twoHopCorrect; twoHopTotal += r.twoHopTotal
+            if let kind { lines.append(String(format: "eval: RAG (%@) answer accuracy %.1f%% (%d/%d)", kind, 100 * r.accuracy, r.correct, r.total)) }
+        }
+        func percent(_ a: Int, _ b: Int) -> Double { b == 0 ? 0 : 100 * Double(a) / Double(b) }
+        print(String(format: "eval: answer accuracy %.1f%% (%d/%d), two-hop %.1f%% (%d/%d)%@", percent(correct, total), correct, total,
+                     percent(twoHopCorrect, twoHopTotal), twoHopCorrect, twoHopTotal,
+                     skipped > 0 ? " (\(skipped) questions longer than the context skipped)" : ""))
+        lines.forEach { print($0) }
     }
 }

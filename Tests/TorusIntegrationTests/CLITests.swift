@@ -90,6 +90,29 @@ import TorusModel
         #expect(reducedIDs == (try loaded.generate(prompt: [1, 2, 3], maxNewTokens: 5)))
     }
 
+    /// `torus eval --qa` reads `torus data synth --kind rag`'s question file through the model's
+    /// tokenizer and counts every question, by kind.
+    @Test func evalAnswersRAGQuestionFiles() throws {
+        let dir = tempDir()
+        try """
+        \(TestYAML.model(vocab: 1408, maxPositions: 1024))
+        seed: 7
+        """.write(toFile: dir + "/m.yaml", atomically: true, encoding: .utf8)
+        #expect(try TorusBinary.torus(["init", "--config", dir + "/m.yaml", "--out", dir + "/model"]).status == 0)
+        try? FileManager.default.removeItem(atPath: dir + "/model/tokenizer.json")
+        try FileManager.default.copyItem(atPath: ClientPython.repository + "/configs/rag-tokenizer.json", toPath: dir + "/model/tokenizer.json")
+        let synth = try TorusBinary.torus(["data", "synth", "--kind", "rag", "--out", dir + "/data", "--train", "1", "--heldout", "9",
+                                           "--documents", "2-3", "--no-filler", "--seed", "3"])
+        #expect(synth.status == 0, "\(synth.output)")
+        let r = try TorusBinary.torus(["eval", "--model", dir + "/model", "--data", dir + "/data/heldout.tokens",
+                                       "--qa", dir + "/data/heldout.jsonl", "--seq-len", "64"])
+        #expect(r.status == 0, "\(r.output)")
+        #expect(r.stdout.contains("eval: answer accuracy") && r.stdout.contains("/9), two-hop"), "\(r.stdout)")
+        let perKind = r.stdout.split(separator: "\n").filter { $0.hasPrefix("eval: RAG (") }
+        let counted = perKind.compactMap { line in line.split(separator: "/").last.flatMap { Int($0.dropLast()) } }.reduce(0, +)
+        #expect(!perKind.isEmpty && counted == 9, "\(r.stdout)")
+    }
+
     @Test func badInputsGiveClearErrors() throws {
         let dir = tempDir()
         let unknown = try writeConfig(dir, extra: "learning_rate: 3")
