@@ -19,11 +19,8 @@ import TorusModel
         return path
     }
 
-    /// `torus bench rag` on a fresh model in the default RAG tokenizer: full prefill is its own
-    /// reference (KL 0), CacheBlend at ratio 1 recomputes every cached token and matches it, reuse
-    /// unchanged differs; the table and plot are written.
-    @Test func benchRagComparesMethodsAgainstFullPrefill() throws {
-        let dir = tempDir()
+    /// A fresh model in the default RAG tokenizer at `dir`/model.
+    func writeRAGModel(_ dir: String) throws {
         try """
         \(TestYAML.model(vocab: 1408, maxPositions: 1024))
         seed: 7
@@ -31,6 +28,14 @@ import TorusModel
         #expect(try TorusBinary.torus(["init", "--config", dir + "/m.yaml", "--out", dir + "/model"]).status == 0)
         try? FileManager.default.removeItem(atPath: dir + "/model/tokenizer.json")
         try FileManager.default.copyItem(atPath: ClientPython.repository + "/configs/rag-tokenizer.json", toPath: dir + "/model/tokenizer.json")
+    }
+
+    /// `torus bench rag` on a fresh model in the default RAG tokenizer: full prefill is its own
+    /// reference (KL 0), CacheBlend at ratio 1 recomputes every cached token and matches it, reuse
+    /// unchanged differs; the table and plot are written.
+    @Test func benchRagComparesMethodsAgainstFullPrefill() throws {
+        let dir = tempDir()
+        try writeRAGModel(dir)
         let r = try TorusBinary.torus(["bench", "rag", "--model", dir + "/model", "--requests", "6", "--worlds", "1", "--documents", "2-3",
                                        "--methods", "full,unchanged,cacheblend", "--ratios", "1", "--out", dir + "/bench"], timeout: 300)
         #expect(r.status == 0, "\(r.output)")
@@ -94,13 +99,7 @@ import TorusModel
     /// tokenizer and counts every question, by kind.
     @Test func evalAnswersRAGQuestionFiles() throws {
         let dir = tempDir()
-        try """
-        \(TestYAML.model(vocab: 1408, maxPositions: 1024))
-        seed: 7
-        """.write(toFile: dir + "/m.yaml", atomically: true, encoding: .utf8)
-        #expect(try TorusBinary.torus(["init", "--config", dir + "/m.yaml", "--out", dir + "/model"]).status == 0)
-        try? FileManager.default.removeItem(atPath: dir + "/model/tokenizer.json")
-        try FileManager.default.copyItem(atPath: ClientPython.repository + "/configs/rag-tokenizer.json", toPath: dir + "/model/tokenizer.json")
+        try writeRAGModel(dir)
         let synth = try TorusBinary.torus(["data", "synth", "--kind", "rag", "--out", dir + "/data", "--train", "1", "--heldout", "9",
                                            "--documents", "2-3", "--no-filler", "--seed", "3"])
         #expect(synth.status == 0, "\(synth.output)")
