@@ -158,6 +158,9 @@ public final class ChunkReuse: @unchecked Sendable {
     public static func fingerprint(_ model: LlamaModel) -> String {
         var h = SHA256()
         h.update(String(describing: model.config))
+        // KV computed with bfloat16 layers differs from float32's: stores keep them apart
+        // (float32 keeps the fingerprint it had before bfloat16 existed).
+        if model.inferencePrecision != .float32 { h.update(model.inferencePrecision.rawValue) }
         let p = model.parameters.flat
         h.update(p.count)
         let stride = max(1, p.count / 65_536)

@@ -25,6 +25,14 @@ import TorusTensor
         #expect(try m.logits(tokens: prompt, batch: 1, seqLen: prompt.count).array == exact)
     }
 
+    /// Chunk stores key entries by the model fingerprint: KV computed with bfloat16 layers is
+    /// never served to a float32 server from the same directory, or the other way round.
+    @Test func chunkFingerprintsKeepPrecisionsApart() throws {
+        let reduced = try Self.model(.bfloat16), exact = try Self.model(.float32)
+        #expect(ChunkReuse.fingerprint(reduced) != ChunkReuse.fingerprint(exact))
+        #expect(ChunkReuse.fingerprint(exact) == ChunkReuse.fingerprint(ServeFixture.model))
+    }
+
     /// 8 requests of mixed lengths batched with chunked prefill: each gets `generate`'s greedy
     /// tokens on the same bfloat16 model, up to a near-tie (rows batched differently round
     /// their inputs to bfloat16 from slightly different fp32 values).
