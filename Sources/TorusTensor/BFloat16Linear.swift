@@ -9,6 +9,15 @@ import Foundation
 public final class BFloat16Linear: @unchecked Sendable {
     public let inFeatures: Int
     public let outFeatures: Int
+    /// Up to this many rows (a decoding step's), `forward` runs on the calling thread: waking
+    /// a worker for each of a step's ~60 small products cost more than the second core gave.
+    /// On 2 cores with the load generator beside the server (`bench/serve-vs-vllm.sh`, Zen 4),
+    /// 8 rather than 0 raised output tokens/s from 202 to 288 at c=1, 515 to 593 at c=8 and 722
+    /// to 767 at c=32. TORUS_BF16_SERIAL_ROWS overrides it.
+    public static let serialRows: Int = {
+        if let v = ProcessInfo.processInfo.environment["TORUS_BF16_SERIAL_ROWS"].flatMap({ Int($0) }), v >= 0 { return v }
+        return 8
+    }()
     /// Whether this CPU runs the AVX512-BF16 kernel (else the portable one).
     public static let accelerated = torus_has_avx512bf16() != 0
     private let packed: UnsafeMutablePointer<UInt16>
@@ -65,7 +74,7 @@ public final class BFloat16Linear: @unchecked Sendable {
             }
             // Pairs of 16-output panels (the kernel's tile), split over the threads.
             let panels = (outFeatures + 15) / 16
-            let parts = max(1, min(threads, panels / 2))
+            let parts = rows <= Self.serialRows ? 1 : max(1, min(threads, panels / 2))
             let per = ((panels + parts - 1) / parts + 1) / 2 * 2
             Parallel.forEach(parts) { p in
                 let begin = p * per, end = min(panels, begin + per)
