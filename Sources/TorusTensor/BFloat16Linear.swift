@@ -7,7 +7,9 @@ import Foundation
 /// weight bytes; on other CPUs a portable kernel computes the same products. The packed copy
 /// does not follow later changes of the fp32 weights.
 public final class BFloat16Linear: @unchecked Sendable {
+    /// Input features (columns of `W`).
     public let inFeatures: Int
+    /// Output features (rows of `W`).
     public let outFeatures: Int
     /// Up to this many rows (a decoding step's), `forward` runs on the calling thread: waking
     /// a worker for each of a step's ~60 small products cost more than the second core gave.
@@ -22,8 +24,8 @@ public final class BFloat16Linear: @unchecked Sendable {
     public static let accelerated = torus_has_avx512bf16() != 0
     private let packed: UnsafeMutablePointer<UInt16>
     private let packedCount: Int
-    /// What holds `packed`: a shared arena, or nil when this layer allocated it.
-    private let arena: Tensor?
+    /// The memory `packed` lies in (a model's shared arena, or this layer's own), kept alive.
+    private let arena: Tensor
 
     /// Elements (bfloat16) of a packed [outFeatures, inFeatures] matrix.
     public static func packedCount(outFeatures: Int, inFeatures: Int) -> Int { torus_bf16_packed_count(outFeatures, inFeatures) }
