@@ -30,18 +30,13 @@ CITIES = ['Tarsa', 'Molvik', 'Queren', 'Adlo', 'Bexhal', 'Corin', 'Dunmar', 'Els
 VALUES = CITIES + ['red', 'green', 'blue', 'amber', 'violet', 'silver', 'olive', 'teal', 'ochre', 'white', 'crimson', 'grey',
                    'baker', 'pilot', 'tailor', 'judge', 'miner', 'farmer', 'poet', 'smith', 'nurse', 'clerk', 'sailor', 'mason',
                    'cat', 'dog', 'parrot', 'goat', 'horse', 'rabbit', 'owl', 'tortoise']
+# The default RAG model's shape (configs/rag-pretrain.yaml), for Torus's config and the PyTorch twin alike.
+MODEL = dict(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
+             vocab_size=1408, max_position_embeddings=2048, rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+             initializer_range=0.06)
 CONFIG = """# Induction probe (bench/induction-probe.py): the default RAG model's shape, learning rate 1e-3.
 model:
-  hidden_size: 128
-  intermediate_size: 344
-  num_hidden_layers: 4
-  num_attention_heads: 2
-  num_key_value_heads: 1
-  vocab_size: 1408
-  max_position_embeddings: 2048
-  tie_word_embeddings: true
-  initializer_range: 0.06
-seed: 11
+""" + ''.join(f'  {k}: {str(v).lower() if isinstance(v, bool) else v}\n' for k, v in MODEL.items()) + """seed: 11
 train:
   steps: 1500
   batch_size: 16
@@ -146,9 +141,7 @@ def torch_twin(directory, steps):
     torch.manual_seed(0)
     torch.set_num_threads(int(os.environ.get('TORUS_TORCH_THREADS', '2')))
     tokens = torch.tensor(read_tokens(os.path.join(directory, 'train.tokens')), dtype=torch.long)
-    config = LlamaConfig(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
-                         vocab_size=1408, max_position_embeddings=2048, rope_theta=10000.0, rms_norm_eps=1e-5,
-                         tie_word_embeddings=True, initializer_range=0.06)
+    config = LlamaConfig(**MODEL)
     model = LlamaForCausalLM(config)
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     vectors = [p for p in model.parameters() if p.dim() < 2]

@@ -42,14 +42,16 @@ int torus_has_avx512bf16(void) {
 #endif
 }
 
-static int use_avx512bf16(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        const char *kernel = getenv("TORUS_BF16_KERNEL"); /* "portable": the kernel of CPUs without AVX512-BF16 */
-        cached = kernel && strcmp(kernel, "portable") == 0 ? 0 : torus_has_avx512bf16();
-    }
-    return cached;
+/* Decided once when the library loads (before any thread can call a kernel, so no thread sees
+   it half set). TORUS_BF16_KERNEL=portable picks the kernel of CPUs without AVX512-BF16. */
+static int avx512bf16_chosen;
+
+__attribute__((constructor)) static void choose_bf16_kernel(void) {
+    const char *kernel = getenv("TORUS_BF16_KERNEL");
+    avx512bf16_chosen = kernel && strcmp(kernel, "portable") == 0 ? 0 : torus_has_avx512bf16();
 }
+
+static inline int use_avx512bf16(void) { return avx512bf16_chosen; }
 
 long torus_bf16_packed_count(long out, long in) { return ((out + 15) / 16) * ((in + 1) / 2) * 32; }
 

@@ -6,6 +6,16 @@ public enum InferencePrecision: String, CaseIterable, Codable, Sendable {
     case float32
     /// Weights and layer inputs rounded to bfloat16, products summed in fp32.
     case bfloat16
+
+    /// The precision a `--dtype` flag or `serve.dtype` names: vLLM's names, or `fp32`, `float`
+    /// and `bf16`; nil for any other.
+    public init?(name: String) {
+        switch name.lowercased() {
+        case "float32", "fp32", "float": self = .float32
+        case "bfloat16", "bf16": self = .bfloat16
+        default: return nil
+        }
+    }
 }
 
 extension LlamaModel {
@@ -46,7 +56,7 @@ extension LlamaModel {
     /// `y = x W^T` (or `+=`) for the weight `w`, in the inference precision.
     func project(_ x: UnsafePointer<Float>, _ w: Tensor, _ y: UnsafeMutablePointer<Float>, rows: Int, inFeatures: Int,
                  outFeatures: Int, accumulate: Bool = false) {
-        if let packed = bfloat16Layers[UnsafeRawPointer(w.pointer)] {
+        if !bfloat16Layers.isEmpty, let packed = bfloat16Layers[UnsafeRawPointer(w.pointer)] {
             packed.forward(x: x, y: y, rows: rows, accumulate: accumulate)
         } else {
             Linear.forward(x: x, weight: w.pointer, y: y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures, accumulate: accumulate)

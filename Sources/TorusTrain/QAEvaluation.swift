@@ -4,6 +4,10 @@ import TorusModel
 /// Exact-match answer accuracy: the model is prompted with documents and question and
 /// generates greedily until a newline; the answer counts when it equals the expected one.
 public struct QAEvaluation {
+    /// Tokens generated for an answer: a RAG answer line is up to ~20 BPE tokens (64 bytes),
+    /// a QA answer one word.
+    public static func answerTokens(rag: Bool) -> Int { rag ? 64 : 16 }
+
     public struct Result: Sendable {
         public var total = 0, correct = 0
         public var twoHopTotal = 0, twoHopCorrect = 0

@@ -11,7 +11,7 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Text file (byte tokens) or Torus token file.") var data: String
     @Option(help: "Tokens per evaluated window (default: min(max_position_embeddings, 256)).") var seqLen: Int?
     @Option(help: "Windows per forward pass.") var batch: Int = 4
-    @Option(help: "Question file (JSON lines with prompt, answer, hops, as written by 'torus data synth'): report answer accuracy.") var qa: String?
+    @Option(help: "Question file written by 'torus data synth' (qa: prompt, answer, hops; rag: documents, question, answer, kind): report answer accuracy.") var qa: String?
     @Option(help: "Evaluate at most this many questions.") var qaLimit: Int?
     @Option(help: "Dense layers in float32 or bfloat16 (as torus serve --dtype).") var dtype: String = "float32"
 
@@ -58,8 +58,7 @@ struct EvalCommand: ParsableCommand {
         }
         if let qaLimit { examples = Array(examples.prefix(qaLimit)) }
         let tokenizer = try ModelTokenizer.load(directory: model, vocabularySize: m.config.vocabSize)
-        // Room for the answer: RAG answer lines are up to ~20 BPE tokens (64 bytes); QA answers one word.
-        let answerRoom = examples.contains { $0.kind != nil } ? 64 : 16
+        let answerRoom = QAEvaluation.answerTokens(rag: examples.contains { $0.kind != nil })
         let fitting = examples.filter { tokenizer.encode($0.qa.prompt).count + answerRoom <= m.config.maxPositionEmbeddings }
         let skipped = examples.count - fitting.count
         // One pass per kind (a QA file is one kind), the totals summed.

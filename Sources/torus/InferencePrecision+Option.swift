@@ -2,12 +2,11 @@ import ArgumentParser
 import TorusModel
 
 extension InferencePrecision {
-    /// The precision a `--dtype` flag names (vLLM's names; `bf16` and `fp32` too).
+    /// The precision a `--dtype` flag names; a validation error naming the flag otherwise.
     init(option: String) throws {
-        switch option.lowercased() {
-        case "float32", "fp32", "float": self = .float32
-        case "bfloat16", "bf16": self = .bfloat16
-        default: throw ValidationError("--dtype \(option): expected float32 or bfloat16")
+        guard let precision = InferencePrecision(name: option) else {
+            throw ValidationError("--dtype \(option): expected float32 or bfloat16")
         }
+        self = precision
     }
 }

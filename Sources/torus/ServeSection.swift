@@ -96,7 +96,7 @@ struct ServeSection {
         if m["chat_template"] != nil { s.chatTemplate = try r.string(m, "chat_template", section: "serve") }
         if m["dtype"] != nil {
             let name = try r.string(m, "dtype", section: "serve")
-            guard let dtype = InferencePrecision(rawValue: name) else {
+            guard let dtype = InferencePrecision(name: name) else {
                 throw ConfigError(file: path, message: "'serve.dtype' is '\(name)'; known: "
                     + InferencePrecision.allCases.map(\.rawValue).joined(separator: ", "))
             }

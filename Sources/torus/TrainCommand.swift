@@ -157,8 +157,7 @@ struct TrainCommand: ParsableCommand {
     /// rank r answers questions r, r+P, ... and the counts are summed; without it the calling
     /// rank answers all.
     func accuracies(model: LlamaModel, cfg: RunConfig, tokenizer: any TextTokenizer, world: Communicator?) throws -> [AccuracyScore] {
-        // Room for the answer: RAG answer lines are up to ~20 BPE tokens (64 bytes); QA answers one word.
-        let answerRoom = cfg.data.heldout == "synth_rag" ? 64 : 16
+        let answerRoom = QAEvaluation.answerTokens(rag: cfg.data.heldout == "synth_rag")
         let limit = model.config.maxPositionEmbeddings - answerRoom
         let (rank, size) = (world?.rank ?? 0, world?.size ?? 1)
         func evaluate(_ examples: [QAExample]) throws -> (correct: Int, total: Int, twoHopCorrect: Int, twoHopTotal: Int) {

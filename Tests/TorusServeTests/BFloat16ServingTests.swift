@@ -20,7 +20,8 @@ import TorusTensor
         let exact = try ServeFixture.model.logits(tokens: prompt, batch: 1, seqLen: prompt.count).array
         let scale = exact.map { abs($0) }.max() ?? 1
         let error = zip(reduced, exact).map { abs($0 - $1) }.max() ?? 0
-        #expect(error > 0 && error / scale < 0.05, "bfloat16 logits differ from fp32 by \(error) (largest logit \(scale))")
+        // Measured: 1.3% of the largest logit on this model.
+        #expect(error > 0 && error / scale < 0.03, "bfloat16 logits differ from fp32 by \(error) (largest logit \(scale))")
         m.setInferencePrecision(.float32)
         #expect(try m.logits(tokens: prompt, batch: 1, seqLen: prompt.count).array == exact)
     }
@@ -34,8 +35,8 @@ import TorusTensor
     }
 
     /// 8 requests of mixed lengths batched with chunked prefill: each gets `generate`'s greedy
-    /// tokens on the same bfloat16 model, up to a near-tie (rows batched differently round
-    /// their inputs to bfloat16 from slightly different fp32 values).
+    /// tokens on the same bfloat16 model, up to a near-tie (rows batched differently may round
+    /// an input to bfloat16 from a slightly different fp32 value; measured: no token differs).
     @Test func batchedGreedyMatchesGenerate() async throws {
         let m = try Self.model(.bfloat16)
         let engine = try Engine(model: m, config: EngineConfig(blockSize: 16, kvCacheBytes: 16 << 20, maxModelLength: nil,
@@ -49,7 +50,7 @@ import TorusTensor
             for try await (i, got) in group {
                 let (prompt, n) = cases[i]
                 try ServeFixture.expectSameGreedy(got, try m.generate(prompt: prompt, maxNewTokens: n), prompt: prompt, model: m,
-                                                  relativeTolerance: 0.02)
+                                                  relativeTolerance: 1e-3)
             }
         }
     }

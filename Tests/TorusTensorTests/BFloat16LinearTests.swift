@@ -37,7 +37,8 @@ import TorusTensor
                     worst = max(worst, abs(Double(y[r * outFeatures + o]) - sum) / max(magnitude, 1e-30))
                 }
             }
-            #expect(worst < 1e-5, "rows \(rows), in \(inFeatures), out \(outFeatures), accumulate \(accumulate): relative error \(worst)")
+            // Measured: at most 1.4e-7 (fp32 summation order).
+            #expect(worst < 1e-6, "rows \(rows), in \(inFeatures), out \(outFeatures), accumulate \(accumulate): relative error \(worst)")
         }
     }
 
@@ -58,7 +59,8 @@ import TorusTensor
         }
         let scale = exact.map { abs($0) }.max() ?? 1
         let error = zip(y, exact).map { abs($0 - $1) }.max() ?? 0
-        #expect(error / scale < 0.02, "bfloat16 against fp32: \(error / scale) of the largest output")
+        // Measured: 0.27% of the largest output.
+        #expect(error / scale < 0.01, "bfloat16 against fp32: \(error / scale) of the largest output")
         #expect(error > 0, "the products were not rounded to bfloat16")
     }
 }
