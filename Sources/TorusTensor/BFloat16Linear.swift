@@ -11,14 +11,14 @@ public final class BFloat16Linear: @unchecked Sendable {
     public let inFeatures: Int
     /// Output features (rows of `W`).
     public let outFeatures: Int
-    /// Up to this many rows (a decoding step's), `forward` runs on the calling thread: waking
-    /// a worker for each of a step's ~60 small products cost more than the second core gave.
-    /// On 2 cores with the load generator beside the server (`bench/serve-vs-vllm.sh`, Zen 4),
-    /// 8 rather than 0 raised output tokens/s from 202 to 288 at c=1, 515 to 593 at c=8 and 722
-    /// to 767 at c=32. TORUS_BF16_SERIAL_ROWS overrides it.
+    /// Up to this many rows, `forward` runs on the calling thread alone (TORUS_BF16_SERIAL_ROWS;
+    /// default 0: every product is split over the threads). With workers woken by the OS for
+    /// each of a decoding step's ~60 products, 8 was better; `WorkerPool` keeps them awake
+    /// through a step, and splitting pays from 1 row on (Zen 4, 2 cores: `bench decode
+    /// --dtype bfloat16` 557-615 against 438-446 tokens/s with 8).
     public static let serialRows: Int = {
         if let v = ProcessInfo.processInfo.environment["TORUS_BF16_SERIAL_ROWS"].flatMap({ Int($0) }), v >= 0 { return v }
-        return 8
+        return 0
     }()
     /// Whether this CPU runs the AVX512-BF16 kernel (else the portable one).
     public static let accelerated = torus_has_avx512bf16() != 0

@@ -71,4 +71,12 @@ void torus_bf16_rows(const float *x, uint16_t *xb, long rows, long in);
 /* y[rows, out] = xb W^T (or +=) for the output panels [p_begin, p_end) (16 outputs each). */
 void torus_linear_bf16(const uint16_t *xb, const uint16_t *packed, float *y, long rows, long in, long out, long p_begin,
                        long p_end, int accumulate);
+/* A hint to the CPU that the calling thread is spin-waiting (x86 `pause`). */
+static inline void torus_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 #endif
