@@ -106,8 +106,10 @@ final class WorkerPool: @unchecked Sendable {
                 while t >> Self.generationShift == seen {
                     torus_cpu_relax()
                     spins += 1
-                    if spins & 63 == 0, DispatchTime.now().uptimeNanoseconds - start > Self.spinNanoseconds {
-                        sleep(until: seen)
+                    if spins & 63 == 0 {
+                        if DispatchTime.now().uptimeNanoseconds - start > Self.spinNanoseconds { sleep(until: seen) }
+                        // Spinning, but runnable threads on this core (OpenBLAS's, the server's) go first.
+                        else { sched_yield() }
                     }
                     t = ticket.load(ordering: .acquiring)
                 }
