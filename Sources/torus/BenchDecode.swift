@@ -23,7 +23,7 @@ struct BenchDecode: ParsableCommand {
         let precision = try InferencePrecision(option: dtype)
         m.setInferencePrecision(precision)
         // Bytes one decode step reads: the dense layers' weights in the chosen precision, the rest fp32.
-        let weightBytes = m.config.parameterCount * 4 - (precision == .bfloat16 ? m.inferenceWeightBytesSaved : 0)
+        let weightBytes = m.config.parameterCount * 4 - m.inferenceWeightBytesSaved
         print("machine: \(BLASEnvironment.availableCores) cores, OpenBLAS core \(BLAS.coreName), \(BLAS.threads) BLAS threads, "
               + "OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "(unset)")")
         let (read1, readAll, copy1) = bandwidth(bytes: bufferMb << 20)

@@ -43,15 +43,9 @@ import TorusTensor
                                                                limits: .init(maxBatchedTokens: 64, maxRunning: 8, maxWaiting: 64)))
         defer { engine.shutdown() }
         let cases = (0..<8).map { i in (ServeFixture.prompt(5 + 17 * i, seed: UInt64(300 + i)), 6 + (i * 5) % 13) }
-        try await withThrowingTaskGroup(of: (Int, [Int32]).self) { group in
-            for (i, c) in cases.enumerated() {
-                group.addTask { (i, try await ServeFixture.run(engine, GenerationRequest(prompt: c.0, maxTokens: c.1)).tokens) }
-            }
-            for try await (i, got) in group {
-                let (prompt, n) = cases[i]
-                try ServeFixture.expectSameGreedy(got, try m.generate(prompt: prompt, maxNewTokens: n), prompt: prompt, model: m,
-                                                  relativeTolerance: 1e-3)
-            }
+        for ((prompt, n), got) in zip(cases, try await ServeFixture.runTogether(engine, cases)) {
+            try ServeFixture.expectSameGreedy(got, try m.generate(prompt: prompt, maxNewTokens: n), prompt: prompt, model: m,
+                                              relativeTolerance: 1e-3)
         }
     }
 }

@@ -42,6 +42,19 @@ enum ServeFixture {
         return (tokens, reason, logprobs)
     }
 
+    /// Greedy requests (prompt, max tokens) submitted all at once, so the engine batches them;
+    /// each request's tokens, in the order of `cases`.
+    static func runTogether(_ engine: Engine, _ cases: [([Int32], Int)]) async throws -> [[Int32]] {
+        var out = [[Int32]](repeating: [], count: cases.count)
+        try await withThrowingTaskGroup(of: (Int, [Int32]).self) { group in
+            for (i, c) in cases.enumerated() {
+                group.addTask { (i, try await run(engine, GenerationRequest(prompt: c.0, maxTokens: c.1)).tokens) }
+            }
+            for try await (i, tokens) in group { out[i] = tokens }
+        }
+        return out
+    }
+
     /// Greedy tokens of `torus generate`'s path (one sequence, contiguous KV cache).
     static func reference(_ prompt: [Int32], _ n: Int) throws -> [Int32] {
         try model.generate(prompt: prompt, maxNewTokens: n)
@@ -80,13 +93,8 @@ enum ServeFixture {
         let engine = try ServeFixture.engine(limits: .init(maxBatchedTokens: 64, maxRunning: 16, maxWaiting: 64))
         defer { engine.shutdown() }
         let cases = (0..<16).map { i in (ServeFixture.prompt(3 + 11 * i, seed: UInt64(100 + i)), 4 + (i * 7) % 23) }
-        try await withThrowingTaskGroup(of: (Int, [Int32]).self) { group in
-            for (i, c) in cases.enumerated() {
-                group.addTask { (i, try await ServeFixture.run(engine, GenerationRequest(prompt: c.0, maxTokens: c.1)).tokens) }
-            }
-            for try await (i, tokens) in group {
-                try ServeFixture.expectSameGreedy(tokens, try ServeFixture.reference(cases[i].0, cases[i].1), prompt: cases[i].0)
-            }
+        for (c, tokens) in zip(cases, try await ServeFixture.runTogether(engine, cases)) {
+            try ServeFixture.expectSameGreedy(tokens, try ServeFixture.reference(c.0, c.1), prompt: c.0)
         }
         let stats = engine.currentStats
         #expect(stats.finished == 16)
@@ -119,13 +127,8 @@ enum ServeFixture {
         defer { engine.shutdown() }
         #expect(engine.blockCount == 12)
         let cases = (0..<8).map { i in (ServeFixture.prompt(20 + 5 * i, seed: UInt64(200 + i)), 40) }
-        try await withThrowingTaskGroup(of: (Int, [Int32]).self) { group in
-            for (i, c) in cases.enumerated() {
-                group.addTask { (i, try await ServeFixture.run(engine, GenerationRequest(prompt: c.0, maxTokens: c.1)).tokens) }
-            }
-            for try await (i, tokens) in group {
-                try ServeFixture.expectSameGreedy(tokens, try ServeFixture.reference(cases[i].0, cases[i].1), prompt: cases[i].0)
-            }
+        for (c, tokens) in zip(cases, try await ServeFixture.runTogether(engine, cases)) {
+            try ServeFixture.expectSameGreedy(tokens, try ServeFixture.reference(c.0, c.1), prompt: c.0)
         }
         #expect(engine.currentStats.preemptions > 0)
         #expect(engine.currentStats.usedBlocks == 0)
