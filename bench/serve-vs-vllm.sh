@@ -3,6 +3,7 @@
 # Each server runs alone (an idle vLLM keeps cores busy and slows a server beside it), with the
 # same dtype and the same seeds:
 #   DTYPE=bfloat16 SEED_BASE=1100 bench/serve-vs-vllm.sh        (DTYPE: float32 (default) or bfloat16)
+# Torus's KV cache is fp32 unless KV_DTYPE=bfloat16 (vLLM's default keeps it in the model dtype).
 # Writes runs/serve-bench (torus init) when missing, and JSON results to runs/bench/.
 set -u
 cd "$(dirname "$0")/.."
@@ -20,7 +21,7 @@ load() {  # name port
   done
 }
 port=${TORUS_PORT:-8100}
-$R serve --config configs/serve-bench.yaml --port $port --dtype $DTYPE > runs/bench/torus-serve.log 2>&1 &
+$R serve --config configs/serve-bench.yaml --port $port --dtype $DTYPE --kv-cache-dtype ${KV_DTYPE:-float32} > runs/bench/torus-serve.log 2>&1 &
 torus=$!
 for _ in $(seq 1 60); do curl -sf http://127.0.0.1:$port/health >/dev/null 2>&1 && break; sleep 1; done
 load torus $port

@@ -237,13 +237,24 @@ void torus_linear_rows(const float *x, const float *w, float *y, long rows, long
     linear_rows_generic(x, w, y, rows, in, out, o_begin, o_end, accumulate);
 }
 
+/* A key or value element of the pool: fp32, or bfloat16 (the top half of an fp32). */
+static inline float kv_element(const void *base, long index, int bf16) {
+    if (!bf16) return ((const float *)base)[index];
+    uint32_t u = (uint32_t)((const uint16_t *)base)[index] << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 /* One query row per head against keys and values spread over pool blocks (a decoding step's
    row of one sequence): every key is visible. Keys and values are read once for all heads
-   (grouped-query attention: the query heads of a group share a key/value head). */
-TORUS_CLONES
-void torus_decode_attention(const float *q, const float *keys, const float *values, const int *blocks, long block_size,
-                            const long *run_rows, const long *run_counts, long runs, long query_heads, long kv_heads,
-                            long head_dim, float scale, float *out, float *lse, float *scores) {
+   (grouped-query attention: the query heads of a group share a key/value head). `bf16` is a
+   constant in each caller, so each gets its own loops. */
+__attribute__((always_inline))
+static inline void decode_attention(const float *q, const void *keys, const void *values, int bf16, const int *blocks,
+                                    long block_size, const long *run_rows, const long *run_counts, long runs,
+                                    long query_heads, long kv_heads, long head_dim, float scale, float *out, float *lse,
+                                    float *scores) {
 #pragma clang fp reassociate(on)
     const long kw = kv_heads * head_dim, group = query_heads / kv_heads;
     long n = 0;
@@ -253,11 +264,12 @@ void torus_decode_attention(const float *q, const float *keys, const float *valu
     for (long r = 0; r < runs; r++) {
         for (long i = 0; i < run_counts[r]; i++, j++) {
             const long local = run_rows[r] + i;
-            const float *k = keys + ((long)blocks[local / block_size] * block_size + local % block_size) * kw;
+            const long row = ((long)blocks[local / block_size] * block_size + local % block_size) * kw;
             for (long h = 0; h < query_heads; h++) {
-                const float *qh = q + h * head_dim, *kh = k + (h / group) * head_dim;
+                const float *qh = q + h * head_dim;
+                const long kh = row + (h / group) * head_dim;
                 float s = 0;
-                for (long c = 0; c < head_dim; c++) s += qh[c] * kh[c];
+                for (long c = 0; c < head_dim; c++) s += qh[c] * kv_element(keys, kh + c, bf16);
                 scores[h * n + j] = s * scale;
             }
         }
@@ -276,12 +288,35 @@ void torus_decode_attention(const float *q, const float *keys, const float *valu
     for (long r = 0; r < runs; r++) {
         for (long i = 0; i < run_counts[r]; i++, j++) {
             const long local = run_rows[r] + i;
-            const float *v = values + ((long)blocks[local / block_size] * block_size + local % block_size) * kw;
+            const long row = ((long)blocks[local / block_size] * block_size + local % block_size) * kw;
             for (long h = 0; h < query_heads; h++) {
-                const float p = scores[h * n + j], *vh = v + (h / group) * head_dim;
+                const float p = scores[h * n + j];
+                const long vh = row + (h / group) * head_dim;
                 float *oh = out + h * head_dim;
-                for (long c = 0; c < head_dim; c++) oh[c] += p * vh[c];
+                for (long c = 0; c < head_dim; c++) oh[c] += p * kv_element(values, vh + c, bf16);
             }
         }
     }
+}
+
+TORUS_CLONES
+void torus_decode_attention(const float *q, const float *keys, const float *values, const int *blocks, long block_size,
+                            const long *run_rows, const long *run_counts, long runs, long query_heads, long kv_heads,
+                            long head_dim, float scale, float *out, float *lse, float *scores) {
+    decode_attention(q, keys, values, 0, blocks, block_size, run_rows, run_counts, runs, query_heads, kv_heads, head_dim,
+                     scale, out, lse, scores);
+}
+
+TORUS_CLONES
+void torus_decode_attention_bf16(const float *q, const uint16_t *keys, const uint16_t *values, const int *blocks,
+                                 long block_size, const long *run_rows, const long *run_counts, long runs,
+                                 long query_heads, long kv_heads, long head_dim, float scale, float *out, float *lse,
+                                 float *scores) {
+    decode_attention(q, keys, values, 1, blocks, block_size, run_rows, run_counts, runs, query_heads, kv_heads, head_dim,
+                     scale, out, lse, scores);
+}
+
+/* bfloat16 to fp32, n values. */
+void torus_bf16_widen(const uint16_t *src, float *dst, long n) {
+    for (long i = 0; i < n; i++) dst[i] = kv_element(src, i, 1);
 }

@@ -110,7 +110,7 @@ public final class Engine: @unchecked Sendable {
         guard config.limits.maxBatchedTokens > 0, config.limits.maxRunning > 0, config.limits.maxWaiting >= 0 else {
             throw EngineConfigError("max_num_batched_tokens and max_num_seqs must be positive and max_waiting not negative")
         }
-        let perBlock = PagedKVCache.bytesPerBlock(config: c, blockSize: config.blockSize)
+        let perBlock = PagedKVCache.bytesPerBlock(config: c, blockSize: config.blockSize, precision: config.kvCachePrecision)
         let blocks = config.kvCacheBytes / perBlock
         // One rank holds a whole sequence; with several, each holds its share of a long one.
         let share = (maxLength + ranks - 1) / ranks
@@ -127,7 +127,7 @@ public final class Engine: @unchecked Sendable {
 
     static func makeExecutor(model: LlamaModel, config: EngineConfig, blocks: Int, maxLength: Int, group: ServeGroup) -> StepExecutor {
         let cache = PagedKVCache(config: model.config, blockCount: blocks, blockSize: config.blockSize, maxPositions: maxLength,
-                                 maxRows: config.limits.maxBatchedTokens)
+                                 maxRows: config.limits.maxBatchedTokens, precision: config.kvCachePrecision)
         let workspace = StepWorkspace(config: model.config, rowCapacity: config.limits.maxBatchedTokens,
                                       logitCapacity: config.limits.maxRunning)
         return StepExecutor(model: model, cache: cache, workspace: workspace, group: group)

@@ -9,12 +9,17 @@ public struct EngineConfig: Sendable, Equatable {
     /// The longest sequence (prompt plus output) served; at most `max_position_embeddings`.
     public var maxModelLength: Int?
     public var limits: SchedulerLimits
+    /// The element type of the paged KV cache: fp32, or bfloat16 (half the bytes per block, so
+    /// twice the blocks in the same memory and half the bytes a decoding step reads).
+    public var kvCachePrecision: InferencePrecision
 
-    public init(blockSize: Int = 16, kvCacheBytes: Int = 1 << 30, maxModelLength: Int? = nil, limits: SchedulerLimits = .init()) {
+    public init(blockSize: Int = 16, kvCacheBytes: Int = 1 << 30, maxModelLength: Int? = nil, limits: SchedulerLimits = .init(),
+                kvCachePrecision: InferencePrecision = .float32) {
         self.blockSize = blockSize
         self.kvCacheBytes = kvCacheBytes
         self.maxModelLength = maxModelLength
         self.limits = limits
+        self.kvCachePrecision = kvCachePrecision
     }
 }
 

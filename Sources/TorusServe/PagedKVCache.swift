@@ -3,14 +3,18 @@ import TorusModel
 import TorusTensor
 
 /// The memory of one rank's paged KV cache: for every layer, keys and values of `blockCount`
-/// blocks of `blockSize` rows, scratch space to line up a sequence's blocks for attention, and
-/// buffers for partial attention results.
+/// blocks of `blockSize` rows (fp32, or bfloat16 for half the bytes), scratch space to line up
+/// a sequence's blocks for attention, and buffers for partial attention results.
 public final class PagedKVCache: @unchecked Sendable {
     public let blockCount: Int
     public let blockSize: Int
     public let maxPositions: Int
+    /// The element type of the stored keys and values (vLLM's `kv_cache_dtype`).
+    public let precision: InferencePrecision
     let shape: AttentionShape
-    let keys: [Tensor]     // per layer [blockCount * blockSize, Hkv*dh]
+    // Per layer [blockCount * blockSize, Hkv*dh] elements of `precision`; a bfloat16 pool uses
+    // its tensors' memory as UInt16 (two to a Float slot), through `elements`.
+    let keys: [Tensor]
     let values: [Tensor]
     let scratchK: Tensor   // [maxPositions, Hkv*dh]
     let scratchV: Tensor
@@ -20,19 +24,25 @@ public final class PagedKVCache: @unchecked Sendable {
     private var runs: [BlockAttention.KeyRun] = []
 
     /// Bytes one block takes over all layers (keys and values).
-    public static func bytesPerBlock(config: LlamaConfig, blockSize: Int) -> Int {
-        2 * config.numHiddenLayers * blockSize * config.attentionShape.keyValueWidth * MemoryLayout<Float>.size
+    public static func bytesPerBlock(config: LlamaConfig, blockSize: Int, precision: InferencePrecision = .float32) -> Int {
+        2 * config.numHiddenLayers * blockSize * config.attentionShape.keyValueWidth * elementBytes(precision)
     }
 
-    public init(config: LlamaConfig, blockCount: Int, blockSize: Int, maxPositions: Int, maxRows: Int) {
+    static func elementBytes(_ precision: InferencePrecision) -> Int { precision == .bfloat16 ? 2 : 4 }
+
+    public init(config: LlamaConfig, blockCount: Int, blockSize: Int, maxPositions: Int, maxRows: Int,
+                precision: InferencePrecision = .float32) {
         self.blockCount = blockCount
         self.blockSize = blockSize
         self.maxPositions = maxPositions
+        self.precision = precision
         shape = config.attentionShape
         let kw = shape.keyValueWidth
+        // Float slots per pool row (key/value widths are whole heads, so even).
+        let slots = kw * Self.elementBytes(precision) / MemoryLayout<Float>.size
         // Pages are mapped as blocks are first written: resident memory follows use, not the budget.
-        keys = (0..<config.numHiddenLayers).map { _ in Tensor(lazyZeros: [blockCount * blockSize, kw]) }
-        values = (0..<config.numHiddenLayers).map { _ in Tensor(lazyZeros: [blockCount * blockSize, kw]) }
+        keys = (0..<config.numHiddenLayers).map { _ in Tensor(lazyZeros: [blockCount * blockSize, slots]) }
+        values = (0..<config.numHiddenLayers).map { _ in Tensor(lazyZeros: [blockCount * blockSize, slots]) }
         scratchK = Tensor(lazyZeros: [maxPositions, kw])
         scratchV = Tensor(lazyZeros: [maxPositions, kw])
         partOut = Tensor(zeros: [maxRows, shape.queryWidth])
@@ -47,29 +57,46 @@ public final class PagedKVCache: @unchecked Sendable {
         while p < localRow + count {
             let inBlock = p % blockSize, n = min(blockSize - inBlock, localRow + count - p)
             let dst = (Int(blocks[p / blockSize]) * blockSize + inBlock) * kw
-            (keys[layer].pointer + dst).update(from: k.pointer + r * kw, count: n * kw)
-            (values[layer].pointer + dst).update(from: v.pointer + r * kw, count: n * kw)
+            switch precision {
+            case .float32:
+                (keys[layer].pointer + dst).update(from: k.pointer + r * kw, count: n * kw)
+                (values[layer].pointer + dst).update(from: v.pointer + r * kw, count: n * kw)
+            case .bfloat16:
+                torus_bf16_rows(k.pointer + r * kw, halves(keys[layer]) + dst, n, kw)
+                torus_bf16_rows(v.pointer + r * kw, halves(values[layer]) + dst, n, kw)
+            }
             p += n
             r += n
         }
     }
 
-    /// Keys and values of local rows `from..<from+count`: in place when their blocks follow
-    /// each other in the pool, else copied into the scratch space at the same rows (so the runs
+    /// A bfloat16 pool tensor's memory as its UInt16 elements.
+    private func halves(_ t: Tensor) -> UnsafeMutablePointer<UInt16> {
+        UnsafeMutableRawPointer(t.pointer).assumingMemoryBound(to: UInt16.self)
+    }
+
+    /// Keys and values of local rows `from..<from+count` in fp32: in place when the pool is fp32
+    /// and their blocks follow each other in it, else copied (widened from bfloat16) into the scratch space at the same rows (so the runs
     /// of one sequence never overwrite each other).
     private func rows(layer: Int, blocks: [Int32], from: Int, count: Int) -> (k: UnsafePointer<Float>, v: UnsafePointer<Float>) {
         let kw = shape.keyValueWidth
         let first = from / blockSize, last = (from + count - 1) / blockSize
         let base = Int(blocks[first]) * blockSize + from % blockSize
-        if (first...last).allSatisfy({ blocks[$0] == blocks[first] + Int32($0 - first) }) {
+        if precision == .float32, (first...last).allSatisfy({ blocks[$0] == blocks[first] + Int32($0 - first) }) {
             return (UnsafePointer(keys[layer].pointer + base * kw), UnsafePointer(values[layer].pointer + base * kw))
         }
         var p = from
         while p < from + count {
             let inBlock = p % blockSize, n = min(blockSize - inBlock, from + count - p)
             let src = (Int(blocks[p / blockSize]) * blockSize + inBlock) * kw
-            (scratchK.pointer + p * kw).update(from: keys[layer].pointer + src, count: n * kw)
-            (scratchV.pointer + p * kw).update(from: values[layer].pointer + src, count: n * kw)
+            switch precision {
+            case .float32:
+                (scratchK.pointer + p * kw).update(from: keys[layer].pointer + src, count: n * kw)
+                (scratchV.pointer + p * kw).update(from: values[layer].pointer + src, count: n * kw)
+            case .bfloat16:
+                torus_bf16_widen(halves(keys[layer]) + src, scratchK.pointer + p * kw, n * kw)
+                torus_bf16_widen(halves(values[layer]) + src, scratchV.pointer + p * kw, n * kw)
+            }
             p += n
         }
         return (UnsafePointer(scratchK.pointer + from * kw), UnsafePointer(scratchV.pointer + from * kw))
@@ -114,9 +141,16 @@ public final class PagedKVCache: @unchecked Sendable {
                    scores: UnsafeMutablePointer<Float>) {
         let qw = shape.queryWidth, hq = shape.queryHeads
         blocks.withUnsafeBufferPointer { blocks in
-            torus_decode_attention(q.pointer + row * qw, keys[layer].pointer, values[layer].pointer, blocks.baseAddress, blockSize,
-                                   runs.rows, runs.counts, runs.rows.count, hq, shape.keyValueHeads, shape.headDim, shape.scale,
-                                   out.pointer + row * qw, lse.pointer + row * hq, scores)
+            switch precision {
+            case .float32:
+                torus_decode_attention(q.pointer + row * qw, keys[layer].pointer, values[layer].pointer, blocks.baseAddress, blockSize,
+                                       runs.rows, runs.counts, runs.rows.count, hq, shape.keyValueHeads, shape.headDim, shape.scale,
+                                       out.pointer + row * qw, lse.pointer + row * hq, scores)
+            case .bfloat16:
+                torus_decode_attention_bf16(q.pointer + row * qw, halves(keys[layer]), halves(values[layer]), blocks.baseAddress,
+                                            blockSize, runs.rows, runs.counts, runs.rows.count, hq, shape.keyValueHeads,
+                                            shape.headDim, shape.scale, out.pointer + row * qw, lse.pointer + row * hq, scores)
+            }
         }
     }
 }

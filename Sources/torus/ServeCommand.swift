@@ -24,6 +24,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Requests queued before 429.") var maxWaiting: Int?
     @Option(help: "Chat template: chatml or llama3 (default: detected from tokenizer_config.json).") var chatTemplate: String?
     @Option(help: "Dense layers in float32 or bfloat16 (serve.dtype; vLLM's --dtype).") var dtype: String?
+    @Option(help: "KV cache elements in float32 or bfloat16 (serve.kv_cache_dtype; vLLM's --kv-cache-dtype).") var kvCacheDtype: String?
     @Option(help: "Largest request body, MiB.") var maxBodyMb: Int?
     @Option(help: "Under mpirun: prefill long prompts across the ranks with ring or tokenring.") var sequenceParallel: String?
     @Option(help: "Layout of a prompt over the ranks: zigzag or contiguous.") var spLayout: String?
@@ -54,6 +55,7 @@ struct ServeCommand: ParsableCommand {
         if let chatTemplate { s.chatTemplate = chatTemplate }
         if let maxBodyMb { s.maxBodyMB = maxBodyMb }
         if let dtype { s.dtype = try InferencePrecision(option: dtype) }
+        if let kvCacheDtype { s.kvCacheDtype = try InferencePrecision(option: kvCacheDtype, flag: "--kv-cache-dtype") }
         if let sequenceParallel { s.spMethod = sequenceParallel }
         if let spLayout { s.spLayout = spLayout }
         if let spThreshold { s.spThreshold = spThreshold }
@@ -160,9 +162,10 @@ struct ServeCommand: ParsableCommand {
         let options = HTTPOptions(host: s.host, port: s.port, apiKey: key, maxBodyBytes: s.maxBodyMB << 20,
                                   shutdownGraceSeconds: s.shutdownGraceS)
         let server = HTTPServer(model: served, options: options)
-        let kvMiB = (engine.blockCount * PagedKVCache.bytesPerBlock(config: loaded.config, blockSize: s.blockSize)) >> 20
+        let kvMiB = (engine.blockCount * PagedKVCache.bytesPerBlock(config: loaded.config, blockSize: s.blockSize,
+                                                                          precision: s.kvCacheDtype)) >> 20
         let ranks = group.size > 1 ? ", \(group.size) ranks (prompts of \(s.spThreshold)+ tokens prefilled with \(s.spMethod), \(s.spLayout))" : ""
-        let summary = "model \(name) from \(dir), \(engine.blockCount) KV blocks of \(s.blockSize) (\(kvMiB) MiB)\(group.size > 1 ? " per rank" : ""), "
+        let summary = "model \(name) from \(dir), \(engine.blockCount) KV blocks of \(s.blockSize) (\(kvMiB) MiB, \(s.kvCacheDtype.rawValue))\(group.size > 1 ? " per rank" : ""), "
             + "max_model_len \(engine.maxModelLength), chat template \(template?.rawValue ?? "none")"
             + (key == nil ? "" : ", API key required") + ranks
             + (s.reuse.map { ", chunk reuse \($0.method.rawValue) r=\($0.ratio)" + (s.reuseDirectory.map { " (store \($0))" } ?? "") } ?? "")

@@ -20,6 +20,7 @@ import Yams
 ///       max_waiting: 1024             # queued requests before 429
 ///       chat_template: chatml         # chatml | llama3 (else detected from tokenizer_config.json)
 ///       dtype: float32                # float32 | bfloat16 (dense layers' weights and inputs rounded to bfloat16)
+///       kv_cache_dtype: float32       # float32 | bfloat16 (keys and values stored in bfloat16: half the bytes)
 ///       max_body_mb: 64
 ///       shutdown_grace_s: 10
 ///       sequence_parallel:            # under mpirun: long prompts prefilled across the ranks
@@ -52,6 +53,7 @@ struct ServeSection {
     var maxWaiting = 1024
     var chatTemplate: String?
     var dtype = InferencePrecision.float32
+    var kvCacheDtype = InferencePrecision.float32
     var maxBodyMB = 64
     var shutdownGraceS = 10.0
     var spMethod = "ring"
@@ -67,7 +69,7 @@ struct ServeSection {
 
     static let keys = ["model", "served_model_name", "host", "port", "api_key_env", "block_size", "kv_cache_memory_mb",
                        "max_model_len", "max_num_batched_tokens", "max_num_seqs", "max_waiting", "chat_template",
-                       "dtype", "max_body_mb", "shutdown_grace_s", "sequence_parallel", "chunk_reuse"]
+                       "dtype", "kv_cache_dtype", "max_body_mb", "shutdown_grace_s", "sequence_parallel", "chunk_reuse"]
 
     /// The `serve:` section of `path` (defaults when the file has none).
     static func load(path: String) throws -> ServeSection {
@@ -94,14 +96,17 @@ struct ServeSection {
         if m["max_num_seqs"] != nil { s.maxNumSeqs = try r.int(m, "max_num_seqs", section: "serve", min: 1) }
         if m["max_waiting"] != nil { s.maxWaiting = try r.int(m, "max_waiting", section: "serve", min: 0) }
         if m["chat_template"] != nil { s.chatTemplate = try r.string(m, "chat_template", section: "serve") }
-        if m["dtype"] != nil {
-            let name = try r.string(m, "dtype", section: "serve")
-            guard let dtype = InferencePrecision(name: name) else {
-                throw ConfigError(file: path, message: "'serve.dtype' is '\(name)'; known: "
+        func precision(_ key: String) throws -> InferencePrecision? {
+            guard m[key] != nil else { return nil }
+            let name = try r.string(m, key, section: "serve")
+            guard let precision = InferencePrecision(name: name) else {
+                throw ConfigError(file: path, message: "'serve.\(key)' is '\(name)'; known: "
                     + InferencePrecision.allCases.map(\.rawValue).joined(separator: ", "))
             }
-            s.dtype = dtype
+            return precision
         }
+        if let dtype = try precision("dtype") { s.dtype = dtype }
+        if let dtype = try precision("kv_cache_dtype") { s.kvCacheDtype = dtype }
         if m["max_body_mb"] != nil { s.maxBodyMB = try r.int(m, "max_body_mb", section: "serve", min: 1) }
         if m["shutdown_grace_s"] != nil { s.shutdownGraceS = try r.double(m, "shutdown_grace_s", section: "serve") }
         if let sp = m["sequence_parallel"] {
@@ -166,6 +171,7 @@ struct ServeSection {
 
     var engineConfig: EngineConfig {
         EngineConfig(blockSize: blockSize, kvCacheBytes: kvCacheMemoryMB << 20, maxModelLength: maxModelLen,
-                     limits: SchedulerLimits(maxBatchedTokens: maxNumBatchedTokens, maxRunning: maxNumSeqs, maxWaiting: maxWaiting))
+                     limits: SchedulerLimits(maxBatchedTokens: maxNumBatchedTokens, maxRunning: maxNumSeqs, maxWaiting: maxWaiting),
+                     kvCachePrecision: kvCacheDtype)
     }
 }

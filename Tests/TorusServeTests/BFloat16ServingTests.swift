@@ -36,16 +36,21 @@ import TorusTensor
 
     /// 8 requests of mixed lengths batched with chunked prefill: each gets `generate`'s greedy
     /// tokens on the same bfloat16 model, up to a near-tie (rows batched differently may round
-    /// an input to bfloat16 from a slightly different fp32 value; measured: no token differs).
-    @Test func batchedGreedyMatchesGenerate() async throws {
+    /// an input to bfloat16 from a slightly different fp32 value; measured: no token differs),
+    /// with the KV cache in fp32 and in bfloat16 (whose rounded keys and values `generate`,
+    /// keeping fp32 ones, does not share: measured, one token of the 8 requests differs, at two
+    /// logits 0.3% apart; bfloat16 keeps 8 bits, so the allowance is 1%).
+    @Test(arguments: InferencePrecision.allCases)
+    func batchedGreedyMatchesGenerate(kvCache: InferencePrecision) async throws {
         let m = try Self.model(.bfloat16)
         let engine = try Engine(model: m, config: EngineConfig(blockSize: 16, kvCacheBytes: 16 << 20, maxModelLength: nil,
-                                                               limits: .init(maxBatchedTokens: 64, maxRunning: 8, maxWaiting: 64)))
+                                                               limits: .init(maxBatchedTokens: 64, maxRunning: 8, maxWaiting: 64),
+                                                               kvCachePrecision: kvCache))
         defer { engine.shutdown() }
         let cases = (0..<8).map { i in (ServeFixture.prompt(5 + 17 * i, seed: UInt64(300 + i)), 6 + (i * 5) % 13) }
         for ((prompt, n), got) in zip(cases, try await ServeFixture.runTogether(engine, cases)) {
             try ServeFixture.expectSameGreedy(got, try m.generate(prompt: prompt, maxNewTokens: n), prompt: prompt, model: m,
-                                              relativeTolerance: 1e-3)
+                                              relativeTolerance: kvCache == .bfloat16 ? 1e-2 : 1e-3)
         }
     }
 }

@@ -6,12 +6,14 @@ import TorusTensor
 
 /// A decoding row's attention read in place from scattered pool blocks against the attention
 /// of the same row over the keys gathered into one run (`BlockAttention`).
+/// In a bfloat16 pool both paths read the same rounded keys and values.
 @Suite struct PagedAttentionTests {
-    @Test(arguments: [(4, 2), (4, 4), (4, 1)])
-    func aDecodingRowOverScatteredBlocksMatchesGatheredAttention(queryHeads: Int, kvHeads: Int) {
+    @Test(arguments: [(4, 2), (4, 4), (4, 1)], InferencePrecision.allCases)
+    func aDecodingRowOverScatteredBlocksMatchesGatheredAttention(heads: (query: Int, kv: Int), precision: InferencePrecision) {
+        let (queryHeads, kvHeads) = heads
         let config = LlamaConfig(hiddenSize: 8 * queryHeads, intermediateSize: 16, numHiddenLayers: 2, numAttentionHeads: queryHeads,
                                  numKeyValueHeads: kvHeads, vocabSize: 16, maxPositionEmbeddings: 128)
-        let cache = PagedKVCache(config: config, blockCount: 12, blockSize: 4, maxPositions: 128, maxRows: 4)
+        let cache = PagedKVCache(config: config, blockCount: 12, blockSize: 4, maxPositions: 128, maxRows: 4, precision: precision)
         let shape = config.attentionShape, kw = shape.keyValueWidth
         var g = SeededGenerator(seed: 5)
         // Positions 0..<10 at local rows 0..<10 and positions 20..<27 at rows 10..<17 (a
@@ -45,5 +47,48 @@ import TorusTensor
         cache.attendRow(layer: 1, blocks: [], runs: cache.decodeRuns(kv: RankKV(), position: 5), q: q, out: out, lse: lse, row: 0,
                         scores: none.pointer)
         #expect((0..<shape.queryHeads).allSatisfy { lse[$0] == -.infinity } && (0..<shape.queryWidth).allSatisfy { out[$0] == 0 })
+    }
+
+    /// A bfloat16 pool holds exactly the bfloat16 roundings of what it is given: its decoding
+    /// attention equals an fp32 pool's over the rounded keys and values, and differs from the
+    /// unrounded attention by no more than the rounding moves it.
+    @Test func aBFloat16PoolHoldsTheRoundedKeysAndValues() {
+        let config = LlamaConfig(hiddenSize: 256, intermediateSize: 16, numHiddenLayers: 1, numAttentionHeads: 4,
+                                 numKeyValueHeads: 2, vocabSize: 16, maxPositionEmbeddings: 128)
+        let shape = config.attentionShape, kw = shape.keyValueWidth, n = 37
+        func pool(_ p: InferencePrecision) -> PagedKVCache {
+            PagedKVCache(config: config, blockCount: 16, blockSize: 8, maxPositions: 128, maxRows: 1, precision: p)
+        }
+        let half = pool(.bfloat16), full = pool(.float32), rounded = pool(.float32)
+        #expect(PagedKVCache.bytesPerBlock(config: config, blockSize: 8, precision: .bfloat16) * 2
+                == PagedKVCache.bytesPerBlock(config: config, blockSize: 8, precision: .float32))
+        var g = SeededGenerator(seed: 9)
+        let k = Tensor(zeros: [n, kw]), v = Tensor(zeros: [n, kw]), q = Tensor(zeros: [1, shape.queryWidth])
+        k.fillNormal(std: 1, generator: &g)
+        v.fillNormal(std: 1, generator: &g)
+        q.fillNormal(std: 1, generator: &g)
+        func bf16(_ x: Float) -> Float {
+            let b = x.bitPattern
+            return Float(bitPattern: (b &+ 0x7fff &+ ((b >> 16) & 1)) & 0xffff_0000)
+        }
+        let kr = Tensor(shape: [n, kw], values: (0..<(n * kw)).map { bf16(k[$0]) })
+        let vr = Tensor(shape: [n, kw], values: (0..<(n * kw)).map { bf16(v[$0]) })
+        var kv = RankKV(blocks: [5, 3, 14, 0, 9])
+        kv.append(start: 0, count: n)
+        half.store(layer: 0, blocks: kv.blocks, localRow: 0, count: n, k: k, v: v, rowOffset: 0)
+        full.store(layer: 0, blocks: kv.blocks, localRow: 0, count: n, k: k, v: v, rowOffset: 0)
+        rounded.store(layer: 0, blocks: kv.blocks, localRow: 0, count: n, k: kr, v: vr, rowOffset: 0)
+        func attend(_ c: PagedKVCache) -> [Float] {
+            let out = Tensor(zeros: [1, shape.queryWidth]), lse = Tensor(zeros: [1, shape.queryHeads])
+            let runs = c.decodeRuns(kv: kv, position: n - 1)
+            let scores = Tensor(zeros: [shape.queryHeads * runs.keys])
+            c.attendRow(layer: 0, blocks: kv.blocks, runs: runs, q: q, out: out, lse: lse, row: 0, scores: scores.pointer)
+            return (0..<shape.queryWidth).map { out[$0] } + (0..<shape.queryHeads).map { lse[$0] }
+        }
+        let a = attend(half), b = attend(rounded), c = attend(full)
+        let exact = zip(a, b).map { abs($0 - $1) }.max() ?? 0
+        let moved = zip(a, c).map { abs($0 - $1) }.max() ?? 0
+        #expect(exact < 1e-5, "bfloat16 pool against fp32 pool of rounded values: \(exact)")
+        #expect(moved > 0 && moved < 0.05, "bfloat16 pool against unrounded values: \(moved)")
     }
 }

@@ -45,6 +45,7 @@ void torus_linear_rows(const float *x, const float *w, float *y, long rows, long
 
 #ifndef TORUS_KERNELS_DECODE_H
 #define TORUS_KERNELS_DECODE_H
+#include <stdint.h>
 /* Attention of one query row q [query_heads * head_dim] against n keys and values that all
    precede it, stored in pool blocks: local row t lives at pool row
    blocks[t / block_size] * block_size + t % block_size of `keys` / `values`
@@ -54,6 +55,13 @@ void torus_linear_rows(const float *x, const float *w, float *y, long rows, long
 void torus_decode_attention(const float *q, const float *keys, const float *values, const int *blocks, long block_size,
                             const long *run_rows, const long *run_counts, long runs, long query_heads, long kv_heads,
                             long head_dim, float scale, float *out, float *lse, float *scores);
+/* The same over a pool of bfloat16 keys and values (products and sums in fp32). */
+void torus_decode_attention_bf16(const float *q, const uint16_t *keys, const uint16_t *values, const int *blocks,
+                                 long block_size, const long *run_rows, const long *run_counts, long runs,
+                                 long query_heads, long kv_heads, long head_dim, float scale, float *out, float *lse,
+                                 float *scores);
+/* bfloat16 values widened to fp32 (exact), n values. */
+void torus_bf16_widen(const uint16_t *src, float *dst, long n);
 
 /* bfloat16 inference linear layers (bf16.c). Weights [out, in] are packed once in panels of 16
    outputs by pairs of inputs (zero padded); activations are rounded to bfloat16 rows of
