@@ -237,6 +237,22 @@ void torus_linear_rows(const float *x, const float *w, float *y, long rows, long
     linear_rows_generic(x, w, y, rows, in, out, o_begin, o_end, accumulate);
 }
 
+/* LLaMA's RMSNorm of rows [row_begin, row_end) of x [rows, dim]: y = x / sqrt(mean(x^2) + eps) * w,
+   with each row's reciprocal RMS in rstd. */
+TORUS_CLONES
+void torus_rms_norm(const float *x, const float *w, float *y, float *rstd, long row_begin, long row_end, long dim, float eps) {
+#pragma clang fp reassociate(on)
+    for (long r = row_begin; r < row_end; r++) {
+        const float *xr = x + r * dim;
+        float *yr = y + r * dim;
+        float ss = 0;
+        for (long i = 0; i < dim; i++) ss += xr[i] * xr[i];
+        const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+        rstd[r] = inv;
+        for (long i = 0; i < dim; i++) yr[i] = w[i] * (xr[i] * inv);
+    }
+}
+
 /* A key or value element of the pool: fp32, or bfloat16 (the top half of an fp32). */
 static inline float kv_element(const void *base, long index, int bf16) {
     if (!bf16) return ((const float *)base)[index];

@@ -1,15 +1,20 @@
+import CTorusKernels
+
 /// Root-mean-square normalisation as in LLaMA: `y = x / sqrt(mean(x^2) + eps) * w`.
 public enum RMSNorm {
+    /// Rows per parallel item: fewer rows run on the calling thread.
+    static let rowsPerTask = 64
+
     /// Normalises `rows` rows of width `dim`; stores each row's reciprocal RMS in `rstd`.
     public static func forward(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
                                rstd: UnsafeMutablePointer<Float>, rows: Int, dim: Int, eps: Float) {
-        for r in 0..<rows {
-            let xr = x + r * dim, yr = y + r * dim
-            var ss: Float = 0
-            for i in 0..<dim { ss += xr[i] * xr[i] }
-            let inv = 1 / (ss / Float(dim) + eps).squareRoot()
-            rstd[r] = inv
-            for i in 0..<dim { yr[i] = weight[i] * (xr[i] * inv) }
+        guard rows > rowsPerTask else {
+            torus_rms_norm(x, weight, y, rstd, 0, rows, dim, eps)
+            return
+        }
+        // Each task writes its own rows.
+        Parallel.forEach((rows + rowsPerTask - 1) / rowsPerTask) { t in
+            torus_rms_norm(x, weight, y, rstd, t * rowsPerTask, min(rows, (t + 1) * rowsPerTask), dim, eps)
         }
     }
 

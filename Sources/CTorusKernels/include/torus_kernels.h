@@ -79,6 +79,9 @@ void torus_bf16_rows(const float *x, uint16_t *xb, long rows, long in);
 /* y[rows, out] = xb W^T (or +=) for the output panels [p_begin, p_end) (16 outputs each). */
 void torus_linear_bf16(const uint16_t *xb, const uint16_t *packed, float *y, long rows, long in, long out, long p_begin,
                        long p_end, int accumulate);
+/* LLaMA's RMSNorm of rows [row_begin, row_end) of x [rows, dim] into y, reciprocal RMS per row
+   into rstd. */
+void torus_rms_norm(const float *x, const float *w, float *y, float *rstd, long row_begin, long row_end, long dim, float eps);
 /* A hint to the CPU that the calling thread is spin-waiting (x86 `pause`). */
 static inline void torus_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
