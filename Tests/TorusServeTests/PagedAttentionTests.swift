@@ -8,10 +8,11 @@ import TorusTensor
 /// of the same row over the keys gathered into one run (`BlockAttention`).
 /// In a bfloat16 pool both paths read the same rounded keys and values.
 @Suite struct PagedAttentionTests {
-    @Test(arguments: [(4, 2), (4, 4), (4, 1)], InferencePrecision.allCases)
-    func aDecodingRowOverScatteredBlocksMatchesGatheredAttention(heads: (query: Int, kv: Int), precision: InferencePrecision) {
-        let (queryHeads, kvHeads) = heads
-        let config = LlamaConfig(hiddenSize: 8 * queryHeads, intermediateSize: 16, numHiddenLayers: 2, numAttentionHeads: queryHeads,
+    /// Head dimensions 8 and 64, groups of 1, 2 and 4 query heads a key/value head.
+    @Test(arguments: [(4, 2, 8), (4, 4, 8), (4, 1, 8), (4, 4, 64), (4, 2, 64), (8, 2, 64), (4, 1, 64)], InferencePrecision.allCases)
+    func aDecodingRowOverScatteredBlocksMatchesGatheredAttention(heads: (query: Int, kv: Int, dim: Int), precision: InferencePrecision) {
+        let (queryHeads, kvHeads, headDim) = heads
+        let config = LlamaConfig(hiddenSize: headDim * queryHeads, intermediateSize: 16, numHiddenLayers: 2, numAttentionHeads: queryHeads,
                                  numKeyValueHeads: kvHeads, vocabSize: 16, maxPositionEmbeddings: 128)
         let cache = PagedKVCache(config: config, blockCount: 12, blockSize: 4, maxPositions: 128, maxRows: 4, precision: precision)
         let shape = config.attentionShape, kw = shape.keyValueWidth
