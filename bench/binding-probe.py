@@ -10,6 +10,9 @@
 #   drill: the RAG corpus's words and tokenizer, one fact a document, all facts of one kind:
 #          "Doc: Poti keeps a goat.\nDoc: Kibi keeps a dog.\nQ: What pet does Poti keep?\nA: Poti keeps a goat.\n"
 #          ADJ=1 states facts as "Poti goat." (name next to value); ADJ2=1 also drops the question.
+# FACT='{n} has a {v}.' states every fact so (the words between name and value are the gap).
+# REALTOK=1 runs mqar in the corpus's name and value tokens; SAVE=F writes the weights at the
+# end and LOAD=F starts from them.
 # Without binding, accuracy stays at the share a model reaches knowing only which values the
 # example holds (PAIRS=2, NDMIN=1: 0.67-0.70); with it, it goes to 1.
 # Measured (AMD EPYC Zen 4, one thread each; issue #11's notes):
@@ -36,8 +39,21 @@ torch.manual_seed(seed)
 rng = random.Random(seed)
 VOCAB = 1408
 
+tok = Tokenizer.from_file(os.path.join(ROOT, 'configs', 'rag-tokenizer.json'))
+vocab = tok.get_vocab()
+# The corpus's 400 names: the tokenizer holds each as one token.
+POOL = sorted(w[1:] for w in vocab if re.fullmatch(r'Ġ[BDFGKLMNPRSTVZ][aeiou][bdfgklmnprstvz][aeiou]', w))
+CITIES = 'Tarsa Molvik Queren Adlo Bexhal Corin Dunmar Elsby Fenwick Galto Hollin Istra Jorvale Kesh Lunde Marrow'.split()
+COLORS = 'red green blue amber violet silver olive teal ochre white crimson grey'.split()
+JOBS = 'baker pilot tailor judge miner farmer poet smith nurse clerk sailor mason'.split()
+PETS = 'cat dog parrot goat horse rabbit owl tortoise'.split()
+
 if task == 'mqar':
     NAMES, VALUES, SEP, Q = list(range(100, 500)), list(range(600, 648)), 5, 6
+    if E('REALTOK'):  # the corpus's name and value tokens, '.' and 'Q'
+        NAMES = [vocab['Ġ' + n] for n in POOL]
+        VALUES = [vocab['Ġ' + v] for v in CITIES + COLORS + JOBS + PETS]
+        SEP, Q = vocab['.'], vocab['Q']
 
     def example():
         k = rng.randint(ndmin, pairs)
@@ -55,18 +71,13 @@ if task == 'mqar':
             mask += [0, 2]
         return ids, mask
 elif task == 'drill':
-    tok = Tokenizer.from_file(os.path.join(ROOT, 'configs', 'rag-tokenizer.json'))
-    vocab = tok.get_vocab()
-    # The corpus's 400 names: the tokenizer holds each as one token.
-    POOL = sorted(w[1:] for w in vocab if re.fullmatch(r'Ġ[BDFGKLMNPRSTVZ][aeiou][bdfgklmnprstvz][aeiou]', w))
-    CITIES = 'Tarsa Molvik Queren Adlo Bexhal Corin Dunmar Elsby Fenwick Galto Hollin Istra Jorvale Kesh Lunde Marrow'.split()
-    COLORS = 'red green blue amber violet silver olive teal ochre white crimson grey'.split()
-    JOBS = 'baker pilot tailor judge miner farmer poet smith nurse clerk sailor mason'.split()
-    PETS = 'cat dog parrot goat horse rabbit owl tortoise'.split()
     FACTS = [('Where does {n} live?', '{n} lives in {v}.', CITIES), ('What does {n} work as?', '{n} works as a {v}.', JOBS),
              ('What color does {n} like?', '{n} likes the color {v}.', COLORS), ('What pet does {n} keep?', '{n} keeps a {v}.', PETS)]
     if E('ADJ'):
         FACTS = [('{n}?', '{n} {v}.', values) for _, _, values in FACTS]
+    if E('FACT'):  # statements for every kind, e.g. '{n} has {v}.' (one word between name and value);
+        # several separated by '|' are drawn at random per example
+        FACTS = [(question, E('FACT').split('|'), values) for question, _, values in FACTS]
     cache = {}
 
     def enc(text):
@@ -78,6 +89,8 @@ elif task == 'drill':
         k = rng.randint(ndmin, pairs)
         kind = rng.randrange(4)
         question, fact, values = FACTS[kind]
+        if isinstance(fact, list):
+            fact = rng.choice(fact)
         docs = [(n, rng.choice(values)) for n in rng.sample(POOL, k)]
         ids = [i for n, v in docs for i in enc('Doc: ' + fact.format(n=n, v=v) + '\n')]
         mask = [0] * len(ids)
@@ -108,6 +121,8 @@ config = LlamaConfig(hidden_size=128, intermediate_size=344, num_hidden_layers=4
                      vocab_size=VOCAB, max_position_embeddings=2048, rope_theta=10000.0, rms_norm_eps=1e-5,
                      tie_word_embeddings=True, initializer_range=0.06)
 model = LlamaForCausalLM(config)
+if E('LOAD'):  # weights SAVE wrote (a curriculum: one task, then another)
+    model.load_state_dict(torch.load(E('LOAD')))
 decay = [p for p in model.parameters() if p.dim() >= 2]
 rest = [p for p in model.parameters() if p.dim() < 2]
 opt = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.1}, {'params': rest, 'weight_decay': 0.0}], lr=lr, betas=(0.9, 0.95))
@@ -135,3 +150,5 @@ for s in range(1, steps + 1):
     if s % 100 == 0:
         print(f'step {s} loss {loss_sum / 100:.3f} value accuracy {acc_sum / 100:.3f} {time.time() - t0:.0f}s', flush=True)
         loss_sum = acc_sum = 0.0
+if E('SAVE'):
+    torch.save(model.state_dict(), E('SAVE'))
