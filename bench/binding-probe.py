@@ -10,7 +10,8 @@
 #   drill: the RAG corpus's words and tokenizer, one fact a document, all facts of one kind:
 #          "Doc: Poti keeps a goat.\nDoc: Kibi keeps a dog.\nQ: What pet does Poti keep?\nA: Poti keeps a goat.\n"
 #          ADJ=1 states facts as "Poti goat." (name next to value); ADJ2=1 also drops the question.
-# FACT='{n} has a {v}.' states every fact so (the words between name and value are the gap).
+# FACT='{n} has a {v}.' states every fact so (the words between name and value are the gap);
+# ANSWER='{n} {v}.' answers in another form than the documents state.
 # REALTOK=1 runs mqar in the corpus's name and value tokens; SAVE=F writes the weights at the
 # end and LOAD=F starts from them.
 # Without binding, accuracy stays at the share a model reaches knowing only which values the
@@ -97,7 +98,7 @@ elif task == 'drill':
         for _ in range(k):
             n, v = rng.choice(docs)
             q = enc('Q:') if E('ADJ2') else enc('Q: ' + question.format(n=n) + '\nA:')
-            a = enc(' ' + fact.format(n=n, v=v) + '\n')
+            a = enc(' ' + E('ANSWER', fact).format(n=n, v=v) + '\n')
             at = a.index(enc(' ' + v)[0])
             ids += q + a
             mask += [0] * len(q) + [2 if i == at else 1 for i in range(len(a))]
