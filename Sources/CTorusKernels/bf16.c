@@ -21,13 +21,6 @@ uint16_t torus_bf16_round(float f) {
     return (uint16_t)(u >> 16);
 }
 
-static inline float bf16_value(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 int torus_has_avx512bf16(void) {
 #if defined(__x86_64__) && defined(__clang__)
     unsigned a, b, c, d;
@@ -80,6 +73,10 @@ static void rows_to_bf16_avx512(const float *x, uint16_t *xb, long rows, long in
     }
 }
 #endif
+
+void torus_bf16_widen(const uint16_t *src, float *dst, long n) {
+    for (long i = 0; i < n; i++) dst[i] = torus_bf16_value(src[i]);
+}
 
 void torus_bf16_rows(const float *x, uint16_t *xb, long rows, long in) {
 #if defined(__x86_64__) && defined(__clang__)
@@ -172,7 +169,7 @@ void torus_linear_bf16(const uint16_t *xb, const uint16_t *packed, float *y, lon
                 float s = 0;
                 for (long kk = 0; kk < pairs; kk++)
                     for (int j = 0; j < 2; j++)
-                        s += bf16_value(xb[r * 2 * pairs + 2 * kk + j]) * bf16_value(packed[(p * pairs + kk) * 32 + c * 2 + j]);
+                        s += torus_bf16_value(xb[r * 2 * pairs + 2 * kk + j]) * torus_bf16_value(packed[(p * pairs + kk) * 32 + c * 2 + j]);
                 float *dst = y + r * out + p * 16 + c;
                 *dst = accumulate ? *dst + s : s;
             }

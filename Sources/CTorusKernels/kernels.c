@@ -255,11 +255,7 @@ void torus_rms_norm(const float *x, const float *w, float *y, float *rstd, long 
 
 /* A key or value element of the pool: fp32, or bfloat16 (the top half of an fp32). */
 static inline float kv_element(const void *base, long index, int bf16) {
-    if (!bf16) return ((const float *)base)[index];
-    uint32_t u = (uint32_t)((const uint16_t *)base)[index] << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    return bf16 ? torus_bf16_value(((const uint16_t *)base)[index]) : ((const float *)base)[index];
 }
 
 /* One query row per head against keys and values spread over pool blocks (a decoding step's
@@ -330,9 +326,4 @@ void torus_decode_attention_bf16(const float *q, const uint16_t *keys, const uin
                                  float *scores) {
     decode_attention(q, keys, values, 1, blocks, block_size, run_rows, run_counts, runs, query_heads, kv_heads, head_dim,
                      scale, out, lse, scores);
-}
-
-/* bfloat16 to fp32, n values. */
-void torus_bf16_widen(const uint16_t *src, float *dst, long n) {
-    for (long i = 0; i < n; i++) dst[i] = kv_element(src, i, 1);
 }

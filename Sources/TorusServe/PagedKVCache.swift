@@ -13,7 +13,7 @@ public final class PagedKVCache: @unchecked Sendable {
     public let precision: InferencePrecision
     let shape: AttentionShape
     // Per layer [blockCount * blockSize, Hkv*dh] elements of `precision`; a bfloat16 pool uses
-    // its tensors' memory as UInt16 (two to a Float slot), through `elements`.
+    // its tensors' memory as UInt16 (two to a Float slot), through `halves`.
     let keys: [Tensor]
     let values: [Tensor]
     let scratchK: Tensor   // [maxPositions, Hkv*dh]
@@ -76,8 +76,8 @@ public final class PagedKVCache: @unchecked Sendable {
     }
 
     /// Keys and values of local rows `from..<from+count` in fp32: in place when the pool is fp32
-    /// and their blocks follow each other in it, else copied (widened from bfloat16) into the scratch space at the same rows (so the runs
-    /// of one sequence never overwrite each other).
+    /// and their blocks follow each other in it, else copied (widened from bfloat16) into the
+    /// scratch space at the same rows (so the runs of one sequence never overwrite each other).
     private func rows(layer: Int, blocks: [Int32], from: Int, count: Int) -> (k: UnsafePointer<Float>, v: UnsafePointer<Float>) {
         let kw = shape.keyValueWidth
         let first = from / blockSize, last = (from + count - 1) / blockSize

@@ -1,3 +1,4 @@
+import CTorusKernels
 import Foundation
 import Testing
 import TorusModel
@@ -52,7 +53,7 @@ import TorusTensor
 
     /// A bfloat16 pool holds exactly the bfloat16 roundings of what it is given: its decoding
     /// attention equals an fp32 pool's over the rounded keys and values, and differs from the
-    /// unrounded attention by no more than the rounding moves it.
+    /// unrounded attention by about what the rounding moves it.
     @Test func aBFloat16PoolHoldsTheRoundedKeysAndValues() {
         let config = LlamaConfig(hiddenSize: 256, intermediateSize: 16, numHiddenLayers: 1, numAttentionHeads: 4,
                                  numKeyValueHeads: 2, vocabSize: 16, maxPositionEmbeddings: 128)
@@ -68,10 +69,7 @@ import TorusTensor
         k.fillNormal(std: 1, generator: &g)
         v.fillNormal(std: 1, generator: &g)
         q.fillNormal(std: 1, generator: &g)
-        func bf16(_ x: Float) -> Float {
-            let b = x.bitPattern
-            return Float(bitPattern: (b &+ 0x7fff &+ ((b >> 16) & 1)) & 0xffff_0000)
-        }
+        func bf16(_ x: Float) -> Float { torus_bf16_value(torus_bf16_round(x)) }
         let kr = Tensor(shape: [n, kw], values: (0..<(n * kw)).map { bf16(k[$0]) })
         let vr = Tensor(shape: [n, kw], values: (0..<(n * kw)).map { bf16(v[$0]) })
         var kv = RankKV(blocks: [5, 3, 14, 0, 9])
@@ -89,7 +87,9 @@ import TorusTensor
         let a = attend(half), b = attend(rounded), c = attend(full)
         let exact = zip(a, b).map { abs($0 - $1) }.max() ?? 0
         let moved = zip(a, c).map { abs($0 - $1) }.max() ?? 0
-        #expect(exact < 1e-5, "bfloat16 pool against fp32 pool of rounded values: \(exact)")
-        #expect(moved > 0 && moved < 0.05, "bfloat16 pool against unrounded values: \(moved)")
+        // Measured: 0 (the same arithmetic on the same values; another CPU's vector code may sum
+        // in another order, hence 1e-6) and 0.0015.
+        #expect(exact < 1e-6, "bfloat16 pool against fp32 pool of rounded values: \(exact)")
+        #expect(moved > 0 && moved < 0.005, "bfloat16 pool against unrounded values: \(moved)")
     }
 }

@@ -60,8 +60,6 @@ void torus_decode_attention_bf16(const float *q, const uint16_t *keys, const uin
                                  long block_size, const long *run_rows, const long *run_counts, long runs,
                                  long query_heads, long kv_heads, long head_dim, float scale, float *out, float *lse,
                                  float *scores);
-/* bfloat16 values widened to fp32 (exact), n values. */
-void torus_bf16_widen(const uint16_t *src, float *dst, long n);
 
 /* bfloat16 inference linear layers (bf16.c). Weights [out, in] are packed once in panels of 16
    outputs by pairs of inputs (zero padded); activations are rounded to bfloat16 rows of
@@ -71,6 +69,15 @@ void torus_bf16_widen(const uint16_t *src, float *dst, long n);
 int torus_has_avx512bf16(void);
 /* f rounded to the nearest bfloat16 (ties to even). */
 uint16_t torus_bf16_round(float f);
+/* The fp32 value of bfloat16 h (exact: its top 16 bits). */
+static inline float torus_bf16_value(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    return f;
+}
+/* bfloat16 values widened to fp32, n values. */
+void torus_bf16_widen(const uint16_t *src, float *dst, long n);
 /* Elements of a packed [out, in] weight matrix. */
 long torus_bf16_packed_count(long out, long in);
 void torus_bf16_pack(const float *w, long out, long in, uint16_t *packed);
