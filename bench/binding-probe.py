@@ -28,7 +28,7 @@
 #   TASK=drill STEPS=500 LOAD=g2.pt                        the corpus's questions and answers: 0.80 / 0.91 / 0.95 at 300 / 400 / 500
 # Skipping a step fails: the gapped statements from the MQAR weights with the statement as the
 # answer, or two words between from the MQAR weights, or the corpus's sentences from scratch,
-# stay at 0.70 through 1000-1500 steps.
+# stay at 0.70 through 1100-1500 steps.
 # Needs torch, transformers and tokenizers, in a venv outside the repository.
 import math, os, random, re, sys, time
 try:
