@@ -8,6 +8,8 @@ import TorusTrace
 /// One optimizer step's figures, as printed and written to the metrics file.
 public struct StepReport: Codable, Sendable {
     public var step: Int
+    /// Tokens in this step's windows (every rank's, padding included).
+    public var tokens: Int
     public var loss: Float
     public var lr: Double
     public var gradNorm: Double
@@ -332,7 +334,7 @@ public final class Trainer {
         let seconds = Double(ended - began) / 1e9
         let tokensPerStep = options.globalSequences * options.microBatches * options.seqLen
         let flops = 3 * model.config.forwardFLOPs(tokens: tokensPerStep, seqLen: options.seqLen)
-        return StepReport(step: step, loss: loss, lr: lr, gradNorm: norm, tokensPerSecond: Double(tokensPerStep) / seconds,
+        return StepReport(step: step, tokens: tokensPerStep, loss: loss, lr: lr, gradNorm: norm, tokensPerSecond: Double(tokensPerStep) / seconds,
                           gflops: flops / seconds / 1e9, stepSeconds: seconds, allReduceWaitSeconds: reducer.lastWaitSeconds,
                           etaSeconds: seconds * Double(options.steps - step))
     }

@@ -41,8 +41,9 @@ struct TrainSection {
                        "bucket_mb", "progress_us", "out", "init_from", "eval_every", "zero"]
 }
 
-/// The `data:` section: `train` and `heldout` are token or text files, or `synth` for the
-/// built-in corpus (generated in memory from the seed).
+/// The `data:` section: `train` and `heldout` are token or text files, or a built-in corpus
+/// generated in memory from the seed: `synth` (short QA), `synth_rag` (RAG prompts) or, for
+/// training, `synth_drill` (the binding drill of `BindingDrill`).
 struct DataSection {
     var train = "synth"
     var heldout: String? = "synth"
@@ -53,13 +54,21 @@ struct DataSection {
     var ragLoss = "all"
     /// synth_rag: documents with filler (false: facts only).
     var ragFiller = true
+    /// synth_drill: the stages of the binding drill mixed in its examples (pairs, one_word,
+    /// two_words, questions); YAML takes one name or a list.
+    var drill: [BindingDrill.Stage] = [.pairs]
+    /// synth_drill: names per example.
+    var drillPairs = 1...2
+    /// synth_drill: kinds of fact per name (statements and questions stages).
+    var drillKinds = 1...1
     /// A tokenizer.json for the built-in corpora (default: bytes); copied into the model directory.
     var tokenizer: String?
     /// The built-in RAG corpus these settings describe.
     func ragCorpus(seed: UInt64) -> RAGCorpus {
         RAGCorpus(seed: seed, documents: ragDocuments, filler: ragFiller)
     }
-    static let keys = ["train", "heldout", "synth_examples", "rag_documents", "rag_loss", "rag_filler", "tokenizer"]  // heldout: file, synth or none
+    static let keys = ["train", "heldout", "synth_examples", "rag_documents", "rag_loss", "rag_filler", "drill", "drill_pairs", "drill_kinds",
+                       "tokenizer"]  // heldout: file, synth or none
 }
 
 /// The contents of a `configs/*.yaml` file.
@@ -154,6 +163,29 @@ struct RunConfig {
                     throw ConfigError(file: path, message: "'data.rag_documents' must be [min, max] with 1 <= min <= max, e.g. [6, 10]")
                 }
                 config.data.ragDocuments = pair[0]...pair[1]
+            }
+            if let value = d["drill"] {
+                let names = (value as? [Any] ?? [value]).map { "\($0)" }
+                config.data.drill = try names.map { name in
+                    guard let stage = BindingDrill.Stage(rawValue: name) else {
+                        throw ConfigError(file: path, message: "'data.drill' names '\(name)'; known: "
+                                          + BindingDrill.Stage.allCases.map(\.rawValue).joined(separator: ", "))
+                    }
+                    return stage
+                }
+                guard !config.data.drill.isEmpty else { throw ConfigError(file: path, message: "'data.drill' is an empty list") }
+            }
+            if d["drill_pairs"] != nil {
+                guard let pair = d["drill_pairs"] as? [Int], pair.count == 2, pair[0] >= 1, pair[0] <= pair[1] else {
+                    throw ConfigError(file: path, message: "'data.drill_pairs' must be [min, max] with 1 <= min <= max, e.g. [1, 2]")
+                }
+                config.data.drillPairs = pair[0]...pair[1]
+            }
+            if d["drill_kinds"] != nil {
+                guard let pair = d["drill_kinds"] as? [Int], pair.count == 2, pair[0] >= 1, pair[0] <= pair[1], pair[1] <= 4 else {
+                    throw ConfigError(file: path, message: "'data.drill_kinds' must be [min, max] with 1 <= min <= max <= 4, e.g. [1, 3]")
+                }
+                config.data.drillKinds = pair[0]...pair[1]
             }
             if d["tokenizer"] != nil { config.data.tokenizer = try r.string(d, "tokenizer", section: "data") }
             if let f = d["rag_filler"] {

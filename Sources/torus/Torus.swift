@@ -8,7 +8,7 @@ struct Torus: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "torus",
         abstract: "Distributed training and serving of long-context LLaMA models over MPI.",
-        subcommands: [InitCommand.self, TrainCommand.self, PlanCommand.self, LaunchCommand.self, DataCommand.self, EvalCommand.self, TraceCommand.self, GenerateCommand.self, ServeCommand.self, BenchCommand.self, CheckCommand.self])
+        subcommands: [InitCommand.self, TrainCommand.self, PlanCommand.self, LaunchCommand.self, DataCommand.self, EvalCommand.self, TraceCommand.self, CurveCommand.self, GenerateCommand.self, ServeCommand.self, BenchCommand.self, CheckCommand.self])
 
     static func main() {
         // Progress lines reach a log file or pipe as they are printed.

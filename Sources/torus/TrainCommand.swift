@@ -53,6 +53,13 @@ struct TrainCommand: ParsableCommand {
             let windows = corpus.trainingTokenWindows(count: cfg.data.synthExamples, split: "train", window: t.seqLen, tokenizer: tokenizer)
             tokens = windows.tokens
             if cfg.data.ragLoss == "questions" { mask = windows.questions }
+        } else if cfg.data.train == "synth_drill" {
+            let drill = BindingDrill(stages: cfg.data.drill, seed: cfg.seed, pairs: cfg.data.drillPairs, kinds: cfg.data.drillKinds)
+            let windows = drill.trainingTokenWindows(count: cfg.data.synthExamples, window: t.seqLen, tokenizer: tokenizer)
+            guard !windows.tokens.isEmpty else {
+                throw ConfigError(file: config, message: "no drill example of \(cfg.data.drill.map(\.rawValue)) fits train.seq_len \(t.seqLen)")
+            }
+            (tokens, mask) = (windows.tokens, windows.questions)
         } else {
             tokens = try loadTokens(cfg.data.train, cfg: cfg, split: "train", vocab: model.config.vocabSize, tokenizer: tokenizer)
         }

@@ -24,40 +24,67 @@ struct EvaluationRecord: Codable {
     }
 }
 
-/// The training curve of a run: loss (from `metrics.jsonl`) and held-out accuracy per question
-/// kind (from `evaluation.jsonl`) against tokens seen, drawn as `curve.svg` in the run's directory.
+/// The training curve of a run, or of runs one after another (the stages of a curriculum):
+/// loss (from `metrics.jsonl`) and held-out accuracy per question kind (from
+/// `evaluation.jsonl`) against tokens seen, drawn as an SVG file.
 enum TrainingCurve {
+    /// One run's `curve.svg`; `tokensPerStep` counts steps of metrics written before steps
+    /// carried their token counts.
     static func write(out dir: String, tokensPerStep: Int) throws {
-        struct LossLine: Decodable { let step: Int, loss: Float }
+        try write(runs: [dir], to: dir + "/curve.svg", tokensPerStep: tokensPerStep)
+    }
+
+    /// The runs in order, each one's tokens counted after the runs before it; with several runs
+    /// each run's loss is its own line, named by its directory.
+    static func write(runs: [String], to file: String, tokensPerStep: Int? = nil) throws {
+        struct LossLine: Decodable { let step: Int, loss: Float, tokens: Int? }
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
-        func lines(_ name: String) -> [Data] {
+        func lines(_ dir: String, _ name: String) -> [Data] {
             ((try? String(contentsOfFile: dir + "/" + name, encoding: .utf8)) ?? "").split(separator: "\n").map { Data($0.utf8) }
-        }
-        let losses = lines("metrics.jsonl").compactMap { try? decoder.decode(LossLine.self, from: $0) }
-            .map { (x: Double($0.step * tokensPerStep), y: Double($0.loss)) }
-        let evaluations = lines("evaluation.jsonl").compactMap { try? decoder.decode(EvaluationRecord.self, from: $0) }
-        // A running mean over 10 steps: single-step losses of small batches are noisy.
-        let smoothed = losses.indices.map { i -> (x: Double, y: Double) in
-            let window = losses[max(0, i - 9)...i]
-            return (losses[i].x, window.map(\.y).reduce(0, +) / Double(window.count))
         }
         func tokens(_ v: Double) -> String { v >= 1e6 ? String(format: "%.1fM", v / 1e6) : String(format: "%.0fK", v / 1e3) }
         var loss = SVGPlot(title: "Training loss (mean of 10 steps)", xLabel: "tokens seen", yLabel: "loss (log scale)", logY: true)
         loss.xTick = tokens
-        loss.series = [.init(name: "train loss", color: SVGPlot.palette[0], points: smoothed)]
         var accuracy = SVGPlot(title: "Held-out answer accuracy (full prefill)", xLabel: "tokens seen", yLabel: "accuracy (%)",
                                yRange: 0...100)
         accuracy.xTick = tokens
-        accuracy.xRange = loss.series[0].points.isEmpty ? nil : 0...(losses.last?.x ?? 1)
-        let kinds = Array(Set(evaluations.flatMap { $0.accuracy.keys })).sorted()
-        for (i, kind) in kinds.enumerated() {
-            let points = evaluations.compactMap { e in
-                e.accuracy[kind].flatMap { $0.total > 0 ? (Double(e.tokens), 100 * Double($0.correct) / Double($0.total)) : nil }
+        var seen = 0.0
+        var points: [String: [(x: Double, y: Double)]] = [:], totals: [String: Int] = [:]
+        for (r, dir) in runs.enumerated() {
+            let steps = lines(dir, "metrics.jsonl").compactMap { try? decoder.decode(LossLine.self, from: $0) }
+            guard !steps.isEmpty else { throw ValidationErrorMessage("\(dir)/metrics.jsonl holds no training steps") }
+            // Tokens seen after each step (and before step 1).
+            var after: [Int: Double] = [0: seen]
+            var losses: [(x: Double, y: Double)] = []
+            for s in steps {
+                guard let n = s.tokens ?? tokensPerStep else {
+                    throw ValidationErrorMessage("\(dir)/metrics.jsonl: step \(s.step) has no token count (written by an older torus)")
+                }
+                seen += Double(n)
+                after[s.step] = seen
+                losses.append((seen, Double(s.loss)))
             }
-            let n = evaluations.last?.accuracy[kind]?.total ?? 0
-            accuracy.series.append(.init(name: "\(kind) (\(n) q)", color: SVGPlot.palette[(i + 1) % SVGPlot.palette.count], points: points))
+            // A running mean over 10 steps: single-step losses of small batches are noisy.
+            let smoothed = losses.indices.map { i -> (x: Double, y: Double) in
+                let window = losses[max(0, i - 9)...i]
+                return (losses[i].x, window.map(\.y).reduce(0, +) / Double(window.count))
+            }
+            let name = runs.count == 1 ? "train loss" : URL(fileURLWithPath: dir).lastPathComponent
+            loss.series.append(.init(name: name, color: SVGPlot.palette[r % SVGPlot.palette.count], points: smoothed))
+            for e in lines(dir, "evaluation.jsonl").compactMap({ try? decoder.decode(EvaluationRecord.self, from: $0) }) {
+                guard let x = after[e.step] else { continue }
+                for (kind, count) in e.accuracy where count.total > 0 {
+                    points[kind, default: []].append((x, 100 * Double(count.correct) / Double(count.total)))
+                    totals[kind] = count.total
+                }
+            }
         }
-        try SVGPlot.figure([loss, accuracy]).write(toFile: dir + "/curve.svg", atomically: true, encoding: .utf8)
+        accuracy.xRange = seen > 0 ? 0...seen : nil
+        for (i, kind) in points.keys.sorted().enumerated() {
+            accuracy.series.append(.init(name: "\(kind) (\(totals[kind] ?? 0) q)", color: SVGPlot.palette[(i + 1) % SVGPlot.palette.count],
+                                         points: points[kind] ?? []))
+        }
+        try SVGPlot.figure([loss, accuracy]).write(toFile: file, atomically: true, encoding: .utf8)
     }
 }

@@ -119,6 +119,57 @@ import TorusModel
         }
     }
 
+    /// `data.train: synth_drill` on 2 ranks, a second stage from the first one's weights, and
+    /// `torus curve` over both (tokens counted on from the first); bad drill settings name the key.
+    @Test func bindingDrillStagesChainAndDrawOneCurve() throws {
+        let dir = Self.workDir("drill")
+        let tokenizer = ClientPython.repository + "/configs/rag-tokenizer.json"
+        func config(_ name: String, stage: String, seqLen: Int, initFrom: String? = nil) throws -> String {
+            let path = dir + "/\(name).yaml"
+            try """
+            \(TestYAML.model(vocab: 1408, maxPositions: 128))
+            seed: 3
+            train:
+              steps: 3
+              batch_size: 4
+              seq_len: \(seqLen)
+              warmup_steps: 1
+              log_every: 1
+              out: \(dir)/\(name)
+            \(initFrom.map { "  init_from: \($0)" } ?? "")
+            data:
+              train: synth_drill
+              drill: \(stage)
+              drill_kinds: [1, 2]
+              heldout: none
+              synth_examples: 40
+              tokenizer: \(tokenizer)
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        let first = try TorusBinary.mpirun(ranks: 2, ["train", "--config", try config("pairs", stage: "pairs", seqLen: 16)], timeout: 240)
+        try #require(first.status == 0, "\(first.output)")
+        let second = try TorusBinary.mpirun(ranks: 2, ["train", "--config", try config("questions", stage: "[statements, questions]", seqLen: 96,
+                                                                                      initFrom: dir + "/pairs/model")], timeout: 240)
+        try #require(second.status == 0, "\(second.output)")
+        #expect(second.stdout.contains("global batch 4 x 1 x 96 tokens"), "\(second.stdout)")
+        let metrics = try String(contentsOfFile: dir + "/questions/metrics.jsonl", encoding: .utf8)
+        #expect(metrics.split(separator: "\n").count == 3 && metrics.contains("\"tokens\":384"), "\(metrics)")
+        let curve = try TorusBinary.torus(["curve", dir + "/pairs", dir + "/questions", "--out", dir + "/curve.svg"])
+        #expect(curve.status == 0, "\(curve.output)")
+        let svg = try String(contentsOfFile: dir + "/curve.svg", encoding: .utf8)
+        #expect(svg.contains(">pairs<") && svg.contains(">questions<"), "both runs' losses are drawn")
+        let missing = try TorusBinary.torus(["curve", dir + "/nope", "--out", dir + "/x.svg"])
+        #expect(missing.status != 0 && missing.stderr.contains("nope/metrics.jsonl holds no training steps"), "\(missing.output)")
+
+        let bad = try config("bad", stage: "[pairs, recall]", seqLen: 16)
+        let r1 = try train(ranks: 1, config: bad, out: dir + "/bad")
+        #expect(r1.status != 0 && r1.stderr.contains("'data.drill' names 'recall'; known: pairs, one_word"), "\(r1.output)")
+        let short = try config("short", stage: "questions", seqLen: 8)
+        let r2 = try train(ranks: 1, config: short, out: dir + "/short")
+        #expect(r2.status != 0 && r2.stderr.contains("fits train.seq_len 8"), "\(r2.output)")
+    }
+
     /// The same global batch on 1, 2 and 4 ranks gives the same losses and weights. Tolerance:
     /// fp32 sums in a different order (per-rank partial gradients then all-reduce) differ by
     /// about 1e-7 relative per step; over 6 AdamW steps we allow 2e-4 on the loss and 2e-3
