@@ -37,25 +37,29 @@ public struct BindingDrill: Sendable {
     /// the corpus's documents.
     public let kinds: ClosedRange<Int>
 
-    public init(stages: [Stage], seed: UInt64, pairs: ClosedRange<Int> = 1...2, kinds: ClosedRange<Int> = 1...1) {
+    /// Whether friends are among the kinds (statements and questions only).
+    public let friends: Bool
+
+    public init(stages: [Stage], seed: UInt64, pairs: ClosedRange<Int> = 1...2, kinds: ClosedRange<Int> = 1...1, friends: Bool = false) {
         precondition(kinds.lowerBound >= 1 && kinds.upperBound <= Self.kinds.count, "1 to \(Self.kinds.count) kinds")
         self.kinds = kinds
+        self.friends = friends
         precondition(!stages.isEmpty, "a drill needs a stage")
         self.stages = stages
         self.seed = seed
         self.pairs = pairs
     }
 
-    /// The kinds of fact: a question, the corpus's statement, and the values. (Friends, whose
-    /// values are names, are left to the corpus: with them in every stage, phase 1 answered
-    /// more two-document questions but fewer single ones, 48.6% and 51.0% against 27.0% and
-    /// 85.7%, one run each.)
+    /// The kinds of fact: a question, the corpus's statement, and the values.
     static let kinds: [(question: String, statement: String, values: [String])] = [
         ("Where does {n} live?", "{n} lives in {v}.", RAGCorpus.cities),
         ("What does {n} work as?", "{n} works as a {v}.", RAGCorpus.jobs),
         ("What color does {n} like?", "{n} likes the color {v}.", RAGCorpus.colors),
         ("What pet does {n} keep?", "{n} keeps a {v}.", RAGCorpus.pets),
     ]
+    /// A friend, whose value is another name: the first step of the corpus's two-document
+    /// questions.
+    static let friend = (question: "Who is the friend of {n}?", statement: "{n} is a friend of {v}.", values: RAGCorpus.names)
 
     /// One example as (text pieces, whether each piece carries loss); pieces are encoded one
     /// by one, so a name or value is the same token wherever it stands.
@@ -64,9 +68,10 @@ public struct BindingDrill: Sendable {
         let k = pairs.lowerBound + Int(g.next() % UInt64(pairs.count))
         // Several kinds only where the statement names the kind.
         let m = stage == .statements || stage == .questions ? kinds.lowerBound + Int(g.next() % UInt64(kinds.count)) : 1
-        var kindOrder = Array(Self.kinds.indices)
-        RAGCorpus.shuffle(&kindOrder, &g)
-        let chosen = kindOrder.prefix(m).map { Self.kinds[$0] }
+        var available = Self.kinds
+        if friends && (stage == .statements || stage == .questions) { available.append(Self.friend) }
+        RAGCorpus.shuffle(&available, &g)
+        let chosen = Array(available.prefix(m))
         var names: [String] = []
         while names.count < k {
             let n = RAGCorpus.name(&g)
@@ -75,7 +80,9 @@ public struct BindingDrill: Sendable {
         // values[i][j]: name i's value of kind j.
         let values = names.map { _ in
             chosen.map { kind in
-                RAGCorpus.pick(kind.values, &g)
+                var v = RAGCorpus.pick(kind.values, &g)
+                while names.contains(v) { v = RAGCorpus.pick(kind.values, &g) }
+                return v
             }
         }
         func fill(_ template: String, _ i: Int, _ j: Int) -> String {

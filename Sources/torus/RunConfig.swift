@@ -61,13 +61,15 @@ struct DataSection {
     var drillPairs = 1...2
     /// synth_drill: kinds of fact per name (statements and questions stages).
     var drillKinds = 1...1
+    /// synth_drill: friends (another name as the value) among the kinds (statements and questions stages).
+    var drillFriends = false
     /// A tokenizer.json for the built-in corpora (default: bytes); copied into the model directory.
     var tokenizer: String?
     /// The built-in RAG corpus these settings describe.
     func ragCorpus(seed: UInt64) -> RAGCorpus {
         RAGCorpus(seed: seed, documents: ragDocuments, filler: ragFiller)
     }
-    static let keys = ["train", "heldout", "synth_examples", "rag_documents", "rag_loss", "rag_filler", "drill", "drill_pairs", "drill_kinds",
+    static let keys = ["train", "heldout", "synth_examples", "rag_documents", "rag_loss", "rag_filler", "drill", "drill_pairs", "drill_kinds", "drill_friends",
                        "tokenizer"]  // heldout: file, synth or none
 }
 
@@ -186,6 +188,10 @@ struct RunConfig {
                     throw ConfigError(file: path, message: "'data.drill_kinds' must be [min, max] with 1 <= min <= max <= 4, e.g. [1, 3]")
                 }
                 config.data.drillKinds = pair[0]...pair[1]
+            }
+            if let f = d["drill_friends"] {
+                guard let b = f as? Bool else { throw ConfigError(file: path, message: "'data.drill_friends' must be true or false") }
+                config.data.drillFriends = b
             }
             if d["tokenizer"] != nil { config.data.tokenizer = try r.string(d, "tokenizer", section: "data") }
             if let f = d["rag_filler"] {

@@ -54,7 +54,7 @@ struct TrainCommand: ParsableCommand {
             tokens = windows.tokens
             if cfg.data.ragLoss == "questions" { mask = windows.questions }
         } else if cfg.data.train == "synth_drill" {
-            let drill = BindingDrill(stages: cfg.data.drill, seed: cfg.seed, pairs: cfg.data.drillPairs, kinds: cfg.data.drillKinds)
+            let drill = BindingDrill(stages: cfg.data.drill, seed: cfg.seed, pairs: cfg.data.drillPairs, kinds: cfg.data.drillKinds, friends: cfg.data.drillFriends)
             let windows = drill.trainingTokenWindows(count: cfg.data.synthExamples, window: t.seqLen, tokenizer: tokenizer)
             guard !windows.tokens.isEmpty else {
                 throw ConfigError(file: config, message: "no drill example of \(cfg.data.drill.map(\.rawValue)) fits train.seq_len \(t.seqLen)")

@@ -35,7 +35,7 @@ enum TrainingCurve {
     }
 
     /// The runs in order, each one's tokens counted after the runs before it; with several runs
-    /// each run's loss is its own line, named by its directory.
+    /// each run's loss and accuracies are lines of their own, named by its directory.
     static func write(runs: [String], to file: String, tokensPerStep: Int? = nil) throws {
         struct LossLine: Decodable { let step: Int, loss: Float, tokens: Int? }
         let decoder = JSONDecoder()
@@ -75,8 +75,10 @@ enum TrainingCurve {
             for e in lines(dir, "evaluation.jsonl").compactMap({ try? decoder.decode(EvaluationRecord.self, from: $0) }) {
                 guard let x = after[e.step] else { continue }
                 for (kind, count) in e.accuracy where count.total > 0 {
-                    points[kind, default: []].append((x, 100 * Double(count.correct) / Double(count.total)))
-                    totals[kind] = count.total
+                    // Runs evaluate on their own prompts (a curriculum's phases differ): one line per run.
+                    let key = runs.count == 1 ? kind : "\(kind), \(name)"
+                    points[key, default: []].append((x, 100 * Double(count.correct) / Double(count.total)))
+                    totals[key] = count.total
                 }
             }
         }

@@ -97,6 +97,23 @@ import TorusTrain
         }
     }
 
+    /// With friends, some facts name another person of the pool (never one of the example's
+    /// own names), and only in the stages that state the corpus's statements.
+    @Test func friendsAreAnotherName() throws {
+        let tokenizer = try #require(Self.tokenizer)
+        for stage in [BindingDrill.Stage.statements, .twoWords] {
+            let w = BindingDrill(stages: [stage], seed: 5, pairs: 2...2, friends: true).trainingTokenWindows(count: 200, window: 64, tokenizer: tokenizer)
+            let text = tokenizer.decode(w.tokens)
+            let friends = text.split(separator: "\n").filter { $0.hasPrefix("Doc: ") && $0.contains(" is a friend of ") }
+            if stage == .twoWords { #expect(friends.isEmpty); continue }
+            #expect(friends.count > 40, "\(friends.count) friend facts in 400")
+            for f in friends {
+                let words = f.dropFirst(5).dropLast().split(separator: " ")
+                #expect(words.count == 6 && words[0] != words[5] && RAGCorpus.names.contains(String(words[5])), "\(f)")
+            }
+        }
+    }
+
     /// A mixed drill draws each example from one of its stages.
     @Test func mixedStagesDrawBoth() throws {
         let tokenizer = try #require(Self.tokenizer)
