@@ -26,6 +26,8 @@
 #   TASK=drill ADJ2=1 FACT='{n} has {v}.' ANSWER='{n} {v}.' STEPS=900 LOAD=m.pt SAVE=g1.pt          at ~700 (0.98 at 900)
 #   TASK=drill ADJ2=1 FACT='{n} keeps a {v}.' ANSWER='{n} {v}.' STEPS=1000 LOAD=g1.pt SAVE=g2.pt    0.98 at 200
 #   TASK=drill STEPS=500 LOAD=g2.pt                        the corpus's questions and answers: 0.80 / 0.91 / 0.95 at 300 / 400 / 500
+# Torus runs this curriculum (and a statements stage between two words and the questions) as
+# configs/rag-curriculum/ (`data.train: synth_drill`), the first six runs of ./launch/train-default.
 # Skipping a step fails: the gapped statements from the MQAR weights with the statement as the
 # answer, or two words between from the MQAR weights, or the corpus's sentences from scratch,
 # stay at 0.70 through 1100-1500 steps.
