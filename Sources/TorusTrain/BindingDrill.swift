@@ -24,6 +24,11 @@ public struct BindingDrill: Sendable {
         /// The corpus's statements and questions: "Doc: Poti keeps a goat.\n" asked
         /// "Q: What pet does Poti keep?\nA: Poti keeps a goat.\n".
         case questions
+        /// Two lookups in a row, as the corpus's friend questions: "Doc: Poti is a friend of
+        /// Kemi.\n", "Doc: Kemi lives in Tarsa. Kemi works as a baker.\n" (and the same for other
+        /// names, shuffled), asked "Q: Where does the friend of Poti live?\nA: Poti is a friend
+        /// of Kemi. Kemi lives in Tarsa.\n".
+        case chains
     }
 
     /// The stages drawn from, one per example, uniformly (an earlier stage mixed in keeps its
@@ -91,6 +96,26 @@ public struct BindingDrill: Sendable {
         let asked = (0..<k).map { _ in (Int(g.next() % UInt64(k)), Int(g.next() % UInt64(m))) }
         var pieces: [(text: String, loss: Bool)] = []
         switch stage {
+        case .chains:
+            // names[i]'s friend is friendNames[i], whose document states a city and a job.
+            var friendNames: [String] = []
+            while friendNames.count < k {
+                let n = RAGCorpus.name(&g)
+                if !names.contains(n) && !friendNames.contains(n) { friendNames.append(n) }
+            }
+            let facts = friendNames.map { ($0, RAGCorpus.pick(RAGCorpus.cities, &g), RAGCorpus.pick(RAGCorpus.jobs, &g)) }
+            var docs = (0..<k).map { "Doc: \(names[$0]) is a friend of \(friendNames[$0]).\n" }
+            docs += facts.map { "Doc: \($0.0) lives in \($0.1). \($0.0) works as a \($0.2).\n" }
+            RAGCorpus.shuffle(&docs, &g)
+            pieces += docs.map { ($0, false) }
+            for (i, _) in asked {
+                let f = facts[i], link = "\(names[i]) is a friend of \(f.0)."
+                if g.next() % 2 == 0 {
+                    pieces += [("Q: Where does the friend of \(names[i]) live?\nA:", false), (" \(link) \(f.0) lives in \(f.1).\n", true)]
+                } else {
+                    pieces += [("Q: What does the friend of \(names[i]) work as?\nA:", false), (" \(link) \(f.0) works as a \(f.2).\n", true)]
+                }
+            }
         case .pairs:
             for i in 0..<k { pieces += [(" \(names[i])", false), (" \(values[i][0])", false), (".", false)] }
             pieces.append(("Q", false))

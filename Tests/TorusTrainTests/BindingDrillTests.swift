@@ -114,6 +114,26 @@ import TorusTrain
         }
     }
 
+    /// Chains: each answer copies a friend link stated in one document and then that friend's
+    /// fact from another.
+    @Test func chainsAnswerWithTwoStatedFacts() throws {
+        let tokenizer = try #require(Self.tokenizer)
+        for (tokens, loss) in try windows([.chains], count: 100, window: 160) {
+            let text = tokenizer.decode(tokens)
+            let docs = text.split(separator: "\n").filter { $0.hasPrefix("Doc: ") }.map { String($0.dropFirst(5)) }
+            let answers = text.split(separator: "\n").filter { $0.hasPrefix("A: ") }.map { String($0.dropFirst(3)) }
+            #expect(!answers.isEmpty && tokenizer.decode(zip(tokens, loss).filter(\.1).map(\.0)).filter { $0 == "\n" }.count == answers.count)
+            for a in answers {
+                let parts = a.components(separatedBy: ". ")
+                try #require(parts.count == 2, "\(a)")
+                #expect(docs.contains(parts[0] + "."), "link '\(parts[0])' stated in no document: \(docs)")
+                let friend = String(parts[0].split(separator: " ").last ?? "")
+                #expect(parts[1].hasPrefix(friend + " ") && docs.contains { $0.hasPrefix(friend + " lives in") && $0.contains(parts[1]) },
+                        "'\(parts[1])' is not \(friend)'s document: \(docs)")
+            }
+        }
+    }
+
     /// A mixed drill draws each example from one of its stages.
     @Test func mixedStagesDrawBoth() throws {
         let tokenizer = try #require(Self.tokenizer)
