@@ -11,6 +11,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "YAML config (model, train, data sections).") var config: String
     @Option(help: "Output directory (overrides train.out).") var out: String?
     @Option(help: "Optimizer steps (overrides train.steps).") var steps: Int?
+    @Option(help: "Model directory whose weights training starts from (overrides train.init_from).") var initFrom: String?
     @Flag(help: "Continue from the newest complete checkpoint in the output directory.") var resume = false
     @Option(help: "Stop (with a checkpoint) after this step, as if interrupted; the schedule still spans all steps.") var stopAfter: Int?
 
@@ -32,6 +33,7 @@ struct TrainCommand: ParsableCommand {
 
         if let steps { cfg.train.steps = steps }
         if let out { cfg.train.out = out }
+        if let initFrom { cfg.train.initFrom = initFrom }
         let t = cfg.train
         let options = cfg.trainOptions()
         // A pipeline stage holds only its own layers (and their gradients and AdamW state).
