@@ -155,6 +155,12 @@ import TorusModel
         #expect(second.stdout.contains("global batch 4 x 1 x 96 tokens"), "\(second.stdout)")
         let metrics = try String(contentsOfFile: dir + "/questions/metrics.jsonl", encoding: .utf8)
         #expect(metrics.split(separator: "\n").count == 3 && metrics.contains("\"tokens\":384"), "\(metrics)")
+        // --init-from overrides train.init_from: a third stage (chains) from the second's weights.
+        let chains = try config("chains", stage: "chains", seqLen: 128)
+        let third = try TorusBinary.mpirun(ranks: 2, ["train", "--config", chains, "--init-from", dir + "/questions/model"], timeout: 240)
+        #expect(third.status == 0 && third.stdout.contains("global batch 4 x 1 x 128 tokens"), "\(third.output)")
+        let nowhere = try train(ranks: 1, config: chains, out: dir + "/chains-nowhere", extra: ["--init-from", dir + "/nowhere/model"])
+        #expect(nowhere.status != 0 && nowhere.stderr.contains("nowhere/model"), "\(nowhere.output)")
         let curve = try TorusBinary.torus(["curve", dir + "/pairs", dir + "/questions", "--out", dir + "/curve.svg"])
         #expect(curve.status == 0, "\(curve.output)")
         let svg = try String(contentsOfFile: dir + "/curve.svg", encoding: .utf8)
