@@ -2,7 +2,9 @@
 # Where a model's wrong RAG answers come from: answers each held-out question greedily with
 # `torus generate` and, for each wrong answer, checks whether its value (the last word of the
 # answer line) stands in one of the prompt's documents (copied from the wrong document) or not
-# (guessed). Prints right / wrong-in-documents / wrong-not-in-documents per question kind.
+# (guessed). Prints right / wrong-in-documents / wrong-not-in-documents per question kind, and for
+# two-document questions whether the wrong answer's first sentence (the link: "Venu is a friend of
+# Lufo.") is already wrong or only the fact copied after it.
 #   torus data synth --kind rag --seed 11 --train 1 --heldout 100 --out /tmp/rag
 #   python3 bench/rag-errors.py runs/rag-default/model /tmp/rag/heldout.jsonl [TORUS_BINARY]
 import json, os, subprocess, sys, collections
@@ -19,7 +21,10 @@ for l in open(path):
     k = e['kind']
     c[k, 'total'] += 1
     if got == e['answer']: c[k, 'right'] += 1; continue
+    if k != 'single':
+        c[k, 'wrong link' if got.split('. ')[0] != e['answer'].split('. ')[0] else 'right link, wrong fact'] += 1
     value = got.rstrip('.').split(' ')[-1] if got else ''
     c[k, 'wrong value in documents' if value and (' ' + value + '.') in docs else 'wrong value not in documents'] += 1
 for k in ['single', 'friend', 'previous']:
-    print(k, {n: c[k, n] for n in ['total', 'right', 'wrong value in documents', 'wrong value not in documents']})
+    names = ['total', 'right', 'wrong value in documents', 'wrong value not in documents'] + (['wrong link', 'right link, wrong fact'] if k != 'single' else [])
+    print(k, {n: c[k, n] for n in names})
