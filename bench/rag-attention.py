@@ -6,7 +6,9 @@
 # carry the person's name (the diagnosis of issue #11's note). Needs torch and transformers
 # (a venv outside the repository); the model directory is read as Hugging Face writes it.
 #   torus data synth --kind rag --seed 11 --train 1 --heldout 100 --documents 2-3 --no-filler --out /tmp/rag
-#   python3 bench/rag-attention.py runs/rag-pretrain/model /tmp/rag/heldout.jsonl [INDEX]
+#   python3 bench/rag-attention.py runs/rag-pretrain/model /tmp/rag/heldout.jsonl [INDEX] [KIND]
+# KIND (default single): friend or previous shows the answer position that predicts the linked
+# name ("Venu is a friend of" -> "Lufo") instead of the asked value.
 import json, sys
 try:
     import torch
@@ -16,11 +18,14 @@ except ImportError as e:
     sys.exit(f'rag-attention: needs torch, transformers and tokenizers ({e})')
 model_dir, path = sys.argv[1], sys.argv[2]
 index = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+kind = sys.argv[4] if len(sys.argv) > 4 else 'single'
 examples = [json.loads(l) for l in open(path)]
-singles = [e for e in examples if e['kind'] == 'single']
-if not singles:
-    sys.exit(f'rag-attention: {path} holds no single-document question')
-e = singles[index % len(singles)]
+chosen = [e for e in examples if e['kind'] == kind]
+if not chosen:
+    sys.exit(f'rag-attention: {path} holds no question of kind {kind!r} (single, friend, previous)')
+e = chosen[index % len(chosen)]
+# A two-document answer's first sentence is the link; its last word is the linked name.
+value = e['value'] if kind == 'single' else e['answer'].split('. ')[0].rstrip('.').split(' ')[-1]
 torch.set_num_threads(1)
 model = LlamaForCausalLM.from_pretrained(model_dir, attn_implementation='eager').eval()
 tokenizer = Tokenizer.from_file(f'{model_dir}/tokenizer.json')
@@ -29,7 +34,7 @@ encoding = tokenizer.encode(prompt + ' ' + e['answer'])
 ids, tokens = encoding.ids, encoding.tokens
 with torch.no_grad():
     attentions = model(input_ids=torch.tensor([ids]), output_attentions=True).attentions
-value_token = tokenizer.encode(' ' + e['value']).tokens[0]
+value_token = tokenizer.encode(' ' + value).tokens[0]
 prompt_length = len(tokenizer.encode(prompt).ids)
 
 def show(position, label):
@@ -41,7 +46,7 @@ def show(position, label):
             print(f'  layer {layer} head {head}: {reads}')
 
 print(f'question: {e["question"]!r}  answer: {e["answer"]!r}')
-answer_value = max(i for i, t in enumerate(tokens) if t == value_token)
+answer_value = next(i for i in range(prompt_length, len(tokens)) if tokens[i] == value_token)
 # The same kind of fact in every document: the two tokens before the value match ("keeps a").
 before = tokens[answer_value - 2:answer_value]
 for i in range(2, prompt_length):
