@@ -104,17 +104,14 @@ public struct BindingDrill: Sendable {
                 if !names.contains(n) && !friendNames.contains(n) { friendNames.append(n) }
             }
             let facts = friendNames.map { ($0, RAGCorpus.pick(RAGCorpus.cities, &g), RAGCorpus.pick(RAGCorpus.jobs, &g)) }
-            var docs = (0..<k).map { "Doc: \(names[$0]) is a friend of \(friendNames[$0]).\n" }
-            docs += facts.map { "Doc: \($0.0) lives in \($0.1). \($0.0) works as a \($0.2).\n" }
+            var docs = (0..<k).map { "Doc: " + RAGCorpus.friendFact(names[$0], friendNames[$0]) + "\n" }
+            docs += facts.map { "Doc: " + RAGCorpus.cityFact($0.0, $0.1) + " " + RAGCorpus.jobFact($0.0, $0.2) + "\n" }
             RAGCorpus.shuffle(&docs, &g)
             pieces += docs.map { ($0, false) }
             for (i, _) in asked {
-                let f = facts[i], link = "\(names[i]) is a friend of \(f.0)."
-                if g.next() % 2 == 0 {
-                    pieces += [("Q: Where does the friend of \(names[i]) live?\nA:", false), (" \(link) \(f.0) lives in \(f.1).\n", true)]
-                } else {
-                    pieces += [("Q: What does the friend of \(names[i]) work as?\nA:", false), (" \(link) \(f.0) works as a \(f.2).\n", true)]
-                }
+                let f = facts[i]
+                let q = RAGCorpus.friendQuestions(names[i], friend: f.0, city: f.1, job: f.2)[g.next() % 2 == 0 ? 0 : 1]
+                pieces += [("Q: \(q.question)\nA:", false), (" \(q.answer)\n", true)]
             }
         case .pairs:
             for i in 0..<k { pieces += [(" \(names[i])", false), (" \(values[i][0])", false), (".", false)] }

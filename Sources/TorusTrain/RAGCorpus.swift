@@ -167,6 +167,14 @@ public struct RAGCorpus: Sendable {
     static func friendFact(_ n: String, _ f: String) -> String { "\(n) is a friend of \(f)." }
     static func sisterFact(_ n: String, _ s: String) -> String { "\(n) has a sister named \(s)." }
 
+    /// The two questions about the friend of `n` (`f`, who lives in `city` and works as a `job`):
+    /// (question, answer line, answer value), the city one first. The answer states the link first.
+    static func friendQuestions(_ n: String, friend f: String, city: String, job: String) -> [(question: String, answer: String, value: String)] {
+        let link = friendFact(n, f)
+        return [("Where does the friend of \(n) live?", link + " " + cityFact(f, city), city),
+                ("What does the friend of \(n) work as?", link + " " + jobFact(f, job), job)]
+    }
+
     /// The four one-document questions about a person: (question, answer line, answer value).
     static func singleQuestions(_ p: Person) -> [(question: String, answer: String, value: String)] {
         [("Where does \(p.name) live?", cityFact(p.name, p.city), p.city),
@@ -196,9 +204,8 @@ public struct RAGCorpus: Sendable {
             let a = Self.pick(withFriend, &g), f = people[a].friend ?? a
             needed = [a, f]
             hops = 2
-            let link = Self.friendFact(people[a].name, people[f].name)
-            if g.next() % 2 == 0 { (question, answer, value) = ("Where does the friend of \(people[a].name) live?", link + " " + Self.cityFact(people[f].name, people[f].city), people[f].city) }
-            else { (question, answer, value) = ("What does the friend of \(people[a].name) work as?", link + " " + Self.jobFact(people[f].name, people[f].job), people[f].job) }
+            let asked = Self.friendQuestions(people[a].name, friend: people[f].name, city: people[f].city, job: people[f].job)
+            (question, answer, value) = asked[g.next() % 2 == 0 ? 0 : 1]
         case "previous":
             let a = Self.pick(withSister, &g)
             needed = [a]
@@ -242,11 +249,8 @@ public struct RAGCorpus: Sendable {
         for p in people where docs.contains(p.document) {
             extra += Self.singleQuestions(p).map { QuestionAnswer(question: "Q: \($0.question)\nA:", answer: $0.answer) }
             if let f = p.friend, docs.contains(people[f].document) {
-                let link = Self.friendFact(p.name, people[f].name)
-                extra.append(QuestionAnswer(question: "Q: Where does the friend of \(p.name) live?\nA:",
-                                            answer: link + " " + Self.cityFact(people[f].name, people[f].city)))
-                extra.append(QuestionAnswer(question: "Q: What does the friend of \(p.name) work as?\nA:",
-                                            answer: link + " " + Self.jobFact(people[f].name, people[f].job)))
+                extra += Self.friendQuestions(p.name, friend: people[f].name, city: people[f].city, job: people[f].job)
+                    .map { QuestionAnswer(question: "Q: \($0.question)\nA:", answer: $0.answer) }
             }
             if let s = p.sister, let at = docs.firstIndex(of: p.document), at + 1 < docs.count, docs[at + 1] == s.document {
                 let link = Self.sisterFact(p.name, s.name)

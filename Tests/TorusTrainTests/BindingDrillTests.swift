@@ -114,24 +114,32 @@ import TorusTrain
         }
     }
 
-    /// Chains: each answer copies a friend link stated in one document and then that friend's
-    /// fact from another.
+    /// Chains: each answer states the asked person's friend link, as one document states it,
+    /// then the asked fact (city or job) of that friend, as the friend's document states it.
     @Test func chainsAnswerWithTwoStatedFacts() throws {
         let tokenizer = try #require(Self.tokenizer)
+        var asked = 0
         for (tokens, loss) in try windows([.chains], count: 100, window: 160) {
             let text = tokenizer.decode(tokens)
-            let docs = text.split(separator: "\n").filter { $0.hasPrefix("Doc: ") }.map { String($0.dropFirst(5)) }
-            let answers = text.split(separator: "\n").filter { $0.hasPrefix("A: ") }.map { String($0.dropFirst(3)) }
+            let lines = text.split(separator: "\n").map(String.init)
+            let docs = lines.filter { $0.hasPrefix("Doc: ") }.map { String($0.dropFirst(5)) }
+            let answers = lines.filter { $0.hasPrefix("A: ") }
             #expect(!answers.isEmpty && tokenizer.decode(zip(tokens, loss).filter(\.1).map(\.0)).filter { $0 == "\n" }.count == answers.count)
-            for a in answers {
-                let parts = a.components(separatedBy: ". ")
-                try #require(parts.count == 2, "\(a)")
-                #expect(docs.contains(parts[0] + "."), "link '\(parts[0])' stated in no document: \(docs)")
+            for (q, a) in zip(lines, lines.dropFirst()) where q.hasPrefix("Q: ") {
+                asked += 1
+                let words = q.dropLast().split(separator: " ")   // "Q: Where does the friend of Poti live?"
+                let person = String(words[(words.firstIndex(of: "of") ?? 0) + 1]), city = q.hasSuffix(" live?")
+                #expect(city || q.hasSuffix(" work as?"), "\(q)")
+                let parts = a.dropFirst(3).components(separatedBy: ". ")
+                try #require(a.hasPrefix("A: ") && parts.count == 2, "\(q) -> \(a)")
+                #expect(parts[0].hasPrefix(person + " is a friend of ") && docs.contains(parts[0] + "."),
+                        "'\(parts[0])' is not \(person)'s link in \(docs)")
                 let friend = String(parts[0].split(separator: " ").last ?? "")
-                #expect(parts[1].hasPrefix(friend + " ") && docs.contains { $0.hasPrefix(friend + " lives in") && $0.contains(parts[1]) },
-                        "'\(parts[1])' is not \(friend)'s document: \(docs)")
+                #expect(parts[1].hasPrefix(friend + (city ? " lives in " : " works as a ")) && docs.contains { $0.hasPrefix(friend + " lives in") && $0.contains(parts[1]) },
+                        "'\(parts[1])' is not the asked fact of \(friend)'s document: \(docs)")
             }
         }
+        #expect(asked >= 100)
     }
 
     /// A mixed drill draws each example from one of its stages.
