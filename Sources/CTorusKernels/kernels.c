@@ -258,14 +258,10 @@ static inline float kv_element(const void *base, long index, int bf16) {
     return bf16 ? torus_bf16_value(((const uint16_t *)base)[index]) : ((const float *)base)[index];
 }
 
-/* One query row per head against keys and values spread over pool blocks (a decoding step's
-   row of one sequence): every key is visible. Keys and values are read once for all heads
-   (grouped-query attention: the query heads of a group share a key/value head). `bf16` is a
-   constant in each caller, so each gets its own loops. */
 /* q . the head_dim elements of a pool row from `index`. fp32 rows go in 16 lanes when head_dim
-   is a multiple of 16: a constant head_dim of 64 otherwise unrolls into 64 scalar products
-   (the toolchain's clang 21; measured 2.7x slower); bfloat16 rows vectorise as a plain sum and run slower in
-   lanes. */
+   is a multiple of 16: the toolchain's clang 21 otherwise unrolls a constant head_dim of 64 into
+   64 scalar products (2.7x slower, bench/decode-attention.c); bfloat16 rows vectorise as a plain
+   sum and run slower in lanes. */
 __attribute__((always_inline))
 static inline float kv_dot(const float *q, const void *kv, long index, int bf16, long head_dim) {
 #pragma clang fp reassociate(on)
