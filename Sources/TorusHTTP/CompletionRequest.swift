@@ -34,7 +34,7 @@ struct CompletionRequest {
     static let known: Set<String> = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
                                      "top_k", "seed", "stop", "stop_token_ids", "ignore_eos", "n", "logprobs", "top_logprobs",
                                      "echo", "stream", "stream_options", "cache_salt", "user", "return_tokens_as_token_ids",
-                                     "documents", "reuse_policy", "reuse_ratio"]
+                                     "documents", "reuse_policy", "reuse_ratio", "reuse_alpha"]
 
     /// Parses and checks a request body against the served model.
     static func parse(_ body: JSONValue, kind: Kind, model: ServedModel) throws -> CompletionRequest {
@@ -94,7 +94,7 @@ struct CompletionRequest {
                 chunkSpans[i] = spans
             }
         }
-        let reusePolicy = try parseReusePolicy(f)
+        let reusePolicy = try parseReusePolicy(f, default: model.engine.reuse?.policy ?? ReusePolicy())
         var maxTokens = try f.int("max_tokens")
         if kind == .chat, let m = try f.int("max_completion_tokens") { maxTokens = m }
         if kind == .completion && maxTokens == nil { maxTokens = 16 }
@@ -162,11 +162,13 @@ struct CompletionRequest {
         return (tokens, spans)
     }
 
-    /// `reuse_policy` (full | unchanged | cacheblend | faithful | epic) and `reuse_ratio`.
-    static func parseReusePolicy(_ f: RequestFields) throws -> ReusePolicy? {
-        let name = try f.string("reuse_policy"), ratio = try f.number("reuse_ratio")
-        guard name != nil || ratio != nil else { return nil }
-        var policy = ReusePolicy()
+    /// `reuse_policy` (full | unchanged | cacheblend | gradual | faithful | epic | cachecraft),
+    /// `reuse_ratio` (the share recomputed by the check-layer selectors) and `reuse_alpha`
+    /// (Cache-Craft's scale), each over the server's policy `base`.
+    static func parseReusePolicy(_ f: RequestFields, default base: ReusePolicy) throws -> ReusePolicy? {
+        let name = try f.string("reuse_policy"), ratio = try f.number("reuse_ratio"), alpha = try f.number("reuse_alpha")
+        guard name != nil || ratio != nil || alpha != nil else { return nil }
+        var policy = base
         if let name {
             guard let m = ReusePolicy.Method(rawValue: name) else {
                 throw APIError.badRequest("reuse_policy must be one of \(ReusePolicy.Method.allCases.map(\.rawValue).joined(separator: ", ")), "
@@ -176,7 +178,17 @@ struct CompletionRequest {
         }
         if let ratio {
             guard (0...1).contains(ratio) else { throw APIError.badRequest("reuse_ratio must be in [0, 1], got \(ratio)", param: "reuse_ratio") }
+            guard policy.method != .cachecraft else {
+                throw APIError.badRequest("reuse_ratio does not apply to cachecraft, which recomputes a share set by reuse_alpha", param: "reuse_ratio")
+            }
             policy.ratio = ratio
+        }
+        if let alpha {
+            guard alpha >= 0, alpha.isFinite else { throw APIError.badRequest("reuse_alpha must be 0 or more, got \(alpha)", param: "reuse_alpha") }
+            guard policy.method == .cachecraft else {
+                throw APIError.badRequest("reuse_alpha applies to cachecraft only, not \(policy.method.rawValue)", param: "reuse_alpha")
+            }
+            policy.alpha = alpha
         }
         return policy
     }

@@ -39,6 +39,16 @@ public struct ReusePolicy: Sendable, Equatable {
         self.alpha = alpha
     }
 
+    /// The method and its knob: "cacheblend r=0.15", "cachecraft alpha=1.00", "epic first 16".
+    public var summary: String {
+        switch method {
+        case .full, .unchanged: method.rawValue
+        case .cacheblend, .faithful, .gradual: String(format: "%@ r=%.2f", method.rawValue, ratio)
+        case .epic: "epic first \(firstTokens)"
+        case .cachecraft: String(format: "cachecraft alpha=%.2f", alpha)
+        }
+    }
+
     /// The fusion policy for a prompt whose chunks are `spans` (cached ones flagged).
     func recompute(spans: [Range<Int>], cached: [Bool], layers: Int) -> RecomputePolicy {
         let check = min(checkLayer, max(layers - 1, 0))

@@ -89,6 +89,7 @@ public final class Engine: @unchecked Sendable {
         executor = Self.makeExecutor(model: model, config: config, blocks: blocks, maxLength: maxLength, group: group)
         self.reuse = reuse
         scheduler.blendEnabled = reuse != nil
+        scheduler.prefixCaching = config.enablePrefixCaching
         let thread = Thread { [unowned self] in self.loop() }
         thread.name = "torus-engine"
         thread.stackSize = 8 << 20

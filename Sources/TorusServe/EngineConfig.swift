@@ -12,9 +12,13 @@ public struct EngineConfig: Sendable, Equatable {
     /// The element type of the paged KV cache: fp32, or bfloat16 (half the bytes per block, so
     /// twice the blocks in the same memory and half the bytes a decoding step reads).
     public var kvCachePrecision: InferencePrecision
+    /// Full prompt blocks are hashed and reused by later prompts with the same prefix (vLLM's
+    /// `--enable-prefix-caching`, on by default); off, every prompt is computed in full.
+    public var enablePrefixCaching: Bool
 
     public init(blockSize: Int = 16, kvCacheBytes: Int = 1 << 30, maxModelLength: Int? = nil, limits: SchedulerLimits = .init(),
-                kvCachePrecision: InferencePrecision = .float32) {
+                kvCachePrecision: InferencePrecision = .float32, enablePrefixCaching: Bool = true) {
+        self.enablePrefixCaching = enablePrefixCaching
         self.blockSize = blockSize
         self.kvCacheBytes = kvCacheBytes
         self.maxModelLength = maxModelLength

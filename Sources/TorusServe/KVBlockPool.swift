@@ -3,7 +3,9 @@
 ///
 /// A freed block keeps its hash and contents until it is handed out again, so a later request
 /// with the same prefix can take it back; blocks are evicted from the front of the free queue
-/// (least recently freed first). Used by the engine thread only.
+/// (least recently freed first). A freed block that holds nothing reusable (no hash) joins the
+/// front and is handed out first, so such requests keep reusing the same, recently touched
+/// memory instead of walking the whole pool. Used by the engine thread only.
 public final class KVBlockPool {
     public let blockCount: Int
     public let blockSize: Int
@@ -60,13 +62,15 @@ public final class KVBlockPool {
         return out
     }
 
-    /// Drops one reference to each block; blocks no longer referenced join the free queue's
-    /// back in reverse order (a sequence's last blocks are evicted before its first ones).
+    /// Drops one reference to each block; cached blocks no longer referenced join the free
+    /// queue's back in reverse order (a sequence's last blocks are evicted before its first
+    /// ones), blocks without a hash its front.
     public func release(_ blocks: [Int32]) {
         for b in blocks.reversed() {
             refCount[Int(b)] -= 1
             precondition(refCount[Int(b)] >= 0, "KV block \(b) released more often than taken")
-            if refCount[Int(b)] == 0 { pushBack(b) }
+            guard refCount[Int(b)] == 0 else { continue }
+            if hashOf[Int(b)] == nil { pushFront(b) } else { pushBack(b) }
         }
     }
 
@@ -101,6 +105,15 @@ public final class KVBlockPool {
         next[Int(b)] = -1
         if tail >= 0 { next[Int(tail)] = b } else { head = b }
         tail = b
+        freeCount += 1
+    }
+
+    private func pushFront(_ b: Int32) {
+        inFree[Int(b)] = true
+        next[Int(b)] = head
+        prev[Int(b)] = -1
+        if head >= 0 { prev[Int(head)] = b } else { tail = b }
+        head = b
         freeCount += 1
     }
 

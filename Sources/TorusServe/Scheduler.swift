@@ -56,6 +56,8 @@ final class Scheduler {
     let prefillGranularity: Int
     /// Prompts with chunks get a chunk-reuse prefill on rank 0 (when their rows fit its pool).
     var blendEnabled = false
+    /// Full prompt blocks are looked up and registered by hash (false: never).
+    var prefixCaching = true
     var running: [Sequence] = []
     var waiting: [Sequence] = []
     /// Counters for metrics.
@@ -106,7 +108,7 @@ final class Scheduler {
                 let owner = ownerRank(seq)
                 seq.appender = owner
                 // Prefix cache: full blocks only, never the last prompt token (its logits are needed).
-                let hashes = promptHashes(seq)
+                let hashes = prefixCaching ? promptHashes(seq) : []
                 let hit = pools[owner].takeCached(hashes: hashes, tokens: seq.tokens)
                 seq.kv[owner] = RankKV(blocks: hit, segments: hit.isEmpty ? [] : [KVSegment(start: 0, count: hit.count * blockSize, localRow: 0)])
                 seq.blockHashes = Array(hashes.prefix(hit.count))
@@ -286,7 +288,7 @@ final class Scheduler {
     func didCompute(_ chunk: ScheduledChunk) {
         let seq = chunk.sequence
         seq.computed = chunk.start + chunk.count
-        guard !seq.sharded && !seq.blended else { return }
+        guard prefixCaching, !seq.sharded && !seq.blended else { return }
         let pool = pools[seq.appender], blocks = seq.kv[seq.appender].blocks
         let full = seq.computed / blockSize
         while seq.blockHashes.count < full {

@@ -38,7 +38,7 @@ public struct RAGExample: Codable, Equatable, Sendable {
 }
 
 /// A RAG-shaped synthetic corpus: a world of people, each described by a document of several
-/// facts plus filler that answers nothing (150-400 bytes); some people have a friend (named in
+/// facts plus filler that answers nothing (150-349 bytes by default); some people have a friend (named in
 /// their document) and some a sister, described by a document that only says "the person in
 /// the previous document" and so means something only right after that person's document.
 /// A prompt holds 6-10 documents (the answering ones plus distractors, shuffled, a sister's
@@ -88,10 +88,15 @@ public struct RAGCorpus: Sendable {
     /// Whether documents carry filler (false: facts only, for a first curriculum phase; the
     /// people and facts are the same either way).
     public let filler: Bool
-    public init(seed: UInt64, documents: ClosedRange<Int> = 6...10, filler: Bool = true) {
+    /// The length a person's document is filled up to, in bytes, drawn per document (150-349
+    /// by default; longer ranges repeat filler sentences once all have been used). A sister's
+    /// document (three facts and a filler sentence) is filled up to the lower bound.
+    public let documentBytes: ClosedRange<Int>
+    public init(seed: UInt64, documents: ClosedRange<Int> = 6...10, filler: Bool = true, documentBytes: ClosedRange<Int> = 150...349) {
         self.seed = seed
         self.documents = documents
         self.filler = filler
+        self.documentBytes = documentBytes
     }
 
     /// People's names: a fixed pool of two-syllable names (the same for every seed, so one
@@ -143,7 +148,11 @@ public struct RAGCorpus: Sendable {
                 var facts = ["The person in the previous document has a sister named \(s).", Self.jobFact(s, job), Self.cityFact(s, city)]
                 let extra = Self.filler("\(s)", &g)
                 if filler { facts.append(extra) }
-                people[i].sister = Sister(name: s, job: job, city: city, document: "Doc: " + facts.joined(separator: " ") + "\n")
+                var text = facts.joined(separator: " ")
+                // Its own generator: a longer document leaves the world's later draws unchanged.
+                var fillG = SeededGenerator(seed: (seed &+ UInt64(index) &* 0x9E37_79B9 &+ UInt64(i)) ^ 0x5349_5354_4552)
+                if filler { Self.fill(&text, name: s, to: documentBytes.lowerBound, &fillG) }
+                people[i].sister = Sister(name: s, job: job, city: city, document: "Doc: " + text + "\n")
             }
         }
         for i in people.indices {
@@ -152,11 +161,11 @@ public struct RAGCorpus: Sendable {
             if let f = p.friend { facts.append(Self.friendFact(n, people[f].name)) }
             Self.shuffle(&facts, &g)
             var text = facts.joined(separator: " ")
-            // Filler that answers nothing, up to 150-400 bytes.
-            let target = 150 + Int(g.next() % 200)
+            // Filler that answers nothing, up to the drawn length.
+            let target = documentBytes.lowerBound + Int(g.next() % UInt64(documentBytes.count))
             var unused = Self.fillers
             Self.shuffle(&unused, &g)
-            while filler, text.utf8.count < target, let f = unused.popLast() { text += " " + f.replacingOccurrences(of: "{N}", with: n) }
+            if filler { Self.fill(&text, name: n, to: target, unused: &unused, &g) }
             people[i].document = "Doc: " + text + "\n"
         }
         return people
@@ -181,6 +190,21 @@ public struct RAGCorpus: Sendable {
          ("What does \(p.name) work as?", jobFact(p.name, p.job), p.job),
          ("What color does \(p.name) like?", "\(p.name) likes the color \(p.color).", p.color),
          ("What pet does \(p.name) keep?", "\(p.name) keeps a \(p.pet).", p.pet)]
+    }
+
+    /// Appends filler sentences about `name` to `text` until it holds `target` bytes: those of
+    /// `unused` first (taken from its end), then all of them again in a new order.
+    static func fill(_ text: inout String, name: String, to target: Int, unused: inout [String], _ g: inout SeededGenerator) {
+        while text.utf8.count < target {
+            if unused.isEmpty { unused = fillers; shuffle(&unused, &g) }
+            guard let f = unused.popLast() else { return }
+            text += " " + f.replacingOccurrences(of: "{N}", with: name)
+        }
+    }
+
+    static func fill(_ text: inout String, name: String, to target: Int, _ g: inout SeededGenerator) {
+        var unused: [String] = []
+        fill(&text, name: name, to: target, unused: &unused, &g)
     }
 
     static func filler(_ name: String, _ g: inout SeededGenerator) -> String {

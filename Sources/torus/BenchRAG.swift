@@ -21,6 +21,8 @@ struct BenchRAG: ParsableCommand {
     @Option(help: "Seed of the corpus (the training config's seed: its held-out split).") var corpusSeed: UInt64 = 11
     @Option(help: "Seed of the trace.") var seed: UInt64 = 1
     @Option(help: "Documents per prompt, min-max.") var documents: String = "6-10"
+    @Option(help: "Bytes each person's document is filled up to with filler sentences, min-max (the training corpus's 150-349; about 4.5 bytes a token).")
+    var documentBytes: String = "150-349"
     @Option(help: "Recompute ratios for cacheblend, gradual and faithful, comma-separated.") var ratios: String = "0,0.05,0.1,0.15,0.2,0.3,0.5,1"
     @Option(help: "Methods, comma-separated: full, prefix, unchanged, epic, faithful, cacheblend, gradual, cachecraft (its alpha from --ratios); none only writes --save-trace.")
     var methods: String = "full,prefix,unchanged,epic,faithful,cacheblend,gradual,cachecraft"
@@ -69,10 +71,8 @@ struct BenchRAG: ParsableCommand {
         let m = try HFCheckpoint.load(directory: model)
         m.setInferencePrecision(try InferencePrecision(option: dtype))
         try m.prepareServing(maxPositions: m.config.maxPositionEmbeddings)
-        let parts = documents.split(separator: "-").compactMap { Int($0) }
-        guard parts.count == 2, parts[0] >= 1, parts[0] <= parts[1] else {
-            throw ValidationError("--documents \(documents): expected MIN-MAX, e.g. 6-10")
-        }
+        let parts = try RangeOption.parse(documents, option: "--documents", example: "6-10")
+        let bytes = try RangeOption.parse(documentBytes, option: "--document-bytes", example: "900-1200")
         let ratioList = try ratios.split(separator: ",").map { s -> Double in
             guard let r = Double(s.trimmingCharacters(in: .whitespaces)), (0...1).contains(r) else {
                 throw ValidationError("--ratios: '\(s)' is not a number in [0, 1]")
@@ -85,12 +85,12 @@ struct BenchRAG: ParsableCommand {
             throw ValidationError("--methods: unknown method '\(name)'; known: \(known.joined(separator: ", "))")
         }
         let tokenizer = try ModelTokenizer.load(directory: model, vocabularySize: m.config.vocabSize)
-        let trace = try makeTrace(config: m.config, range: parts[0]...parts[1], tokenizer: tokenizer)
+        let trace = try makeTrace(config: m.config, range: parts, documentBytes: bytes, tokenizer: tokenizer)
         print("machine: \(BLASEnvironment.availableCores) cores, OpenBLAS core \(BLAS.coreName), \(BLAS.threads) BLAS threads")
         print("model: \(model), \(m.config.parameterCount) parameters, \(m.config.numHiddenLayers) layers")
-        let chunkCounts = trace.map(\.spans.count), lengths = trace.map(\.tokens.count)
-        print("trace: \(trace.count) requests from \(worlds) worlds (Zipf), \(chunkCounts.min() ?? 0)-\(chunkCounts.max() ?? 0) documents, "
-              + "\(lengths.min() ?? 0)-\(lengths.max() ?? 0) tokens per prompt; \(popularityLine(trace))")
+        let chunkCounts = trace.map(\.spans.count), lengths = trace.map(\.tokens.count), chunkLengths = trace.flatMap { $0.spans.map(\.count) }
+        print("trace: \(trace.count) requests from \(worlds) worlds (Zipf), \(chunkCounts.min() ?? 0)-\(chunkCounts.max() ?? 0) documents "
+              + "of \(chunkLengths.min() ?? 0)-\(chunkLengths.max() ?? 0) tokens, \(lengths.min() ?? 0)-\(lengths.max() ?? 0) tokens per prompt; \(popularityLine(trace))")
 
         if let saveTrace { try writeTrace(trace, prefix: saveTrace) }
         guard !methodList.isEmpty else { return }
@@ -131,8 +131,8 @@ struct BenchRAG: ParsableCommand {
 
     // MARK: - Trace
 
-    func makeTrace(config: LlamaConfig, range: ClosedRange<Int>, tokenizer: any TextTokenizer) throws -> [Request] {
-        let corpus = RAGCorpus(seed: corpusSeed, documents: range)
+    func makeTrace(config: LlamaConfig, range: ClosedRange<Int>, documentBytes: ClosedRange<Int>, tokenizer: any TextTokenizer) throws -> [Request] {
+        let corpus = RAGCorpus(seed: corpusSeed, documents: range, documentBytes: documentBytes)
         var g = SeededGenerator(seed: seed)
         // Zipf(1.2) over worlds: a few worlds (and so their documents) serve most requests.
         let weights = (1...worlds).map { 1 / pow(Double($0), 1.2) }
@@ -303,7 +303,8 @@ struct BenchRAG: ParsableCommand {
     // MARK: - Output
 
     func format(_ r: Row) -> String {
-        let name = (r.ratio.map { String(format: "%@ r=%.2f", r.method, $0) } ?? r.method).padding(toLength: 17, withPad: " ", startingAt: 0)
+        let knob = r.method == "cachecraft" ? "a" : "r"
+        let name = (r.ratio.map { String(format: "%@ %@=%.2f", r.method, knob, $0) } ?? r.method).padding(toLength: 17, withPad: " ", startingAt: 0)
         return name + String(format: " acc single %5.1f%%  two-hop %5.1f%%  KL med %.2e p95 %.2e  top-1 med %.3f  recompute %5.1f%% tokens %5.1f%% FLOPs  "
                       + "prefill %7.1f ms (%.2fx full)  chunk hits %3.0f%%",
                       100 * r.singleAccuracy, 100 * r.twoHopAccuracy, r.klMedian, r.klP95, r.top1Median,

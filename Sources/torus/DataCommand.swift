@@ -39,20 +39,19 @@ struct DataSynth: ParsableCommand {
     @Option(help: "Seed.") var seed: UInt64 = 0
     @Option(help: "rag: documents per prompt, MIN-MAX (data.rag_documents).") var documents: String = "6-10"
     @Flag(inversion: .prefixedNo, help: "rag: filler sentences in documents (data.rag_filler).") var filler: Bool = true
+    @Option(help: "rag: bytes each person's document is filled up to, MIN-MAX (longer ones repeat filler sentences).") var documentBytes: String = "150-349"
     @Flag(help: "rag: also write train.jsonl, the training examples as heldout.jsonl holds the held-out ones (for training a peer on the same data).")
     var trainJsonl = false
 
     func run() throws {
         guard ["qa", "rag"].contains(kind) else { throw ValidationError("--kind must be qa or rag, not '\(kind)'") }
-        let bounds = documents.split(separator: "-").compactMap { Int($0) }
-        guard bounds.count == 2, bounds[0] >= 1, bounds[0] <= bounds[1] else {
-            throw ValidationError("--documents must be MIN-MAX with 1 <= MIN <= MAX, not '\(documents)'")
-        }
+        let bounds = try RangeOption.parse(documents, option: "--documents", example: "6-10")
+        let bytes = try RangeOption.parse(documentBytes, option: "--document-bytes", example: "900-1200")
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         if kind == "rag" {
-            let corpus = RAGCorpus(seed: seed, documents: bounds[0]...bounds[1], filler: filler)
+            let corpus = RAGCorpus(seed: seed, documents: bounds, filler: filler, documentBytes: bytes)
             if trainJsonl {
                 let lines = try corpus.examples(count: train, split: "train").map { String(decoding: try encoder.encode($0), as: UTF8.self) }
                 try (lines.joined(separator: "\n") + "\n").write(toFile: out + "/train.jsonl", atomically: true, encoding: .utf8)

@@ -189,15 +189,9 @@ struct RunConfig {
                 }
                 config.data.drillKinds = pair[0]...pair[1]
             }
-            if let f = d["drill_friends"] {
-                guard let b = f as? Bool else { throw ConfigError(file: path, message: "'data.drill_friends' must be true or false") }
-                config.data.drillFriends = b
-            }
+            if d["drill_friends"] != nil { config.data.drillFriends = try r.bool(d, "drill_friends", section: "data") }
             if d["tokenizer"] != nil { config.data.tokenizer = try r.string(d, "tokenizer", section: "data") }
-            if let f = d["rag_filler"] {
-                guard let b = f as? Bool else { throw ConfigError(file: path, message: "'data.rag_filler' must be true or false") }
-                config.data.ragFiller = b
-            }
+            if d["rag_filler"] != nil { config.data.ragFiller = try r.bool(d, "rag_filler", section: "data") }
             if d["rag_loss"] != nil {
                 config.data.ragLoss = try r.string(d, "rag_loss", section: "data")
                 guard ["all", "questions"].contains(config.data.ragLoss) else {
@@ -260,6 +254,12 @@ struct RunConfig {
             if let v = m[key] as? Double, v.isFinite, v >= 0 { return v }
             if let v = m[key] as? Int, v >= 0 { return Double(v) }
             throw ConfigError(file: file, message: "'\(name(key, section))' must be a non-negative number, got \(m[key].map { "\($0)" } ?? "nothing")")
+        }
+        func bool(_ m: [String: Any], _ key: String, section: String?) throws -> Bool {
+            guard let v = m[key] as? Bool else {
+                throw ConfigError(file: file, message: "'\(name(key, section))' must be true or false, got \(m[key].map { "\($0)" } ?? "nothing")")
+            }
+            return v
         }
         func string(_ m: [String: Any], _ key: String, section: String?) throws -> String {
             guard let v = m[key] as? String, !v.isEmpty else {

@@ -17,6 +17,8 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Port (0 picks a free one; default 8000).") var port: Int?
     @Option(help: "Require 'Authorization: Bearer KEY' on /v1/* (also TORUS_API_KEY).") var apiKey: String?
     @Option(help: "Positions per KV block.") var blockSize: Int?
+    @Flag(inversion: .prefixedNo, help: "Reuse full prompt blocks across requests (serve.enable_prefix_caching; vLLM's flag).")
+    var enablePrefixCaching: Bool?
     @Option(help: "Memory for the KV cache, MiB.") var kvCacheMemoryMb: Int?
     @Option(help: "Longest prompt + output (default: max_position_embeddings).") var maxModelLen: Int?
     @Option(help: "Rows per model step (prefill chunk budget).") var maxNumBatchedTokens: Int?
@@ -31,7 +33,9 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Prompts of at least this many tokens are prefilled across the ranks.") var spThreshold: Int?
     @Option(help: "Reuse the KV of request documents: full, unchanged, cacheblend, gradual, faithful, epic or cachecraft (serve.chunk_reuse.policy).")
     var chunkReuse: String?
-    @Option(help: "Share of cached tokens recomputed (serve.chunk_reuse.ratio).") var reuseRatio: Double?
+    @Option(help: "Share of cached tokens recomputed by cacheblend, gradual and faithful (serve.chunk_reuse.ratio).") var reuseRatio: Double?
+    @Option(help: "Cache-Craft: scale of each chunk's recomputed share, alpha x CCI x (1 - beta') (serve.chunk_reuse.alpha).")
+    var reuseAlpha: Double?
     @Option(help: "Directory of the chunk store's disk tier (serve.chunk_reuse.directory).") var chunkStore: String?
     @Option(help: "Share of reuse requests also run with full prefill to measure the divergence (serve.chunk_reuse.audit_share).")
     var auditShare: Double?
@@ -47,6 +51,7 @@ struct ServeCommand: ParsableCommand {
         if let host { s.host = host }
         if let port { s.port = port }
         if let blockSize { s.blockSize = blockSize }
+        if let enablePrefixCaching { s.enablePrefixCaching = enablePrefixCaching }
         if let kvCacheMemoryMb { s.kvCacheMemoryMB = kvCacheMemoryMb }
         if let maxModelLen { s.maxModelLen = maxModelLen }
         if let maxNumBatchedTokens { s.maxNumBatchedTokens = maxNumBatchedTokens }
@@ -70,6 +75,17 @@ struct ServeCommand: ParsableCommand {
             guard (0...1).contains(reuseRatio) else { throw ValidationError("--reuse-ratio \(reuseRatio): expected 0...1") }
             s.reuse = s.reuse ?? ReusePolicy()
             s.reuse?.ratio = reuseRatio
+            guard s.reuse?.method != .cachecraft else {
+                throw ValidationError("--reuse-ratio does not apply to cachecraft, whose recomputed share is set by --reuse-alpha")
+            }
+        }
+        if let reuseAlpha {
+            guard reuseAlpha >= 0 else { throw ValidationError("--reuse-alpha \(reuseAlpha): expected 0 or more") }
+            s.reuse = s.reuse ?? ReusePolicy()
+            guard s.reuse?.method == .cachecraft else {
+                throw ValidationError("--reuse-alpha applies to --chunk-reuse cachecraft only, not \(s.reuse?.method.rawValue ?? "")")
+            }
+            s.reuse?.alpha = reuseAlpha
         }
         if let chunkStore {
             s.reuse = s.reuse ?? ReusePolicy()
@@ -168,7 +184,7 @@ struct ServeCommand: ParsableCommand {
         let summary = "model \(name) from \(dir), \(engine.blockCount) KV blocks of \(s.blockSize) (\(kvMiB) MiB, \(s.kvCacheDtype.rawValue))\(group.size > 1 ? " per rank" : ""), "
             + "max_model_len \(engine.maxModelLength), chat template \(template?.rawValue ?? "none")"
             + (key == nil ? "" : ", API key required") + ranks
-            + (s.reuse.map { ", chunk reuse \($0.method.rawValue) r=\($0.ratio)" + (s.reuseDirectory.map { " (store \($0))" } ?? "") } ?? "")
+            + (s.reuse.map { ", chunk reuse \($0.summary)" + (s.reuseDirectory.map { " (store \($0))" } ?? "") } ?? "")
         let host = s.host
         let outcome = ServeOutcome()
         let done = DispatchSemaphore(value: 0)

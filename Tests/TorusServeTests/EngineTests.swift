@@ -118,6 +118,19 @@ enum ServeFixture {
         #expect(engine.currentStats.prefixQueries == 3 * 70)
     }
 
+    /// With prefix caching off (vLLM's --no-enable-prefix-caching) a repeated prompt is computed
+    /// again: no hit, the same tokens, and its blocks all free afterwards.
+    @Test func prefixCachingOffComputesARepeatedPromptAgain() async throws {
+        let engine = try Engine(model: ServeFixture.model, config: EngineConfig(
+            kvCacheBytes: 16 << 20, limits: .init(maxBatchedTokens: 256, maxRunning: 32, maxWaiting: 256), enablePrefixCaching: false))
+        defer { engine.shutdown() }
+        let prompt = ServeFixture.prompt(70, seed: 5)
+        let first = try await ServeFixture.run(engine, GenerationRequest(prompt: prompt, maxTokens: 8))
+        let second = try await ServeFixture.run(engine, GenerationRequest(prompt: prompt, maxTokens: 8))
+        #expect(second.tokens == first.tokens)
+        #expect(engine.currentStats.prefixHits == 0 && engine.currentStats.usedBlocks == 0)
+    }
+
     /// A pool of 12 blocks for 8 requests that need up to 6 each: requests are preempted and
     /// recomputed, and every one still gets its own greedy output.
     @Test func tooSmallAPoolPreemptsAndStillAnswersCorrectly() async throws {
@@ -266,6 +279,20 @@ enum ServeFixture {
         _ = pool.allocate(4)
         #expect(pool.evictions == 2)
         #expect(pool.takeCached(hashes: hashes, tokens: tokens).isEmpty)
+    }
+
+    /// Blocks freed without a hash are handed out again first, before never-used blocks and
+    /// before cached ones, which stay until the rest is used.
+    @Test func blocksWithoutContentAreReusedFirstAndCachedOnesLast() {
+        let pool = KVBlockPool(blockCount: 6, blockSize: 2)
+        let tokens: [Int32] = [1, 2, 3]
+        let hash = BlockHash.chain(tokens: tokens, blockSize: 2, count: 1, salt: nil)
+        guard let a = pool.allocate(2) else { Issue.record("allocation failed"); return }
+        pool.register(block: a[0], hash: hash[0], tokens: tokens[0..<2])
+        pool.release(a)
+        #expect(pool.allocate(1) == [a[1]], "the block without a hash comes back first")
+        #expect(pool.allocate(4) == [2, 3, 4, 5], "then the never-used ones")
+        #expect(pool.evictions == 0 && pool.takeCached(hashes: hash, tokens: tokens) == [a[0]])
     }
 
     @Test func saltChangesEveryHashOfTheChain() {

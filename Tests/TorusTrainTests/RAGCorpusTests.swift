@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import TorusModel
-import TorusTrain
+@testable import TorusTrain
 
 @Suite struct RAGCorpusTests {
     let corpus = RAGCorpus(seed: 3)
@@ -30,6 +30,21 @@ import TorusTrain
             #expect(e.prompt == e.documents.joined() + e.question)
         }
         #expect(kinds["single", default: 0] > 60 && kinds["friend", default: 0] > 30 && kinds["previous", default: 0] > 20, "\(kinds)")
+    }
+
+    /// Longer documents (for chunks of 200 tokens and more) hold the same people and facts, filled
+    /// to the asked length with filler repeated once all of it has been used.
+    @Test func longerDocumentsKeepTheFactsAndReachTheirLength() {
+        let long = RAGCorpus(seed: 3, documentBytes: 900...1_199)
+        let short = corpus.world(2, split: "heldout", count: RAGCorpus.peoplePerWorld)
+        let people = long.world(2, split: "heldout", count: RAGCorpus.peoplePerWorld)
+        for (p, q) in zip(people, short) {
+            #expect(p.name == q.name && p.city == q.city && p.job == q.job && p.friend == q.friend)
+            #expect((900...1_300).contains(p.document.utf8.count), "document of \(p.document.utf8.count) bytes")
+            #expect(p.document.contains(RAGCorpus.cityFact(p.name, p.city)) && p.document.contains(RAGCorpus.jobFact(p.name, p.job)))
+        }
+        let e = long.example(1, split: "heldout")
+        #expect(e.documents.contains { $0.contains(e.value) } && e.answer.hasSuffix(" \(e.value)."))
     }
 
     /// A "previous" question's sister document stands right after its person's document, and the
