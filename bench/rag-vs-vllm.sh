@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The same RAG trace served three ways (issue #10): torus serve with chunk reuse (documents as
-# a field), torus serve with prefix caching only and vLLM's CPU build with its prefix caching
-# (documents inline in the prompt). Same model directory, same requests, one at a time.
+# The same RAG trace served four ways (issue #10): torus serve with chunk reuse (documents as
+# a field), torus serve with prefix caching only, torus serve with full prefill (prefix caching
+# off) and vLLM's CPU build with its prefix caching (documents inline in the prompt). Same model
+# directory, same requests, one at a time. OPENBLAS_NUM_THREADS applies to torus serve.
 # Usage: bench/rag-vs-vllm.sh MODEL_DIR [REQUESTS]   (vLLM: VLLM_TARGET_DEVICE=cpu, venv as in ../shared/peers/vllm-cpu.sh)
 #   POLICY=cachecraft RATIO=0.15 (the reuse policy and its ratio, or alpha for cachecraft), DOCUMENTS=6-7 DOCUMENT_BYTES=1000-1200 (chunks of 200-250 tokens;
 #   the defaults are the corpus's 6-10 documents of 150-349 bytes), VLLM_PORT=P (a running vLLM server of the same model)
@@ -32,6 +33,9 @@ kill %1; wait %1 2>/dev/null || true
 serve 8111
 run torus-prefix 8111 $OUT/trace-inline.jsonl
 curl -s http://127.0.0.1:8111/metrics | grep -E "^vllm:prefix_cache_(hits|queries)" || true
+kill %1; wait %1 2>/dev/null || true
+serve 8112 --no-enable-prefix-caching
+run torus-full 8112 $OUT/trace-inline.jsonl
 kill %1; wait %1 2>/dev/null || true
 if [ -n "${VLLM_PORT:-}" ]; then
   VNAME=$(curl -s http://127.0.0.1:$VLLM_PORT/v1/models | python3 -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["id"])')

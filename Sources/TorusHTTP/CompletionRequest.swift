@@ -63,11 +63,11 @@ struct CompletionRequest {
         for (i, p) in prompts.enumerated() where p.isEmpty {
             throw APIError.badRequest("prompt \(i) is empty", param: kind == .chat ? "messages" : "prompt")
         }
-        let (documents, spans) = try parseDocuments(f, model: model)
+        let (documents, spans, documentText) = try parseDocuments(f, model: model)
         var chunkSpans = [[Range<Int>]](repeating: [], count: prompts.count)
         if !documents.isEmpty {
             prompts = prompts.map { documents + $0 }
-            texts = texts.map { t in t.map { model.tokenizer.decode(documents) + $0 } }
+            texts = texts.map { t in t.map { documentText + $0 } }
             chunkSpans = chunkSpans.map { _ in spans }
         } else if let separator = model.chunkSeparator, kind == .completion {
             // LMCache's convention: "doc1 SEP doc2 SEP question"; the separators are removed.
@@ -76,7 +76,7 @@ struct CompletionRequest {
                 let parts = text.components(separatedBy: separator)
                 var tokens: [Int32] = [], spans: [Range<Int>] = []
                 for (j, part) in parts.dropLast().enumerated() {
-                    let ids = model.tokenizer.encode(part)
+                    let ids = model.documentTokens.tokens(of: part) { model.tokenizer.encode($0) }
                     guard !ids.isEmpty else {
                         throw APIError.badRequest("prompt\(texts.count > 1 ? "[\(i)]" : ""): chunk \(j) before separator \(j + 1) "
                             + "('\(separator)') is empty", param: "prompt")
@@ -144,22 +144,23 @@ struct CompletionRequest {
 
     /// `documents`: a list of non-empty strings, tokenized one by one (so a document has the
     /// same tokens in every request) and concatenated.
-    static func parseDocuments(_ f: RequestFields, model: ServedModel) throws -> (tokens: [Int32], spans: [Range<Int>]) {
-        guard let value = f.value("documents") else { return ([], []) }
+    static func parseDocuments(_ f: RequestFields, model: ServedModel) throws -> (tokens: [Int32], spans: [Range<Int>], text: String) {
+        guard let value = f.value("documents") else { return ([], [], "") }
         guard case let .array(items) = value else {
             throw APIError.badRequest("'documents' must be a list of strings, got \(RequestFields.kind(value))", param: "documents")
         }
-        var tokens: [Int32] = [], spans: [Range<Int>] = []
+        var tokens: [Int32] = [], spans: [Range<Int>] = [], joined = ""
         for (i, item) in items.enumerated() {
             guard case let .string(text) = item else {
                 throw APIError.badRequest("'documents[\(i)]' must be a string, got \(RequestFields.kind(item))", param: "documents")
             }
-            let ids = model.tokenizer.encode(text)
+            let ids = model.documentTokens.tokens(of: text) { model.tokenizer.encode($0) }
             guard !ids.isEmpty else { throw APIError.badRequest("'documents[\(i)]' is empty", param: "documents") }
             spans.append(tokens.count..<(tokens.count + ids.count))
             tokens += ids
+            joined += text
         }
-        return (tokens, spans)
+        return (tokens, spans, joined)
     }
 
     /// `reuse_policy` (full | unchanged | cacheblend | gradual | faithful | epic | cachecraft),

@@ -16,6 +16,8 @@ public struct ServedModel: Sendable {
     /// Completion prompts containing this string are split there into chunks (all parts but
     /// the last) and the question (LMCache's convention); nil: no splitting.
     public let chunkSeparator: String?
+    /// Token ids of documents seen recently (documents recur under chunk reuse).
+    public let documentTokens = DocumentTokenCache()
 
     public init(engine: Engine, tokenizer: any TextTokenizer, name: String, root: String, chatTemplate: ChatTemplate?,
                 chunkSeparator: String? = nil) {

@@ -211,8 +211,10 @@ extension LlamaModel {
         var rows = local.indices.filter { computed[local[$0]] }
 
         let shape = self.shape, qw = shape.queryWidth, kw = shape.keyValueWidth
-        let buffers = LayerBuffers(rows: max(local.count, 1), config: config)
-        let hidden = Tensor(zeros: [max(local.count, 1), d])
+        // Rows only drop out after a check layer, so the first layer's rows bound every layer's
+        // (without a check layer only the uncached, forced and last rows are computed).
+        let buffers = LayerBuffers(rows: max(rows.count, 1), config: config)
+        let hidden = Tensor(zeros: [max(rows.count, 1), d])
         var x = embed(rows.map { tokens[local[$0]] }, into: hidden.view(offset: 0, shape: [rows.count, d]))
         var positions = rows.map { Int32(local[$0]) }
         var projected: [Int] = [], computedCounts: [Int] = []

@@ -194,3 +194,23 @@ import TorusModel
         #expect(f([], alpha: 5) == 1)
     }
 }
+
+@Suite struct DocumentTokenCacheTests {
+    /// A document seen again is not tokenized again; past the entry bound the oldest goes first.
+    @Test func repeatedDocumentsAreTokenizedOnceAndTheOldestLeaveFirst() {
+        let cache = DocumentTokenCache(maxEntries: 2, maxTokens: 100)
+        var calls = 0
+        func encode(_ s: String) -> [Int32] { calls += 1; return s.utf8.map { Int32($0) } }
+        #expect(cache.tokens(of: "ab", encode: encode) == [97, 98])
+        #expect(cache.tokens(of: "ab", encode: encode) == [97, 98] && calls == 1)
+        _ = cache.tokens(of: "cd", encode: encode)
+        _ = cache.tokens(of: "ef", encode: encode)
+        #expect(cache.count == 2 && calls == 3)
+        _ = cache.tokens(of: "cd", encode: encode)
+        #expect(calls == 3, "cd is still cached")
+        _ = cache.tokens(of: "ab", encode: encode)
+        #expect(calls == 4, "ab was the oldest and left")
+        // The token bound: a document longer than the whole budget is returned, not kept.
+        #expect(cache.tokens(of: String(repeating: "x", count: 101), encode: encode).count == 101 && cache.count == 2)
+    }
+}
