@@ -163,7 +163,8 @@ struct CompletionRequest {
         return (tokens, spans, joined)
     }
 
-    /// `reuse_policy` (full | unchanged | cacheblend | gradual | faithful | epic | cachecraft),
+    /// `reuse_policy` (full | unchanged | cacheblend | gradual | faithful | epic | cachecraft, or
+    /// epic+ one of cacheblend, faithful, gradual, cachecraft),
     /// `reuse_ratio` (the share recomputed by the check-layer selectors) and `reuse_alpha`
     /// (Cache-Craft's scale), each over the server's policy `base`.
     static func parseReusePolicy(_ f: RequestFields, default base: ReusePolicy) throws -> ReusePolicy? {
@@ -171,11 +172,10 @@ struct CompletionRequest {
         guard name != nil || ratio != nil || alpha != nil else { return nil }
         var policy = base
         if let name {
-            guard let m = ReusePolicy.Method(rawValue: name) else {
-                throw APIError.badRequest("reuse_policy must be one of \(ReusePolicy.Method.allCases.map(\.rawValue).joined(separator: ", ")), "
-                    + "got '\(name)'", param: "reuse_policy")
+            guard policy.select(name) else {
+                throw APIError.badRequest("reuse_policy must be one of \(ReusePolicy.names.joined(separator: ", ")), got '\(name)'",
+                                          param: "reuse_policy")
             }
-            policy.method = m
         }
         if let ratio {
             guard (0...1).contains(ratio) else { throw APIError.badRequest("reuse_ratio must be in [0, 1], got \(ratio)", param: "reuse_ratio") }

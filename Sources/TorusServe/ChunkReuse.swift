@@ -25,6 +25,10 @@ public struct ReusePolicy: Sendable, Equatable {
     }
 
     public var method: Method
+    /// Also recompute the first `firstTokens` tokens of every cached chunk (EPIC's choice)
+    /// besides the method's own: the combinations "epic+cacheblend", "epic+gradual",
+    /// "epic+cachecraft", "epic+faithful".
+    public var plusFirstTokens = false
     public var ratio: Double
     public var checkLayer: Int
     public var firstTokens: Int
@@ -39,14 +43,37 @@ public struct ReusePolicy: Sendable, Equatable {
         self.alpha = alpha
     }
 
+    /// Every policy name: the methods and their combinations with EPIC's first tokens.
+    public static let names: [String] = Method.allCases.map(\.rawValue)
+        + [Method.cacheblend, .faithful, .gradual, .cachecraft].map { "epic+" + $0.rawValue }
+
+    /// Sets the method (and the EPIC combination) from a policy name; false for an unknown name.
+    public mutating func select(_ name: String) -> Bool {
+        let combined = name.hasPrefix("epic+")
+        guard let m = Method(rawValue: combined ? String(name.dropFirst(5)) : name),
+              !combined || [.cacheblend, .faithful, .gradual, .cachecraft].contains(m) else { return false }
+        method = m
+        plusFirstTokens = combined
+        return true
+    }
+
+    /// The policy's name as `select` takes it.
+    public var name: String { (plusFirstTokens ? "epic+" : "") + method.rawValue }
+
     /// The method and its knob: "cacheblend r=0.15", "cachecraft alpha=1.00", "epic first 16".
     public var summary: String {
-        switch method {
+        guard !plusFirstTokens else { return "epic first \(firstTokens) + " + Self(method: method, ratio: ratio, checkLayer: checkLayer, alpha: alpha).summary }
+        return switch method {
         case .full, .unchanged: method.rawValue
         case .cacheblend, .faithful, .gradual: String(format: "%@ r=%.2f", method.rawValue, ratio)
         case .epic: "epic first \(firstTokens)"
         case .cachecraft: String(format: "cachecraft alpha=%.2f", alpha)
         }
+    }
+
+    /// The first `firstTokens` cached rows of every chunk (EPIC's choice).
+    func firstRows(spans: [Range<Int>], cached: [Bool]) -> [Int] {
+        spans.flatMap { s in s.prefix(firstTokens).filter { cached[$0] } }
     }
 
     /// The fusion policy for a prompt whose chunks are `spans` (cached ones flagged).
@@ -61,8 +88,7 @@ public struct ReusePolicy: Sendable, Equatable {
             guard check + 1 < layers else { return .cacheBlend(ratio: ratio, checkLayer: check) }
             return RecomputePolicy(checks: [.init(layer: check, ratio: min(1, 2 * ratio)), .init(layer: check + 1, ratio: ratio)])
         case .epic:
-            let rows = spans.flatMap { s in s.prefix(firstTokens).filter { cached[$0] } }
-            return RecomputePolicy(forcedRows: rows)
+            return RecomputePolicy(forcedRows: firstRows(spans: spans, cached: cached))
         case .cachecraft:
             // Chosen per chunk from its recorded statistics (ChunkReuse.cacheCraftRows).
             return .unchanged
@@ -257,6 +283,9 @@ public final class ChunkReuse: @unchecked Sendable {
         var fusion = report.hits == 0 ? RecomputePolicy.full : chosen.recompute(spans: spans, cached: cached, layers: layers)
         if report.hits > 0 && chosen.method == .cachecraft {
             fusion = RecomputePolicy(forcedRows: Self.cacheCraftRows(found: found, spans: spans, keys: keys, alpha: chosen.alpha))
+        }
+        if report.hits > 0 && chosen.plusFirstTokens {
+            fusion.forcedRows = Array(Set(fusion.forcedRows).union(chosen.firstRows(spans: spans, cached: cached))).sorted()
         }
         // A full prefill records how each chunk attends, for Cache-Craft's choice later.
         return Preparation(cached: cached, recompute: fusion, missed: missed, capturesStatistics: fusion.everyRow && !missed.isEmpty,

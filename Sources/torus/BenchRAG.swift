@@ -24,7 +24,7 @@ struct BenchRAG: ParsableCommand {
     @Option(help: "Bytes each person's document is filled up to with filler sentences, min-max (the training corpus's 150-349; about 4.5 bytes a token).")
     var documentBytes: String = "150-349"
     @Option(help: "Recompute ratios for cacheblend, gradual and faithful, comma-separated.") var ratios: String = "0,0.05,0.1,0.15,0.2,0.3,0.5,1"
-    @Option(help: "Methods, comma-separated: full, prefix, unchanged, epic, faithful, cacheblend, gradual, cachecraft (its alpha from --ratios); none only writes --save-trace.")
+    @Option(help: "Methods, comma-separated: full, prefix, unchanged, epic, faithful, cacheblend, gradual, cachecraft (its alpha from --ratios), or epic+ one of cacheblend, faithful, gradual, cachecraft; none only writes --save-trace.")
     var methods: String = "full,prefix,unchanged,epic,faithful,cacheblend,gradual,cachecraft"
     @Option(help: "Answer tokens compared (teacher-forced) and decoded.") var answerTokens: Int = 32
     @Option(help: "Directory for rag.json and rag.svg.") var out: String = "runs/bench-rag"
@@ -80,7 +80,7 @@ struct BenchRAG: ParsableCommand {
             return r
         }
         let methodList = methods.split(separator: ",").map { String($0) }.filter { $0 != "none" }
-        let known = ["full", "prefix", "unchanged", "epic", "faithful", "cacheblend", "gradual", "cachecraft"]
+        let known = ["prefix"] + ReusePolicy.names
         for name in methodList where !known.contains(name) {
             throw ValidationError("--methods: unknown method '\(name)'; known: \(known.joined(separator: ", "))")
         }
@@ -103,7 +103,8 @@ struct BenchRAG: ParsableCommand {
         print("quality (accuracy, KL, top-1) over the requests that could reuse a chunk; recompute, FLOPs and time over all")
         var rows: [Row] = []
         for name in methodList {
-            let variants: [(ReusePolicy?, Double?)] = switch name {
+            let combined = name.hasPrefix("epic+"), base = combined ? String(name.dropFirst(5)) : name
+            var variants: [(ReusePolicy?, Double?)] = switch base {
             case "full": [(ReusePolicy(method: .full), nil)]
             case "prefix": [(nil, nil)]
             case "unchanged": [(ReusePolicy(method: .unchanged), nil)]
@@ -113,6 +114,7 @@ struct BenchRAG: ParsableCommand {
             case "cachecraft": ratioList.map { (ReusePolicy(method: .cachecraft, alpha: $0), $0) }
             default: ratioList.map { (ReusePolicy(method: .cacheblend, ratio: $0), $0) }
             }
+            if combined { variants = variants.map { p, r in (p.map { var q = $0; q.plusFirstTokens = true; return q }, r) } }
             for (policy, ratio) in variants {
                 let row = try measure(m, trace: trace, references: references, name: name, policy: policy, ratio: ratio,
                                       tokenizer: tokenizer)
@@ -303,8 +305,8 @@ struct BenchRAG: ParsableCommand {
     // MARK: - Output
 
     func format(_ r: Row) -> String {
-        let knob = r.method == "cachecraft" ? "a" : "r"
-        let name = (r.ratio.map { String(format: "%@ %@=%.2f", r.method, knob, $0) } ?? r.method).padding(toLength: 17, withPad: " ", startingAt: 0)
+        let knob = r.method.hasSuffix("cachecraft") ? "a" : "r"
+        let name = (r.ratio.map { String(format: "%@ %@=%.2f", r.method, knob, $0) } ?? r.method).padding(toLength: 22, withPad: " ", startingAt: 0)
         return name + String(format: " acc single %5.1f%%  two-hop %5.1f%%  KL med %.2e p95 %.2e  top-1 med %.3f  recompute %5.1f%% tokens %5.1f%% FLOPs  "
                       + "prefill %7.1f ms (%.2fx full)  chunk hits %3.0f%%",
                       100 * r.singleAccuracy, 100 * r.twoHopAccuracy, r.klMedian, r.klP95, r.top1Median,

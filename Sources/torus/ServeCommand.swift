@@ -31,7 +31,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Under mpirun: prefill long prompts across the ranks with ring or tokenring.") var sequenceParallel: String?
     @Option(help: "Layout of a prompt over the ranks: zigzag or contiguous.") var spLayout: String?
     @Option(help: "Prompts of at least this many tokens are prefilled across the ranks.") var spThreshold: Int?
-    @Option(help: "Reuse the KV of request documents: full, unchanged, cacheblend, gradual, faithful, epic or cachecraft (serve.chunk_reuse.policy).")
+    @Option(help: "Reuse the KV of request documents: full, unchanged, cacheblend, gradual, faithful, epic or cachecraft, or epic+ another (its first tokens of every chunk too) (serve.chunk_reuse.policy).")
     var chunkReuse: String?
     @Option(help: "Share of cached tokens recomputed by cacheblend, gradual and faithful (serve.chunk_reuse.ratio).") var reuseRatio: Double?
     @Option(help: "Cache-Craft: scale of each chunk's recomputed share, alpha x CCI x (1 - beta') (serve.chunk_reuse.alpha).")
@@ -65,11 +65,11 @@ struct ServeCommand: ParsableCommand {
         if let spLayout { s.spLayout = spLayout }
         if let spThreshold { s.spThreshold = spThreshold }
         if let chunkReuse {
-            guard let method = ReusePolicy.Method(rawValue: chunkReuse) else {
-                throw ValidationError("--chunk-reuse \(chunkReuse): known policies are \(ReusePolicy.Method.allCases.map(\.rawValue).joined(separator: ", "))")
+            var policy = s.reuse ?? ReusePolicy()
+            guard policy.select(chunkReuse) else {
+                throw ValidationError("--chunk-reuse \(chunkReuse): known policies are \(ReusePolicy.names.joined(separator: ", "))")
             }
-            s.reuse = s.reuse ?? ReusePolicy()
-            s.reuse?.method = method
+            s.reuse = policy
         }
         if let reuseRatio {
             guard (0...1).contains(reuseRatio) else { throw ValidationError("--reuse-ratio \(reuseRatio): expected 0...1") }

@@ -134,11 +134,9 @@ struct ServeSection {
             var p = ReusePolicy()
             if cr["policy"] != nil {
                 let name = try r.string(cr, "policy", section: sec)
-                guard let method = ReusePolicy.Method(rawValue: name) else {
-                    throw ConfigError(file: path, message: "'\(sec).policy' is '\(name)'; known: "
-                        + ReusePolicy.Method.allCases.map(\.rawValue).joined(separator: ", "))
+                guard p.select(name) else {
+                    throw ConfigError(file: path, message: "'\(sec).policy' is '\(name)'; known: " + ReusePolicy.names.joined(separator: ", "))
                 }
-                p.method = method
             }
             if cr["ratio"] != nil {
                 p.ratio = try r.double(cr, "ratio", section: sec)

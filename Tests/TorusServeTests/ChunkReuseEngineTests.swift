@@ -98,6 +98,24 @@ import TorusTensor
         #expect(r.tokens.count == 12)
     }
 
+    /// "epic+cacheblend": every cached chunk's first tokens, then CacheBlend's share chosen
+    /// among the other cached tokens. Only combinations with a selector of cached tokens exist.
+    @Test func epicCombinesWithCacheBlend() async throws {
+        var policy = ReusePolicy(ratio: 0.15, firstTokens: 4)
+        #expect(policy.select("epic+cacheblend") && policy.method == .cacheblend && policy.plusFirstTokens)
+        #expect(policy.name == "epic+cacheblend" && policy.summary == "epic first 4 + cacheblend r=0.15")
+        var other = ReusePolicy()
+        #expect(!other.select("epic+full") && !other.select("epic+epic") && other.select("epic+cachecraft"))
+        let (engine, _) = try Self.engine(policy: policy)
+        defer { engine.shutdown() }
+        _ = try await Self.run(engine, Self.request(Self.docs, question: Self.question))
+        let r = try await Self.run(engine, Self.request([Self.docs[1], Self.docs[3], Self.docs[0], Self.docs[2]], question: Self.question))
+        let chunkTokens = Self.docs.map(\.count).reduce(0, +)
+        let quota = Int((0.15 * Double(chunkTokens)).rounded(.up))
+        #expect(Self.docs.allSatisfy { $0.count > 4 })
+        #expect(r.report?.recomputedTokens == Self.question.count + 4 * Self.docs.count + quota)
+    }
+
     /// Gradual filtering keeps twice the ratio at the check layer and the ratio after the next
     /// layer: it recomputes the same number of tokens as CacheBlend and spends more FLOPs (the
     /// wider layer after the check; the test model has two layers, so the checks are 0 and 1).

@@ -418,11 +418,12 @@ def _():
     assert blended["usage"]["prompt_tokens_details"]["cached_tokens"] == sum(len(d) for d in docs), blended["usage"]
     # Cache-Craft's share is set by reuse_alpha: none at 0, some at 100.
     recomputed = []
-    for alpha in (0, 100):
-        status, j = completion_json({"prompt": q, "documents": order, "reuse_policy": "cachecraft", "reuse_alpha": alpha, **common})
+    for policy, alpha in (("cachecraft", 0), ("cachecraft", 100), ("epic+cachecraft", 0)):
+        status, j = completion_json({"prompt": q, "documents": order, "reuse_policy": policy, "reuse_alpha": alpha, **common})
         assert status == 200, j
         recomputed.append(j["usage"]["reuse"]["recomputed_tokens"])
-    assert recomputed[0] == len(q) < recomputed[1], recomputed
+    # epic+: also the first 16 tokens of each of the 3 documents (all longer than 16).
+    assert recomputed[0] == len(q) < recomputed[1] and recomputed[2] == len(q) + 3 * 16, recomputed
     # The openai client passes documents as an extra field.
     r = client.completions.create(model=args.name, prompt=q, max_tokens=3, temperature=0, extra_body={"documents": docs})
     assert r.usage.prompt_tokens == sum(len(d) for d in docs) + len(q), r.usage
@@ -453,6 +454,7 @@ def _():
                          ({"reuse_policy": "cachecraft", "reuse_ratio": 0.2}, "reuse_alpha"),
                          ({"reuse_policy": "cacheblend", "reuse_alpha": 0.5}, "cachecraft only"),
                          ({"reuse_policy": "cachecraft", "reuse_alpha": -1}, "reuse_alpha must be 0 or more"),
+                         ({"reuse_policy": "epic+full"}, "epic+cachecraft"),
                          ({"documents": ["x" * (args.max_len // 2), "y" * (args.max_len // 2)]}, str(args.max_len + 2 + 4))]:
         status, j = completion_json({"prompt": "Q:", "max_tokens": 4, **body})
         assert status == 400 and needle in j["error"]["message"], (body, status, j)
