@@ -92,6 +92,12 @@ public struct RAGCorpus: Sendable {
     /// by default; longer ranges repeat filler sentences once all have been used). A sister's
     /// document (three facts and a filler sentence) is filled up to the lower bound.
     public let documentBytes: ClosedRange<Int>
+    /// Whether a "previous" question's sister document follows another person than its own
+    /// (then that person is asked about): the same document then means a different person's
+    /// sister in different prompts, so its KV captured in one prompt misleads in another
+    /// unless the chunk is recomputed in its new context. For measuring chunk reuse; the
+    /// training corpus keeps every sister document after its own person.
+    public var movedSisters = false
     public init(seed: UInt64, documents: ClosedRange<Int> = 6...10, filler: Bool = true, documentBytes: ClosedRange<Int> = 150...349) {
         self.seed = seed
         self.documents = documents
@@ -223,6 +229,7 @@ public struct RAGCorpus: Sendable {
         if kind == "friend" && withFriend.isEmpty { kind = "single" }
         if kind == "previous" && withSister.isEmpty { kind = "single" }
         var needed: [Int] = [], question = "", answer = "", value = "", hops = 1
+        var movedTo: Int? = nil, sisterOwner: Int? = nil
         switch kind {
         case "friend":
             let a = Self.pick(withFriend, &g), f = people[a].friend ?? a
@@ -235,9 +242,14 @@ public struct RAGCorpus: Sendable {
             needed = [a]
             hops = 2
             let s = people[a].sister ?? Sister(name: "", job: "", city: "", document: "")
-            let link = Self.sisterFact(people[a].name, s.name)
-            if g.next() % 2 == 0 { (question, answer, value) = ("What does the sister of \(people[a].name) work as?", link + " " + Self.jobFact(s.name, s.job), s.job) }
-            else { (question, answer, value) = ("Where does the sister of \(people[a].name) live?", link + " " + Self.cityFact(s.name, s.city), s.city) }
+            sisterOwner = a
+            // With moved sisters the document follows another person (drawn here), who is asked about.
+            if movedSisters { movedTo = (a + 1 + Int(g.next() % UInt64(people.count - 1))) % people.count }
+            let asked = people[movedTo ?? a].name
+            let link = Self.sisterFact(asked, s.name)
+            if g.next() % 2 == 0 { (question, answer, value) = ("What does the sister of \(asked) work as?", link + " " + Self.jobFact(s.name, s.job), s.job) }
+            else { (question, answer, value) = ("Where does the sister of \(asked) live?", link + " " + Self.cityFact(s.name, s.city), s.city) }
+            if let b = movedTo { needed = [b] }
         default:
             let a = Self.pick(Array(people.indices), &g)
             needed = [a]
@@ -248,14 +260,15 @@ public struct RAGCorpus: Sendable {
         // Units of documents: a person's document, followed by their sister's when that is needed
         // or comes along with a distractor.
         let total = documents.lowerBound + Int(g.next() % UInt64(documents.count))
-        var candidates = Array(people.indices.filter { !needed.contains($0) })
+        // A moved sister's own person stays out (its sister's document would appear twice).
+        var candidates = Array(people.indices.filter { !needed.contains($0) && (movedTo == nil || $0 != sisterOwner) })
         Self.shuffle(&candidates, &g)
         func unit(_ i: Int) -> [String] {
             // The asked-about person's sister document always follows them; a distractor's does
             // in one world out of two (a fixed choice per person, so documents recur as units).
             let p = people[i]
+            if kind == "previous" && needed.first == i, let o = sisterOwner, let s = people[o].sister { return [p.document, s.document] }
             guard let s = p.sister else { return [p.document] }
-            if kind == "previous" && needed.first == i { return [p.document, s.document] }
             return (UInt64(i) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(worldIndex)) % 2 == 0 ? [p.document, s.document] : [p.document]
         }
         var units = needed.map(unit)

@@ -23,6 +23,8 @@ struct BenchRAG: ParsableCommand {
     @Option(help: "Documents per prompt, min-max.") var documents: String = "6-10"
     @Option(help: "Bytes each person's document is filled up to with filler sentences, min-max (the training corpus's 150-349; about 4.5 bytes a token).")
     var documentBytes: String = "150-349"
+    @Flag(help: "Questions on a sister's document ask about whichever person it follows in that prompt (so a cached chunk's context misleads).")
+    var movedSisters = false
     @Option(help: "Recompute ratios for cacheblend, gradual and faithful, comma-separated.") var ratios: String = "0,0.05,0.1,0.15,0.2,0.3,0.5,1"
     @Option(help: "Methods, comma-separated: full, prefix, unchanged, epic, faithful, cacheblend, gradual, cachecraft (its alpha from --ratios), or epic+ one of cacheblend, faithful, gradual, cachecraft; none only writes --save-trace.")
     var methods: String = "full,prefix,unchanged,epic,faithful,cacheblend,gradual,cachecraft"
@@ -55,6 +57,8 @@ struct BenchRAG: ParsableCommand {
         var reuseRequests: Int
         var singleAccuracy: Double
         var twoHopAccuracy: Double
+        /// Of the two-document questions, those on "the person in the previous document".
+        var previousAccuracy: Double
         var klMedian: Double
         var klP95: Double
         var top1Median: Double
@@ -134,7 +138,8 @@ struct BenchRAG: ParsableCommand {
     // MARK: - Trace
 
     func makeTrace(config: LlamaConfig, range: ClosedRange<Int>, documentBytes: ClosedRange<Int>, tokenizer: any TextTokenizer) throws -> [Request] {
-        let corpus = RAGCorpus(seed: corpusSeed, documents: range, documentBytes: documentBytes)
+        var corpus = RAGCorpus(seed: corpusSeed, documents: range, documentBytes: documentBytes)
+        corpus.movedSisters = movedSisters
         var g = SeededGenerator(seed: seed)
         // Zipf(1.2) over worlds: a few worlds (and so their documents) serve most requests.
         let weights = (1...worlds).map { 1 / pow(Double($0), 1.2) }
@@ -226,7 +231,7 @@ struct BenchRAG: ParsableCommand {
         var seenPrefixes = Set<[Int32]>()
         var kls: [Double] = [], top1: [Double] = [], seconds: [Double] = []
         var seenChunks = Set<[Int32]>()
-        var single = (0, 0), twoHop = (0, 0)
+        var single = (0, 0), twoHop = (0, 0), previous = (0, 0)
         var recomputed = 0, tokens = 0, chunks = 0, hits = 0
         var flops = 0.0, fullFlops = 0.0
         let vocab = m.config.vocabSize
@@ -288,12 +293,14 @@ struct BenchRAG: ParsableCommand {
             let answer = try decode(m, kv: kv, length: n, first: logits, stop: tokenizer.newlineToken)
             let ok = isCorrect(answer, r.example.answer, tokenizer)
             if r.example.hops == 2 { twoHop = (twoHop.0 + (ok ? 1 : 0), twoHop.1 + 1) } else { single = (single.0 + (ok ? 1 : 0), single.1 + 1) }
+            if r.example.kind == "previous" { previous = (previous.0 + (ok ? 1 : 0), previous.1 + 1) }
         }
         let fullSeconds = references.map(\.seconds).sorted()[references.count / 2]
         let median = seconds.sorted()[seconds.count / 2]
         return Row(method: name, ratio: ratio, requests: trace.count, reuseRequests: kls.count,
                    singleAccuracy: single.1 == 0 ? 0 : Double(single.0) / Double(single.1),
                    twoHopAccuracy: twoHop.1 == 0 ? 0 : Double(twoHop.0) / Double(twoHop.1),
+                   previousAccuracy: previous.1 == 0 ? 0 : Double(previous.0) / Double(previous.1),
                    klMedian: Stats.percentile(kls, 50), klP95: Stats.percentile(kls, 95),
                    top1Median: Stats.percentile(top1, 50), top1Mean: top1.reduce(0, +) / Double(max(top1.count, 1)),
                    recomputedShare: Double(recomputed) / Double(tokens), flopsShare: flops / fullFlops,
@@ -307,9 +314,9 @@ struct BenchRAG: ParsableCommand {
     func format(_ r: Row) -> String {
         let knob = r.method.hasSuffix("cachecraft") ? "a" : "r"
         let name = (r.ratio.map { String(format: "%@ %@=%.2f", r.method, knob, $0) } ?? r.method).padding(toLength: 22, withPad: " ", startingAt: 0)
-        return name + String(format: " acc single %5.1f%%  two-hop %5.1f%%  KL med %.2e p95 %.2e  top-1 med %.3f  recompute %5.1f%% tokens %5.1f%% FLOPs  "
+        return name + String(format: " acc single %5.1f%%  two-hop %5.1f%% (previous %5.1f%%)  KL med %.2e p95 %.2e  top-1 med %.3f  recompute %5.1f%% tokens %5.1f%% FLOPs  "
                       + "prefill %7.1f ms (%.2fx full)  chunk hits %3.0f%%",
-                      100 * r.singleAccuracy, 100 * r.twoHopAccuracy, r.klMedian, r.klP95, r.top1Median,
+                      100 * r.singleAccuracy, 100 * r.twoHopAccuracy, 100 * r.previousAccuracy, r.klMedian, r.klP95, r.top1Median,
                       100 * r.recomputedShare, 100 * r.flopsShare, r.prefillMsMedian, r.speedup, 100 * r.hitRate)
     }
 

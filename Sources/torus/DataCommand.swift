@@ -39,6 +39,7 @@ struct DataSynth: ParsableCommand {
     @Option(help: "Seed.") var seed: UInt64 = 0
     @Option(help: "rag: documents per prompt, MIN-MAX (data.rag_documents).") var documents: String = "6-10"
     @Flag(inversion: .prefixedNo, help: "rag: filler sentences in documents (data.rag_filler).") var filler: Bool = true
+    @Flag(help: "rag: a sister's document follows another person, who is asked about (for measuring chunk reuse).") var movedSisters = false
     @Option(help: "rag: bytes each person's document is filled up to, MIN-MAX (longer ones repeat filler sentences).") var documentBytes: String = "150-349"
     @Flag(help: "rag: also write train.jsonl, the training examples as heldout.jsonl holds the held-out ones (for training a peer on the same data).")
     var trainJsonl = false
@@ -51,7 +52,8 @@ struct DataSynth: ParsableCommand {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         if kind == "rag" {
-            let corpus = RAGCorpus(seed: seed, documents: bounds, filler: filler, documentBytes: bytes)
+            var corpus = RAGCorpus(seed: seed, documents: bounds, filler: filler, documentBytes: bytes)
+            corpus.movedSisters = movedSisters
             if trainJsonl {
                 let lines = try corpus.examples(count: train, split: "train").map { String(decoding: try encoder.encode($0), as: UTF8.self) }
                 try (lines.joined(separator: "\n") + "\n").write(toFile: out + "/train.jsonl", atomically: true, encoding: .utf8)

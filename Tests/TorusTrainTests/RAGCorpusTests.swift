@@ -47,6 +47,32 @@ import TorusModel
         #expect(e.documents.contains { $0.contains(e.value) } && e.answer.hasSuffix(" \(e.value)."))
     }
 
+    /// With moved sisters a "previous" question asks about whoever stands before the sister's
+    /// document in that prompt, not its own person, who is left out; the answer reads that
+    /// document.
+    @Test func movedSistersFollowAnotherPerson() {
+        var moved = RAGCorpus(seed: 3)
+        moved.movedSisters = true
+        let people = moved.world(0, split: "heldout", count: RAGCorpus.peoplePerWorld)
+        var seen = 0
+        for i in 0..<RAGCorpus.questionsPerWorld * 8 {
+            let e = moved.example(i, split: "heldout", world: 0, people: people)
+            guard e.kind == "previous" else { continue }
+            seen += 1
+            let asked = e.question.components(separatedBy: "sister of ").last?.components(separatedBy: " ").first?
+                .trimmingCharacters(in: CharacterSet(charactersIn: "?")) ?? ""
+            guard let at = e.documents.firstIndex(where: { $0.hasPrefix("Doc: ") && $0.contains("\(asked) lives in") }),
+                  at + 1 < e.documents.count else { Issue.record("\(asked)'s document is not followed by another"); continue }
+            let sister = e.documents[at + 1]
+            #expect(sister.contains("previous document") && sister.contains(e.value))
+            let owner = people.first { $0.sister?.document == sister }
+            #expect(owner != nil && owner?.name != asked && !e.documents.contains(owner?.document ?? ""), "\(e.question)")
+            #expect(e.answer.hasPrefix("\(asked) has a sister named "))
+        }
+        #expect(seen > 3)
+        #expect(RAGCorpus(seed: 3).example(5, split: "heldout") == corpus.example(5, split: "heldout"))
+    }
+
     /// A "previous" question's sister document stands right after its person's document, and the
     /// asked-about name appears in no other document of the prompt as the person described.
     @Test func aSisterDocumentFollowsItsPerson() {
