@@ -26,7 +26,8 @@ serve() {  # port, extra flags...
   echo "torus serve on $port did not start"; cat $OUT/serve-$port.log; exit 1
 }
 POLICY=${POLICY:-cacheblend}
-serve 8110 --chunk-reuse $POLICY $([ "$POLICY" = cachecraft ] && echo --reuse-alpha || echo --reuse-ratio) ${RATIO:-0.15}
+case $POLICY in *cachecraft) KNOB=--reuse-alpha ;; *) KNOB=--reuse-ratio ;; esac
+serve 8110 --chunk-reuse $POLICY $KNOB ${RATIO:-0.15}
 run torus-reuse 8110 $OUT/trace-documents.jsonl
 curl -s http://127.0.0.1:8110/metrics | grep -E "^torus:chunk_(hits|queries|reused|recomputed)" || true
 kill %1; wait %1 2>/dev/null || true
