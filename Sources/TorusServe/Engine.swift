@@ -488,6 +488,9 @@ public final class Engine: @unchecked Sendable {
         lock.lock()
         stats.finished += 1
         lock.unlock()
+        // The published figures (blocks in use, running) include this removal before the
+        // client hears of the end.
+        publish()
         observer?.requestDidFinish(reason, timings: seq.timings)
         seq.emit(.finished(reason, seq.timings))
     }

@@ -99,21 +99,17 @@ public final class KVBlockPool {
     /// Blocks whose content is cached for reuse (in use or free).
     public var cachedBlockCount: Int { cached.count }
 
-    private func pushBack(_ b: Int32) {
-        inFree[Int(b)] = true
-        prev[Int(b)] = tail
-        next[Int(b)] = -1
-        if tail >= 0 { next[Int(tail)] = b } else { head = b }
-        tail = b
-        freeCount += 1
-    }
+    private func pushBack(_ b: Int32) { link(b, before: -1) }
+    private func pushFront(_ b: Int32) { link(b, before: head) }
 
-    private func pushFront(_ b: Int32) {
+    /// Puts free block `b` into the queue before block `successor` (-1: at the back).
+    private func link(_ b: Int32, before successor: Int32) {
+        let predecessor = successor >= 0 ? prev[Int(successor)] : tail
         inFree[Int(b)] = true
-        next[Int(b)] = head
-        prev[Int(b)] = -1
-        if head >= 0 { prev[Int(head)] = b } else { tail = b }
-        head = b
+        prev[Int(b)] = predecessor
+        next[Int(b)] = successor
+        if predecessor >= 0 { next[Int(predecessor)] = b } else { head = b }
+        if successor >= 0 { prev[Int(successor)] = b } else { tail = b }
         freeCount += 1
     }
 
