@@ -179,17 +179,14 @@ struct CompletionRequest {
         }
         if let ratio {
             guard (0...1).contains(ratio) else { throw APIError.badRequest("reuse_ratio must be in [0, 1], got \(ratio)", param: "reuse_ratio") }
-            guard policy.method != .cachecraft else {
-                throw APIError.badRequest("reuse_ratio does not apply to cachecraft, which recomputes a share set by reuse_alpha", param: "reuse_ratio")
-            }
             policy.ratio = ratio
         }
         if let alpha {
             guard alpha >= 0, alpha.isFinite else { throw APIError.badRequest("reuse_alpha must be 0 or more, got \(alpha)", param: "reuse_alpha") }
-            guard policy.method == .cachecraft else {
-                throw APIError.badRequest("reuse_alpha applies to cachecraft only, not \(policy.method.rawValue)", param: "reuse_alpha")
-            }
             policy.alpha = alpha
+        }
+        if let problem = policy.misplacedKnob(ratio: ratio.map { _ in "reuse_ratio" }, alpha: alpha.map { _ in "reuse_alpha" }, alphaName: "reuse_alpha") {
+            throw APIError.badRequest(problem, param: ratio != nil && policy.method == .cachecraft ? "reuse_ratio" : "reuse_alpha")
         }
         return policy
     }

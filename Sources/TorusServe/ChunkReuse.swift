@@ -57,6 +57,15 @@ public struct ReusePolicy: Sendable, Equatable {
         return true
     }
 
+    /// Why a knob that was set does not apply to this policy's method (nil: both apply): the
+    /// ratio is the check-layer selectors' share, alpha Cache-Craft's scale. `ratio` and `alpha`
+    /// name the knobs as the caller's user set them (a flag, a config key, a request field).
+    public func misplacedKnob(ratio: String?, alpha: String?, alphaName: String) -> String? {
+        if let ratio, method == .cachecraft { return "\(ratio) does not apply to cachecraft, whose recomputed share is set by \(alphaName)" }
+        if let alpha, method != .cachecraft { return "\(alpha) applies to cachecraft only, not \(name)" }
+        return nil
+    }
+
     /// The policy's name as `select` takes it.
     public var name: String { (plusFirstTokens ? "epic+" : "") + method.rawValue }
 

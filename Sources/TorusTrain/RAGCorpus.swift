@@ -190,6 +190,14 @@ public struct RAGCorpus: Sendable {
                 ("What does the friend of \(n) work as?", link + " " + jobFact(f, job), job)]
     }
 
+    /// The two questions about the sister `s` of `n` (whose document follows `n`'s): (question,
+    /// answer line, answer value), the job one first. The answer states the link first.
+    static func sisterQuestions(_ n: String, sister s: Sister) -> [(question: String, answer: String, value: String)] {
+        let link = sisterFact(n, s.name)
+        return [("What does the sister of \(n) work as?", link + " " + jobFact(s.name, s.job), s.job),
+                ("Where does the sister of \(n) live?", link + " " + cityFact(s.name, s.city), s.city)]
+    }
+
     /// The four one-document questions about a person: (question, answer line, answer value).
     static func singleQuestions(_ p: Person) -> [(question: String, answer: String, value: String)] {
         [("Where does \(p.name) live?", cityFact(p.name, p.city), p.city),
@@ -246,9 +254,7 @@ public struct RAGCorpus: Sendable {
             // With moved sisters the document follows another person (drawn here), who is asked about.
             if movedSisters { movedTo = (a + 1 + Int(g.next() % UInt64(people.count - 1))) % people.count }
             let asked = people[movedTo ?? a].name
-            let link = Self.sisterFact(asked, s.name)
-            if g.next() % 2 == 0 { (question, answer, value) = ("What does the sister of \(asked) work as?", link + " " + Self.jobFact(s.name, s.job), s.job) }
-            else { (question, answer, value) = ("Where does the sister of \(asked) live?", link + " " + Self.cityFact(s.name, s.city), s.city) }
+            (question, answer, value) = Self.sisterQuestions(asked, sister: s)[g.next() % 2 == 0 ? 0 : 1]
             if let b = movedTo { needed = [b] }
         default:
             let a = Self.pick(Array(people.indices), &g)
@@ -290,9 +296,7 @@ public struct RAGCorpus: Sendable {
                     .map { QuestionAnswer(question: "Q: \($0.question)\nA:", answer: $0.answer) }
             }
             if let s = p.sister, let at = docs.firstIndex(of: p.document), at + 1 < docs.count, docs[at + 1] == s.document {
-                let link = Self.sisterFact(p.name, s.name)
-                extra.append(QuestionAnswer(question: "Q: What does the sister of \(p.name) work as?\nA:", answer: link + " " + Self.jobFact(s.name, s.job)))
-                extra.append(QuestionAnswer(question: "Q: Where does the sister of \(p.name) live?\nA:", answer: link + " " + Self.cityFact(s.name, s.city)))
+                extra += Self.sisterQuestions(p.name, sister: s).map { QuestionAnswer(question: "Q: \($0.question)\nA:", answer: $0.answer) }
             }
         }
         extra.removeAll { $0.question == "Q: \(question)\nA:" }

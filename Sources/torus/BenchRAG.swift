@@ -107,18 +107,19 @@ struct BenchRAG: ParsableCommand {
         print("quality (accuracy, KL, top-1) over the requests that could reuse a chunk; recompute, FLOPs and time over all")
         var rows: [Row] = []
         for name in methodList {
-            let combined = name.hasPrefix("epic+"), base = combined ? String(name.dropFirst(5)) : name
-            var variants: [(ReusePolicy?, Double?)] = switch base {
-            case "full": [(ReusePolicy(method: .full), nil)]
-            case "prefix": [(nil, nil)]
-            case "unchanged": [(ReusePolicy(method: .unchanged), nil)]
-            case "epic": [(ReusePolicy(method: .epic, firstTokens: 16), nil)]
-            case "faithful": ratioList.map { (ReusePolicy(method: .faithful, ratio: $0), $0) }
-            case "gradual": ratioList.map { (ReusePolicy(method: .gradual, ratio: $0), $0) }
-            case "cachecraft": ratioList.map { (ReusePolicy(method: .cachecraft, alpha: $0), $0) }
-            default: ratioList.map { (ReusePolicy(method: .cacheblend, ratio: $0), $0) }
+            // Each policy at each --ratios value of its knob (cachecraft's alpha, the others' ratio).
+            // (Names were checked above: only "prefix", which has no policy, fails to select.)
+            var base = ReusePolicy()
+            let variants: [(ReusePolicy?, Double?)]
+            if !base.select(name) {
+                variants = [(nil, nil)]
+            } else {
+                variants = switch base.method {
+                case .full, .unchanged, .epic: [(base, nil)]
+                case .cachecraft: ratioList.map { var p = base; p.alpha = $0; return (p, $0) }
+                case .cacheblend, .faithful, .gradual: ratioList.map { var p = base; p.ratio = $0; return (p, $0) }
+                }
             }
-            if combined { variants = variants.map { p, r in (p.map { var q = $0; q.plusFirstTokens = true; return q }, r) } }
             for (policy, ratio) in variants {
                 let row = try measure(m, trace: trace, references: references, name: name, policy: policy, ratio: ratio,
                                       tokenizer: tokenizer)

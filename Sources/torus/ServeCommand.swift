@@ -75,17 +75,15 @@ struct ServeCommand: ParsableCommand {
             guard (0...1).contains(reuseRatio) else { throw ValidationError("--reuse-ratio \(reuseRatio): expected 0...1") }
             s.reuse = s.reuse ?? ReusePolicy()
             s.reuse?.ratio = reuseRatio
-            guard s.reuse?.method != .cachecraft else {
-                throw ValidationError("--reuse-ratio does not apply to cachecraft, whose recomputed share is set by --reuse-alpha")
-            }
         }
         if let reuseAlpha {
             guard reuseAlpha >= 0 else { throw ValidationError("--reuse-alpha \(reuseAlpha): expected 0 or more") }
             s.reuse = s.reuse ?? ReusePolicy()
-            guard s.reuse?.method == .cachecraft else {
-                throw ValidationError("--reuse-alpha applies to --chunk-reuse cachecraft only, not \(s.reuse?.method.rawValue ?? "")")
-            }
             s.reuse?.alpha = reuseAlpha
+        }
+        if let problem = s.reuse?.misplacedKnob(ratio: reuseRatio.map { _ in "--reuse-ratio" }, alpha: reuseAlpha.map { _ in "--reuse-alpha" },
+                                                 alphaName: "--reuse-alpha") {
+            throw ValidationError(problem)
         }
         if let chunkStore {
             s.reuse = s.reuse ?? ReusePolicy()

@@ -148,6 +148,10 @@ struct ServeSection {
                 p.alpha = try r.double(cr, "alpha", section: sec)
                 guard p.alpha >= 0 else { throw ConfigError(file: path, message: "'\(sec).alpha' is \(p.alpha); expected >= 0") }
             }
+            if let problem = p.misplacedKnob(ratio: cr["ratio"] == nil ? nil : "'\(sec).ratio'", alpha: cr["alpha"] == nil ? nil : "'\(sec).alpha'",
+                                             alphaName: "'\(sec).alpha'") {
+                throw ConfigError(file: path, message: problem)
+            }
             if cr["memory_mb"] != nil { s.reuseMemoryMB = try r.int(cr, "memory_mb", section: sec, min: 0) }
             if cr["directory"] != nil { s.reuseDirectory = try r.string(cr, "directory", section: sec) }
             if cr["disk_mb"] != nil { s.reuseDiskMB = try r.int(cr, "disk_mb", section: sec, min: 0) }
