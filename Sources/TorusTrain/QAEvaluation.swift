@@ -11,14 +11,16 @@ public struct QAEvaluation {
     public struct Result: Sendable {
         public var total = 0, correct = 0
         public var twoHopTotal = 0, twoHopCorrect = 0
+        /// The wrong answers (at most `keepWrong` of them, in order) and what was expected.
+        public var wrong: [(answer: String, expected: String)] = []
         /// The first wrong answer and what was expected.
-        public var firstWrong: (answer: String, expected: String)?
+        public var firstWrong: (answer: String, expected: String)? { wrong.first }
         public var accuracy: Double { total == 0 ? 0 : Double(correct) / Double(total) }
         public var twoHopAccuracy: Double { twoHopTotal == 0 ? 0 : Double(twoHopCorrect) / Double(twoHopTotal) }
     }
 
     public static func evaluate(model: LlamaModel, examples: [QAExample], maxAnswerTokens: Int = 64,
-                                tokenizer: any TextTokenizer = ByteTokenizer()) throws -> Result {
+                                tokenizer: any TextTokenizer = ByteTokenizer(), keepWrong: Int = 1) throws -> Result {
         var r = Result()
         let stop = tokenizer.newlineToken
         for e in examples {
@@ -27,7 +29,7 @@ public struct QAEvaluation {
             let text = answerLine(tokenizer.decode(out))
             let ok = text == e.answer
             r.total += 1; r.correct += ok ? 1 : 0
-            if !ok && r.firstWrong == nil { r.firstWrong = (text, e.answer) }
+            if !ok && r.wrong.count < keepWrong { r.wrong.append((text, e.answer)) }
             if e.hops == 2 { r.twoHopTotal += 1; r.twoHopCorrect += ok ? 1 : 0 }
         }
         return r

@@ -98,6 +98,16 @@ public struct RAGCorpus: Sendable {
     /// unless the chunk is recomputed in its new context. For measuring chunk reuse; the
     /// training corpus keeps every sister document after its own person.
     public var movedSisters = false
+    /// Whether every distractor that has a sister brings her document along (otherwise one in
+    /// two does), so that a prompt holds several sisters' documents and a sister's link can
+    /// only be told from another's by the document before it. For measuring chunk reuse.
+    public var allSisters = false
+    /// Whether a prompt's extra questions also ask for the link a two-document answer starts
+    /// with: the friend a document names ("Who is the friend of Abe?" answered "Abe is a friend
+    /// of Kim.", whether or not Kim's document is there) and the sister a following document
+    /// names ("Who is the sister of Abe?" answered "Abe has a sister named Lia."). For training:
+    /// the first step of a two-document question, learned on its own.
+    public var linkQuestions = false
     public init(seed: UInt64, documents: ClosedRange<Int> = 6...10, filler: Bool = true, documentBytes: ClosedRange<Int> = 150...349) {
         self.seed = seed
         self.documents = documents
@@ -275,6 +285,7 @@ public struct RAGCorpus: Sendable {
             let p = people[i]
             if kind == "previous" && needed.first == i, let o = sisterOwner, let s = people[o].sister { return [p.document, s.document] }
             guard let s = p.sister else { return [p.document] }
+            if allSisters { return [p.document, s.document] }
             return (UInt64(i) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(worldIndex)) % 2 == 0 ? [p.document, s.document] : [p.document]
         }
         var units = needed.map(unit)
@@ -291,11 +302,17 @@ public struct RAGCorpus: Sendable {
         var extra: [QuestionAnswer] = []
         for p in people where docs.contains(p.document) {
             extra += Self.singleQuestions(p).map { QuestionAnswer(question: "Q: \($0.question)\nA:", answer: $0.answer) }
+            if linkQuestions, let f = p.friend {
+                extra.append(QuestionAnswer(question: "Q: Who is the friend of \(p.name)?\nA:", answer: Self.friendFact(p.name, people[f].name)))
+            }
             if let f = p.friend, docs.contains(people[f].document) {
                 extra += Self.friendQuestions(p.name, friend: people[f].name, city: people[f].city, job: people[f].job)
                     .map { QuestionAnswer(question: "Q: \($0.question)\nA:", answer: $0.answer) }
             }
             if let s = p.sister, let at = docs.firstIndex(of: p.document), at + 1 < docs.count, docs[at + 1] == s.document {
+                if linkQuestions {
+                    extra.append(QuestionAnswer(question: "Q: Who is the sister of \(p.name)?\nA:", answer: Self.sisterFact(p.name, s.name)))
+                }
                 extra += Self.sisterQuestions(p.name, sister: s).map { QuestionAnswer(question: "Q: \($0.question)\nA:", answer: $0.answer) }
             }
         }

@@ -25,6 +25,8 @@ struct BenchRAG: ParsableCommand {
     var documentBytes: String = "150-349"
     @Flag(help: "Questions on a sister's document ask about whichever person it follows in that prompt (so a cached chunk's context misleads).")
     var movedSisters = false
+    @Flag(help: "Every distractor with a sister brings her document, so prompts hold several (a sister's link then depends on the document before it).")
+    var allSisters = false
     @Option(help: "Recompute ratios for cacheblend, gradual and faithful, comma-separated.") var ratios: String = "0,0.05,0.1,0.15,0.2,0.3,0.5,1"
     @Option(help: "Methods, comma-separated: full, prefix, unchanged, epic, faithful, cacheblend, gradual, cachecraft (its alpha from --ratios), or epic+ one of cacheblend, faithful, gradual, cachecraft; none only writes --save-trace.")
     var methods: String = "full,prefix,unchanged,epic,faithful,cacheblend,gradual,cachecraft"
@@ -141,6 +143,7 @@ struct BenchRAG: ParsableCommand {
     func makeTrace(config: LlamaConfig, range: ClosedRange<Int>, documentBytes: ClosedRange<Int>, tokenizer: any TextTokenizer) throws -> [Request] {
         var corpus = RAGCorpus(seed: corpusSeed, documents: range, documentBytes: documentBytes)
         corpus.movedSisters = movedSisters
+        corpus.allSisters = allSisters
         var g = SeededGenerator(seed: seed)
         // Zipf(1.2) over worlds: a few worlds (and so their documents) serve most requests.
         let weights = (1...worlds).map { 1 / pow(Double($0), 1.2) }

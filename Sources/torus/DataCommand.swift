@@ -40,6 +40,7 @@ struct DataSynth: ParsableCommand {
     @Option(help: "rag: documents per prompt, MIN-MAX (data.rag_documents).") var documents: String = "6-10"
     @Flag(inversion: .prefixedNo, help: "rag: filler sentences in documents (data.rag_filler).") var filler: Bool = true
     @Flag(help: "rag: a sister's document follows another person, who is asked about (for measuring chunk reuse).") var movedSisters = false
+    @Flag(help: "rag: every distractor with a sister brings her document (for measuring chunk reuse).") var allSisters = false
     @Option(help: "rag: bytes each person's document is filled up to, MIN-MAX (longer ones repeat filler sentences).") var documentBytes: String = "150-349"
     @Flag(help: "rag: also write train.jsonl, the training examples as heldout.jsonl holds the held-out ones (for training a peer on the same data).")
     var trainJsonl = false
@@ -54,6 +55,7 @@ struct DataSynth: ParsableCommand {
         if kind == "rag" {
             var corpus = RAGCorpus(seed: seed, documents: bounds, filler: filler, documentBytes: bytes)
             corpus.movedSisters = movedSisters
+            corpus.allSisters = allSisters
             if trainJsonl {
                 let lines = try corpus.examples(count: train, split: "train").map { String(decoding: try encoder.encode($0), as: UTF8.self) }
                 try (lines.joined(separator: "\n") + "\n").write(toFile: out + "/train.jsonl", atomically: true, encoding: .utf8)

@@ -13,6 +13,7 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Windows per forward pass.") var batch: Int = 4
     @Option(help: "Question file written by 'torus data synth' (qa: prompt, answer, hops; rag: documents, question, answer, kind): report answer accuracy.") var qa: String?
     @Option(help: "Evaluate at most this many questions.") var qaLimit: Int?
+    @Option(help: "Print up to this many wrong answers of each question kind, with the expected ones.") var showWrong: Int = 0
     @Option(help: "Dense layers in float32 or bfloat16 (as torus serve --dtype).") var dtype: String = "float32"
 
     func run() throws {
@@ -67,9 +68,10 @@ struct EvalCommand: ParsableCommand {
         var correct = 0, total = 0, twoHopCorrect = 0, twoHopTotal = 0, lines: [String] = []
         for kind in kinds {
             let r = try QAEvaluation.evaluate(model: m, examples: fitting.filter { $0.kind == kind }.map(\.qa), maxAnswerTokens: answerRoom,
-                                              tokenizer: tokenizer)
+                                              tokenizer: tokenizer, keepWrong: max(1, showWrong))
             correct += r.correct; total += r.total; twoHopCorrect += r.twoHopCorrect; twoHopTotal += r.twoHopTotal
             if let kind { lines.append(String(format: "eval: RAG (%@) answer accuracy %.1f%% (%d/%d)", kind, 100 * r.accuracy, r.correct, r.total)) }
+            for w in r.wrong.prefix(showWrong) { lines.append("eval:   \(kind ?? "qa") wrong: \(w.answer.debugDescription) expected \(w.expected.debugDescription)") }
         }
         func percent(_ a: Int, _ b: Int) -> Double { b == 0 ? 0 : 100 * Double(a) / Double(b) }
         print(String(format: "eval: answer accuracy %.1f%% (%d/%d), two-hop %.1f%% (%d/%d)%@", percent(correct, total), correct, total,

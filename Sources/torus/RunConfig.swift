@@ -54,6 +54,8 @@ struct DataSection {
     var ragLoss = "all"
     /// synth_rag: documents with filler (false: facts only).
     var ragFiller = true
+    /// synth_rag: extra questions asking for the friend or sister a document names (RAGCorpus.linkQuestions).
+    var ragLinkQuestions = false
     /// synth_drill: the stages of the binding drill mixed in its examples (pairs, one_word,
     /// two_words, questions); YAML takes one name or a list.
     var drill: [BindingDrill.Stage] = [.pairs]
@@ -67,9 +69,11 @@ struct DataSection {
     var tokenizer: String?
     /// The built-in RAG corpus these settings describe.
     func ragCorpus(seed: UInt64) -> RAGCorpus {
-        RAGCorpus(seed: seed, documents: ragDocuments, filler: ragFiller)
+        var corpus = RAGCorpus(seed: seed, documents: ragDocuments, filler: ragFiller)
+        corpus.linkQuestions = ragLinkQuestions
+        return corpus
     }
-    static let keys = ["train", "heldout", "synth_examples", "rag_documents", "rag_loss", "rag_filler", "drill", "drill_pairs", "drill_kinds", "drill_friends",
+    static let keys = ["train", "heldout", "synth_examples", "rag_documents", "rag_loss", "rag_filler", "rag_link_questions", "drill", "drill_pairs", "drill_kinds", "drill_friends",
                        "tokenizer"]  // heldout: file, synth or none
 }
 
@@ -192,6 +196,7 @@ struct RunConfig {
             if d["drill_friends"] != nil { config.data.drillFriends = try r.bool(d, "drill_friends", section: "data") }
             if d["tokenizer"] != nil { config.data.tokenizer = try r.string(d, "tokenizer", section: "data") }
             if d["rag_filler"] != nil { config.data.ragFiller = try r.bool(d, "rag_filler", section: "data") }
+            if d["rag_link_questions"] != nil { config.data.ragLinkQuestions = try r.bool(d, "rag_link_questions", section: "data") }
             if d["rag_loss"] != nil {
                 config.data.ragLoss = try r.string(d, "rag_loss", section: "data")
                 guard ["all", "questions"].contains(config.data.ragLoss) else {

@@ -73,6 +73,23 @@ import TorusModel
         #expect(RAGCorpus(seed: 3).example(5, split: "heldout") == corpus.example(5, split: "heldout"))
     }
 
+    /// With all sisters, every person in a prompt who has a sister is followed by her document.
+    @Test func allSistersFollowEveryPersonWhoHasOne() {
+        var crowded = RAGCorpus(seed: 3)
+        crowded.allSisters = true
+        let people = crowded.world(1, split: "heldout", count: RAGCorpus.peoplePerWorld)
+        var followed = 0
+        for i in 0..<RAGCorpus.questionsPerWorld {
+            let e = crowded.example(i, split: "heldout", world: 1, people: people)
+            for p in people {
+                guard let s = p.sister, let at = e.documents.firstIndex(of: p.document) else { continue }
+                #expect(at + 1 < e.documents.count && e.documents[at + 1] == s.document, "\(p.name)'s sister's document does not follow")
+                followed += 1
+            }
+        }
+        #expect(followed > 8)
+    }
+
     /// A "previous" question's sister document stands right after its person's document, and the
     /// asked-about name appears in no other document of the prompt as the person described.
     @Test func aSisterDocumentFollowsItsPerson() {
@@ -90,6 +107,37 @@ import TorusModel
             }
         }
         #expect(seen > 10)
+    }
+
+    /// Link questions ask for the friend each document names and the sister a following
+    /// document names, answered as the two-document answers begin; the documents, the asked
+    /// question and the other extra questions stay as they were.
+    @Test func linkQuestionsAskForTheNamedFriendAndSister() {
+        var linked = RAGCorpus(seed: 3)
+        linked.linkQuestions = true
+        var friends = 0, sisters = 0
+        for i in 0..<64 {
+            let plain = corpus.example(i, split: "train"), e = linked.example(i, split: "train")
+            #expect(e.documents == plain.documents && e.question == plain.question && e.answer == plain.answer)
+            let added = e.extra.filter { !plain.extra.contains($0) }
+            #expect(Set(plain.extra.map(\.question)).isSubset(of: Set(e.extra.map(\.question))))
+            for qa in added {
+                #expect(qa.question.hasPrefix("Q: Who is the "), "\(qa.question)")
+                let name = qa.question.components(separatedBy: " of ").last?.replacingOccurrences(of: "?\nA:", with: "") ?? ""
+                guard let own = e.documents.firstIndex(where: { $0.contains("\(name) lives in") }) else {
+                    Issue.record("\(name)'s document is not in the prompt"); continue
+                }
+                if qa.question.contains("friend") {
+                    friends += 1
+                    #expect(qa.answer.hasPrefix("\(name) is a friend of ") && e.documents[own].contains(qa.answer), "\(qa.answer)")
+                } else {
+                    sisters += 1
+                    let sister = qa.answer.replacingOccurrences(of: "\(name) has a sister named ", with: "The person in the previous document has a sister named ")
+                    #expect(own + 1 < e.documents.count && e.documents[own + 1].contains(sister), "\(qa.answer)")
+                }
+            }
+        }
+        #expect(friends > 50 && sisters > 5, "\(friends) friend and \(sisters) sister link questions")
     }
 
     @Test func documentsRecurAcrossQuestionsOfOneWorldAndSplitsDiffer() {
