@@ -27,6 +27,10 @@ struct BenchRAG: ParsableCommand {
     var movedSisters = false
     @Flag(help: "Every distractor with a sister brings her document, so prompts hold several (a sister's link then depends on the document before it).")
     var allSisters = false
+    @Flag(help: "Each document cut into two chunks at the space nearest its middle, as a fixed-size chunker cuts, so a fact can straddle two chunks.")
+    var splitDocuments = false
+    @Flag(help: "Every chunk's KV computed alone from position 0 before the trace (a store filled offline, CacheBlend's setting) rather than captured in the first prompt that holds it.")
+    var precomputeAlone = false
     @Option(help: "Recompute ratios for cacheblend, gradual and faithful, comma-separated.") var ratios: String = "0,0.05,0.1,0.15,0.2,0.3,0.5,1"
     @Option(help: "Methods, comma-separated: full, prefix, unchanged, epic, faithful, cacheblend, gradual, cachecraft (its alpha from --ratios), or epic+ one of cacheblend, faithful, gradual, cachecraft; none only writes --save-trace.")
     var methods: String = "full,prefix,unchanged,epic,faithful,cacheblend,gradual,cachecraft"
@@ -159,7 +163,7 @@ struct BenchRAG: ParsableCommand {
             peopleCache[w] = people
             let e = corpus.example(Int(g.next() % 64), split: "heldout", world: w, people: people)
             var tokens: [Int32] = [], spans: [Range<Int>] = []
-            for d in e.documents {
+            for d in e.documents.flatMap({ splitDocuments ? Self.halves($0) : [$0] }) {
                 let t = tokenizer.encode(d)
                 spans.append(tokens.count..<(tokens.count + t.count))
                 tokens += t
@@ -170,6 +174,16 @@ struct BenchRAG: ParsableCommand {
         }
         guard !trace.isEmpty else { throw ValidationError("no request fits max_position_embeddings \(config.maxPositionEmbeddings)") }
         return trace
+    }
+
+    /// `document` cut before the space nearest its middle byte (the second half starts with that
+    /// space, so a byte-level BPE tokenizes the halves as it tokenizes the whole); whole when it
+    /// has no space.
+    static func halves(_ document: String) -> [String] {
+        let bytes = Array(document.utf8), middle = bytes.count / 2
+        let spaces = bytes.indices.filter { bytes[$0] == UInt8(ascii: " ") && $0 > 0 }
+        guard let cut = spaces.min(by: { abs($0 - middle) < abs($1 - middle) }) else { return [document] }
+        return [String(decoding: bytes[..<cut], as: UTF8.self), String(decoding: bytes[cut...], as: UTF8.self)]
     }
 
     /// The share of requests served by the top 5% of chunks.
@@ -190,7 +204,8 @@ struct BenchRAG: ParsableCommand {
         var field: [String] = [], inline: [String] = []
         for r in trace {
             let e = r.example
-            let a = try JSONSerialization.data(withJSONObject: ["prompt": e.question, "documents": e.documents, "output_tokens": traceOutputTokens],
+            let chunks = splitDocuments ? e.documents.flatMap(Self.halves) : e.documents
+            let a = try JSONSerialization.data(withJSONObject: ["prompt": e.question, "documents": chunks, "output_tokens": traceOutputTokens],
                                                options: [.sortedKeys])
             let b = try JSONSerialization.data(withJSONObject: ["prompt": e.prompt, "output_tokens": traceOutputTokens], options: [.sortedKeys])
             field.append(String(decoding: a, as: UTF8.self))
@@ -239,6 +254,18 @@ struct BenchRAG: ParsableCommand {
         var recomputed = 0, tokens = 0, chunks = 0, hits = 0
         var flops = 0.0, fullFlops = 0.0
         let vocab = m.config.vocabSize
+        if precomputeAlone, policy != nil {
+            // Each distinct chunk prefilled on its own (then a newline, so the chunk is not the
+            // prompt's last token): the store captures it at position 0 after nothing.
+            var done = Set<[Int32]>()
+            for r in trace {
+                for span in r.spans where done.insert(Array(r.tokens[span])).inserted {
+                    let chunk = Array(r.tokens[span]) + [tokenizer.newlineToken]
+                    _ = try reuse.prefill(model: m, tokens: chunk, spans: [0..<span.count], salt: nil, policy: ReusePolicy(method: .full),
+                                          kv: PromptKV(config: m.config, rows: chunk.count + 1))
+                }
+            }
+        }
         for (i, r) in trace.enumerated() {
             let ref = references[i], n = r.tokens.count
             let kv = PromptKV(config: m.config, rows: n + answerTokens + 1)

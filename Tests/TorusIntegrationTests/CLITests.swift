@@ -47,6 +47,30 @@ import TorusModel
         #expect(FileManager.default.fileExists(atPath: dir + "/bench/rag.json") && FileManager.default.fileExists(atPath: dir + "/bench/rag.svg"))
     }
 
+    /// `--split-documents` cuts each document into two chunks (the saved trace's documents join
+    /// back into the prompt) and `--precompute-alone` stores every chunk before the trace, so
+    /// every chunk of every request hits.
+    @Test func benchRagSplitsDocumentsAndPrecomputesChunksAlone() throws {
+        let dir = tempDir()
+        try writeRAGModel(dir)
+        let r = try TorusBinary.torus(["bench", "rag", "--model", dir + "/model", "--requests", "6", "--worlds", "1", "--documents", "2-3",
+                                       "--methods", "full,unchanged", "--split-documents", "--precompute-alone",
+                                       "--save-trace", dir + "/trace", "--out", dir + "/bench"], timeout: 300)
+        #expect(r.status == 0, "\(r.output)")
+        let unchanged = r.stdout.split(separator: "\n").first { $0.hasPrefix("unchanged") }.map(String.init) ?? ""
+        #expect(unchanged.contains("chunk hits 100%"), "\(r.stdout)")
+        let fields = try String(contentsOfFile: dir + "/trace-documents.jsonl", encoding: .utf8).split(separator: "\n")
+        let inline = try String(contentsOfFile: dir + "/trace-inline.jsonl", encoding: .utf8).split(separator: "\n")
+        #expect(fields.count == 6 && inline.count == 6)
+        for (f, i) in zip(fields, inline) {
+            let a = try JSONSerialization.jsonObject(with: Data(f.utf8)) as? [String: Any] ?? [:]
+            let b = try JSONSerialization.jsonObject(with: Data(i.utf8)) as? [String: Any] ?? [:]
+            let documents = a["documents"] as? [String] ?? []
+            #expect((4...6).contains(documents.count) && documents.filter { $0.hasPrefix("Doc: ") }.count * 2 == documents.count)
+            #expect(documents.joined() + (a["prompt"] as? String ?? "") == b["prompt"] as? String)
+        }
+    }
+
     /// `torus bench kernels` prints the measured limits (FMA peak, copy bandwidth, sgemm
     /// ceiling) and every figure against them; an `OPENBLAS_CORETYPE` forcing OpenBLAS's
     /// generic SSE3 kernels (Prescott, several times slower than the AVX2 or AVX-512 kernels of
