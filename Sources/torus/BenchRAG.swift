@@ -254,7 +254,7 @@ struct BenchRAG: ParsableCommand {
         var recomputed = 0, tokens = 0, chunks = 0, hits = 0
         var flops = 0.0, fullFlops = 0.0
         let vocab = m.config.vocabSize
-        if precomputeAlone, policy != nil {
+        if precomputeAlone, let policy, policy.method != .full {
             // Each distinct chunk prefilled on its own (then a newline, so the chunk is not the
             // prompt's last token): the store captures it at position 0 after nothing.
             var done = Set<[Int32]>()
