@@ -280,8 +280,8 @@ public final class Engine: @unchecked Sendable {
                     try run(chunks)
                     if Self.logSteps {
                         let rows = chunks.reduce(0) { $0 + $1.count }
-                        FileHandle.standardError.write(Data(String(format: "step: %d chunks, %d rows, %.1f ms\n", chunks.count, rows,
-                                                                   -t0.timeIntervalSinceNow * 1000).utf8))
+                        FileHandle.standardError.write(Data(String(format: "step: %d chunks, %d rows, %.1f ms (model %.1f ms)\n", chunks.count, rows,
+                                                                   -t0.timeIntervalSinceNow * 1000, lastModelSeconds * 1000).utf8))
                     }
                 case let .prefill(seq, length, blocks, true):
                     try blendAcrossRanks(seq, length: length, blocks: blocks)
@@ -305,6 +305,8 @@ public final class Engine: @unchecked Sendable {
     }
 
     static let logSteps = ProcessInfo.processInfo.environment["TORUS_LOG_STEPS"] != nil
+    /// The model's share of the last batch step (the rest: sampling, delivering tokens, scheduling).
+    private var lastModelSeconds = 0.0
 
     /// Tells the other ranks to leave their loops (once).
     private var workersStopped = false
@@ -343,7 +345,9 @@ public final class Engine: @unchecked Sendable {
             if c.samples { plan.logitRows.append(Int32(plan.tokens.count - 1)) }
         }
         if group.size > 1 { _ = try group.exchangePlan(plan.encoded()) }
+        let t0 = DispatchTime.now().uptimeNanoseconds
         guard let logits = try executor.execute(plan) else { throw EngineConfigError("rank 0 computed no logits") }
+        lastModelSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         var prompt = 0, generated = 0
         var logitIndex = 0
         let vocab = model.config.vocabSize

@@ -47,11 +47,22 @@ public final class RotaryTable: @unchecked Sendable {
     /// Rotates `rows` rows of `heads` heads in place; row r is at position `positions[r]`.
     /// `inverse` rotates by the negative angle (the backward pass, or undoing a rotation).
     public func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, positions: UnsafePointer<Int32>, inverse: Bool = false) {
+        guard rows > Self.rowsPerTask else { return apply(x, rows: 0..<rows, heads: heads, positions: positions, inverse: inverse) }
+        // Each task rotates its own rows.
+        Parallel.forEach((rows + Self.rowsPerTask - 1) / Self.rowsPerTask) { t in
+            apply(x, rows: (t * Self.rowsPerTask)..<min(rows, (t + 1) * Self.rowsPerTask), heads: heads, positions: positions, inverse: inverse)
+        }
+    }
+
+    /// Rows per parallel item of `apply`: fewer rows run on the calling thread.
+    static let rowsPerTask = 64
+
+    private func apply(_ x: UnsafeMutablePointer<Float>, rows: Range<Int>, heads: Int, positions: UnsafePointer<Int32>, inverse: Bool) {
         let half = headDim / 2
         let sign: Float = inverse ? -1 : 1
         cosTable.withUnsafeBufferPointer { cb in
             sinTable.withUnsafeBufferPointer { sb in
-                for r in 0..<rows {
+                for r in rows {
                     let p = Int(positions[r])
                     precondition(p >= 0 && p < capacity, "position \(p) outside rotary table of \(capacity)")
                     let cr = cb.baseAddress! + p * half, sr = sb.baseAddress! + p * half

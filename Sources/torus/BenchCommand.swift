@@ -6,7 +6,7 @@ import TorusTensor
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "bench",
         abstract: "Measure performance (prints figures; asserts nothing).",
-        subcommands: [BenchKernels.self, BenchSgemmProbe.self, BenchLinear.self, BenchTrain.self, BenchAttention.self, BenchLink.self, BenchServe.self, BenchDecode.self, BenchRAG.self])
+        subcommands: [BenchKernels.self, BenchSgemmProbe.self, BenchLinear.self, BenchTrain.self, BenchAttention.self, BenchLink.self, BenchServe.self, BenchThroughput.self, BenchDecode.self, BenchRAG.self])
 }
 
 struct BenchKernels: ParsableCommand {

@@ -193,7 +193,12 @@ struct BenchServe: ParsableCommand {
         }
         print(String(repeating: "=", count: 50))
         guard let jsonOut else { return }
-        let summary: [String: Any] = [
+        // Per request in request order, as vllm bench serve --save-detailed writes them (seconds).
+        let detailed: [String: Any] = [
+            "input_lens": outcomes.map(\.promptTokens), "output_lens": outcomes.map(\.outputTokens),
+            "ttfts": outcomes.map(\.ttft), "itls": outcomes.map(\.itl), "errors": outcomes.map(\.error),
+        ]
+        let summary: [String: Any] = detailed.merging([
             "label": label ?? "", "completed": ok.count, "failed": failed, "duration": duration, "total_input_tokens": input,
             "total_output_tokens": output, "request_throughput": Double(ok.count) / duration,
             "output_throughput": Double(output) / duration, "max_concurrency": maxConcurrency ?? 0,
@@ -201,7 +206,7 @@ struct BenchServe: ParsableCommand {
             "mean_tpot_ms": Stats.mean(tpot), "median_tpot_ms": Stats.percentile(tpot, 50), "p99_tpot_ms": Stats.percentile(tpot, 99),
             "mean_itl_ms": Stats.mean(itl), "median_itl_ms": Stats.percentile(itl, 50), "p99_itl_ms": Stats.percentile(itl, 99),
             "mean_e2el_ms": Stats.mean(e2e), "median_e2el_ms": Stats.percentile(e2e, 50), "p99_e2el_ms": Stats.percentile(e2e, 99),
-        ]
+        ]) { a, _ in a }
         if let data = try? JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys]) {
             do { try data.write(to: URL(fileURLWithPath: jsonOut)) } catch { FileHandle.standardError.write(Data("bench serve: cannot write \(jsonOut): \(error)\n".utf8)) }
         }

@@ -171,6 +171,35 @@ import TorusModel
         return Int(r.stdout) ?? 0
     }
 
+    /// `torus bench serve` against a live server counts every request and writes vLLM's
+    /// per-request fields; `torus bench throughput` runs the same kind of request set through the
+    /// engine in-process and counts its tokens.
+    @Test func benchServeAndBenchThroughputCountTheirRequests() throws {
+        let model = try Self.modelDirectory()
+        let server = try ServerProcess(TorusBinary.path, ["serve", "--model", model, "--port", "0", "--served-model-name", "tiny",
+                                                          "--kv-cache-memory-mb", "32"])
+        defer { server.stop() }
+        let json = NSTemporaryDirectory() + "torus-bench-serve-\(getpid()).json"
+        let r = try TorusBinary.torus(["bench", "serve", "--base", server.base, "--model", "tiny", "--num-prompts", "6", "--input-len", "20",
+                                       "--output-len", "8", "--range-ratio", "0.5", "--max-concurrency", "2", "--seed", "1",
+                                       "--json-out", json], timeout: 120)
+        #expect(r.status == 0 && r.stdout.contains("Successful requests:                    6\n"), "\(r.output)")
+        let data = try Data(contentsOf: URL(fileURLWithPath: json))
+        let obj = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let ttfts = obj["ttfts"] as? [Double] ?? [], inputs = obj["input_lens"] as? [Int] ?? [], outputs = obj["output_lens"] as? [Int] ?? []
+        #expect(ttfts.count == 6 && ttfts.allSatisfy { $0 > 0 }, "\(obj)")
+        #expect(inputs.count == 6 && inputs.allSatisfy { (10...30).contains($0) }, "\(obj)")
+        #expect(outputs.count == 6 && outputs.allSatisfy { (4...12).contains($0) }, "\(obj)")
+        #expect(obj["total_output_tokens"] as? Int == outputs.reduce(0, +) && obj["completed"] as? Int == 6, "\(obj)")
+        #expect((obj["errors"] as? [String])?.allSatisfy(\.isEmpty) == true, "\(obj)")
+
+        let t = try TorusBinary.torus(["bench", "throughput", "--model", model, "--num-prompts", "5", "--input-len", "20", "--output-len", "8",
+                                       "--max-concurrency", "2", "--max-num-batched-tokens", "16", "--repeats", "1"], timeout: 120)
+        #expect(t.status == 0 && t.stdout.contains("5 requests, input 20 / output 8 tokens") && t.stdout.contains("100 prompt and 40 output tokens"),
+                "\(t.output)")
+        #expect(t.stdout.contains("run 1: ") && t.stdout.contains("Throughput: output tokens/s median"), "\(t.output)")
+    }
+
     @Test func launchServePrintsThePlanAndTheCommand() throws {
         let dir = NSTemporaryDirectory() + "torus-launch-serve-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
