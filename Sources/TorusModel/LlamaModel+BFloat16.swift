@@ -62,4 +62,14 @@ extension LlamaModel {
             Linear.forward(x: x, weight: w.pointer, y: y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures, accumulate: accumulate)
         }
     }
+
+    /// `y_i = x W_i^T` for weights that read the same input `x` [rows, inFeatures] (Q, K and V;
+    /// gate and up): in bfloat16, `x` is rounded once and the products share one parallel region.
+    func project(_ x: UnsafePointer<Float>, _ outputs: [(w: Tensor, y: UnsafeMutablePointer<Float>)], rows: Int, inFeatures: Int) {
+        if !bfloat16Layers.isEmpty {
+            let packed = outputs.compactMap { o in bfloat16Layers[UnsafeRawPointer(o.w.pointer)].map { (layer: $0, y: o.y) } }
+            if packed.count == outputs.count { return BFloat16Linear.forward(packed, x: x, rows: rows) }
+        }
+        for o in outputs { project(x, o.w, o.y, rows: rows, inFeatures: inFeatures, outFeatures: o.w.shape[0]) }
+    }
 }

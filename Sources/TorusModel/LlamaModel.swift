@@ -297,11 +297,8 @@ public final class LlamaModel: @unchecked Sendable {
     /// `x` into `b.q`, `b.k`, `b.v`.
     func layerProjections(_ w: LlamaLayerTensors, x: Tensor, rows: Int, positions: UnsafePointer<Int32>, into b: LayerBuffers) {
         let d = config.hiddenSize, eps = Float(config.rmsNormEps)
-        let qw = shape.queryWidth, kw = shape.keyValueWidth
         RMSNorm.forward(x: x.pointer, weight: w.inputNorm.pointer, y: b.h1.pointer, rstd: b.rstd1.pointer, rows: rows, dim: d, eps: eps)
-        project(b.h1.pointer, w.q, b.q.pointer, rows: rows, inFeatures: d, outFeatures: qw)
-        project(b.h1.pointer, w.k, b.k.pointer, rows: rows, inFeatures: d, outFeatures: kw)
-        project(b.h1.pointer, w.v, b.v.pointer, rows: rows, inFeatures: d, outFeatures: kw)
+        project(b.h1.pointer, [(w.q, b.q.pointer), (w.k, b.k.pointer), (w.v, b.v.pointer)], rows: rows, inFeatures: d)
         rotary.apply(b.q.pointer, rows: rows, heads: shape.queryHeads, positions: positions)
         rotary.apply(b.k.pointer, rows: rows, heads: shape.keyValueHeads, positions: positions)
     }
@@ -314,8 +311,7 @@ public final class LlamaModel: @unchecked Sendable {
         b.x2.pointer.update(from: x.pointer, count: rows * d)
         project(b.o.pointer, w.o, b.x2.pointer, rows: rows, inFeatures: qw, outFeatures: d, accumulate: true)
         RMSNorm.forward(x: b.x2.pointer, weight: w.postNorm.pointer, y: b.h2.pointer, rstd: b.rstd2.pointer, rows: rows, dim: d, eps: eps)
-        project(b.h2.pointer, w.gate, b.gate.pointer, rows: rows, inFeatures: d, outFeatures: f)
-        project(b.h2.pointer, w.up, b.up.pointer, rows: rows, inFeatures: d, outFeatures: f)
+        project(b.h2.pointer, [(w.gate, b.gate.pointer), (w.up, b.up.pointer)], rows: rows, inFeatures: d)
         SwiGLU.forward(gate: b.gate.pointer, up: b.up.pointer, out: b.act.pointer, count: rows * f)
         // x may be the previous layer's `out` (serving reuses one set of buffers): it is not read past x2.
         b.out.pointer.update(from: b.x2.pointer, count: rows * d)

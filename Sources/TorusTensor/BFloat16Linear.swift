@@ -62,7 +62,15 @@ public final class BFloat16Linear: @unchecked Sendable {
     /// `y[rows, out] = bf16(x)[rows, in] bf16(W)^T` (or `+=` when `accumulate`), the output
     /// features split over this rank's threads.
     public func forward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows: Int, accumulate: Bool = false) {
-        guard rows > 0 else { return }
+        Self.forward([(self, y)], x: x, rows: rows, accumulate: accumulate)
+    }
+
+    /// `y_i = bf16(x) bf16(W_i)^T` (or `+=`) for layers that read the same input (Q, K and V;
+    /// gate and up): `x` rounded once, and every layer's output features in one parallel region.
+    public static func forward(_ layers: [(layer: BFloat16Linear, y: UnsafeMutablePointer<Float>)], x: UnsafePointer<Float>, rows: Int,
+                               accumulate: Bool = false) {
+        guard rows > 0, let inFeatures = layers.first?.layer.inFeatures else { return }
+        precondition(layers.allSatisfy { $0.layer.inFeatures == inFeatures }, "layers of one input need the same input features")
         let stride = 2 * ((inFeatures + 1) / 2)
         withUnsafeTemporaryAllocation(of: UInt16.self, capacity: rows * stride) { xb in
             guard let xb = xb.baseAddress else { return }
@@ -75,14 +83,18 @@ public final class BFloat16Linear: @unchecked Sendable {
                 guard begin < end else { return }
                 torus_bf16_rows(x + begin * inFeatures, xb + begin * stride, end - begin, inFeatures)
             }
-            // Pairs of 16-output panels (the kernel's tile), split over the threads.
-            let panels = (outFeatures + 15) / 16
-            let parts = rows <= Self.serialRows ? 1 : max(1, min(threads, panels / 2))
-            let per = ((panels + parts - 1) / parts + 1) / 2 * 2
-            Parallel.forEach(parts) { p in
-                let begin = p * per, end = min(panels, begin + per)
-                guard begin < end else { return }
-                torus_linear_bf16(xb, packed, y, rows, inFeatures, outFeatures, begin, end, accumulate ? 1 : 0)
+            // Each layer's pairs of 16-output panels (the kernel's tile) split over the threads;
+            // the items of all layers claimed in turn.
+            var items: [(layer: Int, begin: Int, end: Int)] = []
+            for (i, l) in layers.enumerated() {
+                let panels = (l.layer.outFeatures + 15) / 16
+                let parts = rows <= serialRows ? 1 : max(1, min(threads, panels / 2))
+                let per = ((panels + parts - 1) / parts + 1) / 2 * 2
+                for p in 0..<parts where p * per < panels { items.append((i, p * per, min(panels, (p + 1) * per))) }
+            }
+            Parallel.forEach(items.count) { t in
+                let item = items[t], l = layers[item.layer]
+                torus_linear_bf16(xb, l.layer.packed, l.y, rows, inFeatures, l.layer.outFeatures, item.begin, item.end, accumulate ? 1 : 0)
             }
         }
     }

@@ -63,4 +63,25 @@ import TorusTensor
         #expect(error / scale < 0.01, "bfloat16 against fp32: \(error / scale) of the largest output")
         #expect(error > 0, "the products were not rounded to bfloat16")
     }
+
+    /// Layers that read one input (Q, K and V) run together: each output equals the layer's
+    /// own product, bit for bit (the same rounded input, the same kernel tiles).
+    @Test func layersOfOneInputMatchEachAlone() {
+        let rows = 70, inFeatures = 96, outs = [80, 48, 33]
+        let x = Ref.random(rows * inFeatures, seed: 6).map(Float.init)
+        let layers = outs.enumerated().map { i, o in
+            Ref.random(o * inFeatures, seed: UInt64(10 + i), scale: 0.1).map(Float.init)
+                .withUnsafeBufferPointer { BFloat16Linear(weight: $0.baseAddress!, outFeatures: o, inFeatures: inFeatures) }
+        }
+        let together = outs.map { UnsafeMutablePointer<Float>.allocate(capacity: rows * $0) }
+        defer { together.forEach { $0.deallocate() } }
+        x.withUnsafeBufferPointer { xp in
+            BFloat16Linear.forward(Array(zip(layers, together)).map { (layer: $0.0, y: $0.1) }, x: xp.baseAddress!, rows: rows)
+            for (i, layer) in layers.enumerated() {
+                var alone = [Float](repeating: 0, count: rows * outs[i])
+                alone.withUnsafeMutableBufferPointer { layer.forward(x: xp.baseAddress!, y: $0.baseAddress!, rows: rows) }
+                #expect(Array(UnsafeBufferPointer(start: together[i], count: rows * outs[i])) == alone, "layer \(i)")
+            }
+        }
+    }
 }
