@@ -48,20 +48,22 @@ static inline int use_avx512bf16(void) { return avx512bf16_chosen; }
 
 long torus_bf16_packed_count(long out, long in) { return ((out + 15) / 16) * ((in + 1) / 2) * 32; }
 
-void torus_bf16_pack(const float *w, long out, long in, uint16_t *packed) {
+void torus_bf16_pack(const float *w, long out, long in, uint16_t *packed) { torus_bf16_pack_strided(w, in, 1, out, in, packed); }
+
+void torus_bf16_pack_strided(const float *w, long row_stride, long col_stride, long out, long in, uint16_t *packed) {
     long pairs = (in + 1) / 2, panels = (out + 15) / 16;
     memset(packed, 0, sizeof(uint16_t) * (size_t)(panels * pairs * 32));
     for (long o = 0; o < out; o++)
         for (long k = 0; k < in; k++)
-            packed[((o / 16) * pairs + k / 2) * 32 + (o % 16) * 2 + (k % 2)] = torus_bf16_round(w[o * in + k]);
+            packed[((o / 16) * pairs + k / 2) * 32 + (o % 16) * 2 + (k % 2)] = torus_bf16_round(w[o * row_stride + k * col_stride]);
 }
 
 #if defined(__x86_64__) && defined(__clang__)
 __attribute__((target("avx512f,avx512bf16,avx512vl,avx512bw")))
-static void rows_to_bf16_avx512(const float *x, uint16_t *xb, long rows, long in) {
+static void rows_to_bf16_avx512(const float *x, long ldx, uint16_t *xb, long rows, long in) {
     long stride = 2 * ((in + 1) / 2);
     for (long r = 0; r < rows; r++) {
-        const float *src = x + r * in;
+        const float *src = x + r * ldx;
         uint16_t *dst = xb + r * stride;
         long k = 0;
         for (; k + 32 <= in; k += 32) {
@@ -78,13 +80,15 @@ void torus_bf16_widen(const uint16_t *src, float *dst, long n) {
     for (long i = 0; i < n; i++) dst[i] = torus_bf16_value(src[i]);
 }
 
-void torus_bf16_rows(const float *x, uint16_t *xb, long rows, long in) {
+void torus_bf16_rows(const float *x, uint16_t *xb, long rows, long in) { torus_bf16_rows_strided(x, in, xb, rows, in); }
+
+void torus_bf16_rows_strided(const float *x, long ldx, uint16_t *xb, long rows, long in) {
 #if defined(__x86_64__) && defined(__clang__)
-    if (use_avx512bf16()) { rows_to_bf16_avx512(x, xb, rows, in); return; }
+    if (use_avx512bf16()) { rows_to_bf16_avx512(x, ldx, xb, rows, in); return; }
 #endif
     long stride = 2 * ((in + 1) / 2);
     for (long r = 0; r < rows; r++) {
-        for (long k = 0; k < in; k++) xb[r * stride + k] = torus_bf16_round(x[r * in + k]);
+        for (long k = 0; k < in; k++) xb[r * stride + k] = torus_bf16_round(x[r * ldx + k]);
         if (stride > in) xb[r * stride + in] = 0;
     }
 }
@@ -94,9 +98,9 @@ void torus_bf16_rows(const float *x, uint16_t *xb, long rows, long in) {
    registers) x 2 panels (32 outputs), summed over the input pairs in SPLIT interleaved partial
    sums, so that consecutive vdpbf16ps on few rows do not wait on each other. */
 __attribute__((target("avx512f,avx512bf16,avx512vl,avx512bw"), always_inline))
-static inline void bf16_tile(const uint32_t *a, long pairs, const uint16_t *b0, const uint16_t *b1, float *y, long out,
+static inline void bf16_tile(const uint32_t *a, long lda, long pairs, const uint16_t *b0, const uint16_t *b1, float *y, long ldy,
                              long o0, __mmask16 m0, __mmask16 m1, int two, int accumulate, const int NR, const int SPLIT,
-                             const uint16_t *next, const int PREFETCH) {
+                             const uint16_t *next, long panel_pairs, const int PREFETCH) {
     __m512 acc0[6][4], acc1[6][4];
     for (int r = 0; r < NR; r++)
         for (int j = 0; j < SPLIT; j++) { acc0[r][j] = _mm512_setzero_ps(); acc1[r][j] = _mm512_setzero_ps(); }
@@ -105,11 +109,11 @@ static inline void bf16_tile(const uint32_t *a, long pairs, const uint16_t *b0, 
         for (int j = 0; j < SPLIT; j++) {
             if (PREFETCH) {  /* the next panel pair, fetched into L2 while this one is computed */
                 _mm_prefetch((const char *)(next + (kk + j) * 32), _MM_HINT_T1);
-                _mm_prefetch((const char *)(next + (pairs + kk + j) * 32), _MM_HINT_T1);
+                _mm_prefetch((const char *)(next + (panel_pairs + kk + j) * 32), _MM_HINT_T1);
             }
             __m512bh w0 = (__m512bh)_mm512_loadu_si512(b0 + (kk + j) * 32), w1 = (__m512bh)_mm512_loadu_si512(b1 + (kk + j) * 32);
             for (int r = 0; r < NR; r++) {
-                __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r * pairs + kk + j]);
+                __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r * lda + kk + j]);
                 acc0[r][j] = _mm512_dpbf16_ps(acc0[r][j], av, w0);
                 acc1[r][j] = _mm512_dpbf16_ps(acc1[r][j], av, w1);
             }
@@ -117,14 +121,14 @@ static inline void bf16_tile(const uint32_t *a, long pairs, const uint16_t *b0, 
     for (; kk < pairs; kk++) {
         __m512bh w0 = (__m512bh)_mm512_loadu_si512(b0 + kk * 32), w1 = (__m512bh)_mm512_loadu_si512(b1 + kk * 32);
         for (int r = 0; r < NR; r++) {
-            __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r * pairs + kk]);
+            __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r * lda + kk]);
             acc0[r][0] = _mm512_dpbf16_ps(acc0[r][0], av, w0);
             acc1[r][0] = _mm512_dpbf16_ps(acc1[r][0], av, w1);
         }
     }
     for (int r = 0; r < NR; r++) {
         for (int j = 1; j < SPLIT; j++) { acc0[r][0] = _mm512_add_ps(acc0[r][0], acc0[r][j]); acc1[r][0] = _mm512_add_ps(acc1[r][0], acc1[r][j]); }
-        float *row = y + r * out;
+        float *row = y + r * ldy;
         if (accumulate) {
             acc0[r][0] = _mm512_add_ps(acc0[r][0], _mm512_maskz_loadu_ps(m0, row + o0));
             if (two) acc1[r][0] = _mm512_add_ps(acc1[r][0], _mm512_maskz_loadu_ps(m1, row + o0 + 16));
@@ -137,12 +141,12 @@ static inline void bf16_tile(const uint32_t *a, long pairs, const uint16_t *b0, 
 /* Tiles of 6 rows (12 accumulators: one weight load per panel and one broadcast per row each
    step); the last 1-5 rows by a tile of their own size. */
 __attribute__((target("avx512f,avx512bf16,avx512vl,avx512bw")))
-static void linear_bf16_avx512(const uint16_t *xb, const uint16_t *packed, float *y, long rows, long in, long out,
-                               long p_begin, long p_end, int accumulate) {
+static void linear_bf16_avx512(const uint16_t *xb, long lda, const uint16_t *packed, long panel_pairs, float *y, long ldy, long rows,
+                               long in, long out, long p_begin, long p_end, int accumulate) {
     long pairs = (in + 1) / 2;
     for (long p = p_begin; p < p_end; p += 2) {
         int two = p + 1 < p_end;
-        const uint16_t *b0 = packed + p * pairs * 32, *b1 = packed + (p + two) * pairs * 32;
+        const uint16_t *b0 = packed + p * panel_pairs * 32, *b1 = packed + (p + two) * panel_pairs * 32;
         long o0 = p * 16, o1 = o0 + 16;
         __mmask16 m0 = out - o0 >= 16 ? 0xffff : (__mmask16)((1u << (out - o0)) - 1);
         __mmask16 m1 = !two ? 0 : out - o1 >= 16 ? 0xffff : (__mmask16)((1u << (out - o1)) - 1);
@@ -151,19 +155,19 @@ static void linear_bf16_avx512(const uint16_t *xb, const uint16_t *packed, float
            memory, three alternating runs: 512 -> 2752 at 8 / 16 / 32 rows 290-317 / 468-507 /
            609-621 GFLOP/s against 245-261 / 377-402 / 530-563; 512 -> 1024 likewise). With fewer
            rows the hardware prefetcher alone does better, and for 1376 inputs it is a wash. */
-        const uint16_t *next = p + 2 < p_end && pairs <= 384 ? packed + (p + 2) * pairs * 32 : NULL;
+        const uint16_t *next = p + 2 < p_end && pairs <= 384 ? packed + (p + 2) * panel_pairs * 32 : NULL;
         for (long r0 = 0; r0 < rows; r0 += 6) {
-            const uint32_t *a = (const uint32_t *)(const void *)(xb + r0 * 2 * pairs);
-            float *yr = y + r0 * out;
+            const uint32_t *a = (const uint32_t *)(const void *)(xb + r0 * 2 * lda);
+            float *yr = y + r0 * ldy;
             switch (rows - r0 < 6 ? rows - r0 : 6) {
-            case 1: bf16_tile(a, pairs, b0, b1, yr, out, o0, m0, m1, two, accumulate, 1, 4, NULL, 0); break;
-            case 2: bf16_tile(a, pairs, b0, b1, yr, out, o0, m0, m1, two, accumulate, 2, 4, NULL, 0); break;
-            case 3: bf16_tile(a, pairs, b0, b1, yr, out, o0, m0, m1, two, accumulate, 3, 2, NULL, 0); break;
-            case 4: bf16_tile(a, pairs, b0, b1, yr, out, o0, m0, m1, two, accumulate, 4, 2, NULL, 0); break;
-            case 5: bf16_tile(a, pairs, b0, b1, yr, out, o0, m0, m1, two, accumulate, 5, 1, NULL, 0); break;
+            case 1: bf16_tile(a, lda, pairs, b0, b1, yr, ldy, o0, m0, m1, two, accumulate, 1, 4, NULL, panel_pairs, 0); break;
+            case 2: bf16_tile(a, lda, pairs, b0, b1, yr, ldy, o0, m0, m1, two, accumulate, 2, 4, NULL, panel_pairs, 0); break;
+            case 3: bf16_tile(a, lda, pairs, b0, b1, yr, ldy, o0, m0, m1, two, accumulate, 3, 2, NULL, panel_pairs, 0); break;
+            case 4: bf16_tile(a, lda, pairs, b0, b1, yr, ldy, o0, m0, m1, two, accumulate, 4, 2, NULL, panel_pairs, 0); break;
+            case 5: bf16_tile(a, lda, pairs, b0, b1, yr, ldy, o0, m0, m1, two, accumulate, 5, 1, NULL, panel_pairs, 0); break;
             default:
-                if (r0 == 0 && rows >= 8 && next) bf16_tile(a, pairs, b0, b1, yr, out, o0, m0, m1, two, accumulate, 6, 1, next, 1);
-                else bf16_tile(a, pairs, b0, b1, yr, out, o0, m0, m1, two, accumulate, 6, 1, NULL, 0);
+                if (r0 == 0 && rows >= 8 && next) bf16_tile(a, lda, pairs, b0, b1, yr, ldy, o0, m0, m1, two, accumulate, 6, 1, next, panel_pairs, 1);
+                else bf16_tile(a, lda, pairs, b0, b1, yr, ldy, o0, m0, m1, two, accumulate, 6, 1, NULL, panel_pairs, 0);
                 break;
             }
         }
@@ -173,8 +177,14 @@ static void linear_bf16_avx512(const uint16_t *xb, const uint16_t *packed, float
 
 void torus_linear_bf16(const uint16_t *xb, const uint16_t *packed, float *y, long rows, long in, long out, long p_begin,
                        long p_end, int accumulate) {
+    long pairs = (in + 1) / 2;
+    torus_linear_bf16_strided(xb, pairs, packed, pairs, y, out, rows, in, out, p_begin, p_end, accumulate);
+}
+
+void torus_linear_bf16_strided(const uint16_t *xb, long lda, const uint16_t *packed, long panel_pairs, float *y, long ldy, long rows,
+                               long in, long out, long p_begin, long p_end, int accumulate) {
 #if defined(__x86_64__) && defined(__clang__)
-    if (use_avx512bf16()) { linear_bf16_avx512(xb, packed, y, rows, in, out, p_begin, p_end, accumulate); return; }
+    if (use_avx512bf16()) { linear_bf16_avx512(xb, lda, packed, panel_pairs, y, ldy, rows, in, out, p_begin, p_end, accumulate); return; }
 #endif
     long pairs = (in + 1) / 2;
     for (long p = p_begin; p < p_end; p++)
@@ -183,8 +193,8 @@ void torus_linear_bf16(const uint16_t *xb, const uint16_t *packed, float *y, lon
                 float s = 0;
                 for (long kk = 0; kk < pairs; kk++)
                     for (int j = 0; j < 2; j++)
-                        s += torus_bf16_value(xb[r * 2 * pairs + 2 * kk + j]) * torus_bf16_value(packed[(p * pairs + kk) * 32 + c * 2 + j]);
-                float *dst = y + r * out + p * 16 + c;
+                        s += torus_bf16_value(xb[r * 2 * lda + 2 * kk + j]) * torus_bf16_value(packed[(p * panel_pairs + kk) * 32 + c * 2 + j]);
+                float *dst = y + r * ldy + p * 16 + c;
                 *dst = accumulate ? *dst + s : s;
             }
 }

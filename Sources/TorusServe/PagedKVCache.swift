@@ -114,7 +114,7 @@ public final class PagedKVCache: @unchecked Sendable {
         }
         BlockAttention.forward(q: q.pointer + rowOffset * qw, queryCount: count, queryStart: start, runs: runs, shape: shape,
                                out: out.pointer + rowOffset * qw, lse: lse.pointer + rowOffset * hq,
-                               partOut: partOut.pointer, partLSE: partLSE.pointer)
+                               partOut: partOut.pointer, partLSE: partLSE.pointer, products: precision == .bfloat16 ? .bfloat16 : .float32)
     }
 
     /// The local rows a decoding row at `position` sees (every key of `kv` up to it), found

@@ -1,3 +1,4 @@
+import CTorusKernels
 import Foundation
 
 /// Exact softmax attention of one block of queries against one block of keys and values.
@@ -19,7 +20,7 @@ public enum BlockAttention {
     public static func forward(
         q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
         queryCount: Int, keyCount: Int, shape: AttentionShape, mask: AttentionMask,
-        out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>
+        out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, products: AttentionProducts = .float32
     ) {
         if keyCount > keyBlock {
             let partOut = UnsafeMutablePointer<Float>.allocate(capacity: queryCount * shape.queryWidth)
@@ -31,11 +32,12 @@ public enum BlockAttention {
                 let sub = AttentionMask(causal: mask.causal, queryOffset: mask.queryOffset, keyOffset: mask.keyOffset + j0)
                 let kOff = j0 * shape.keyValueWidth
                 if j0 == 0 {
-                    forwardBlock(q: q, k: k, v: v, queryCount: queryCount, keyCount: n, shape: shape, mask: sub, out: out, lse: lse)
+                    forwardBlock(q: q, k: k, v: v, queryCount: queryCount, keyCount: n, shape: shape, mask: sub, out: out, lse: lse,
+                                 products: products)
                 } else {
                     if sub.visibleKeys(row: queryCount - 1, keyCount: n) == 0 { break }
                     forwardBlock(q: q, k: k + kOff, v: v + kOff, queryCount: queryCount, keyCount: n, shape: shape, mask: sub,
-                                 out: partOut, lse: partLSE)
+                                 out: partOut, lse: partLSE, products: products)
                     AttentionMerge.merge(out: out, lse: lse, otherOut: partOut, otherLSE: partLSE,
                                          rows: queryCount, heads: shape.queryHeads, headDim: shape.headDim)
                 }
@@ -43,7 +45,8 @@ public enum BlockAttention {
             }
             return
         }
-        forwardBlock(q: q, k: k, v: v, queryCount: queryCount, keyCount: keyCount, shape: shape, mask: mask, out: out, lse: lse)
+        forwardBlock(q: q, k: k, v: v, queryCount: queryCount, keyCount: keyCount, shape: shape, mask: mask, out: out, lse: lse,
+                     products: products)
     }
 
     /// One run of keys and values at global positions `start..<start+count`.
@@ -66,15 +69,18 @@ public enum BlockAttention {
     /// `out = 0`, `lse = -inf`.
     public static func forward(q: UnsafePointer<Float>, queryCount: Int, queryStart: Int, runs: [KeyRun], shape: AttentionShape,
                                out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
-                               partOut: UnsafeMutablePointer<Float>, partLSE: UnsafeMutablePointer<Float>) {
+                               partOut: UnsafeMutablePointer<Float>, partLSE: UnsafeMutablePointer<Float>,
+                               products: AttentionProducts = .float32) {
         var first = true
         for r in runs where r.start <= queryStart + queryCount - 1 {
             let mask = AttentionMask(causal: true, queryOffset: queryStart, keyOffset: r.start)
             if first {
-                forward(q: q, k: r.k, v: r.v, queryCount: queryCount, keyCount: r.count, shape: shape, mask: mask, out: out, lse: lse)
+                forward(q: q, k: r.k, v: r.v, queryCount: queryCount, keyCount: r.count, shape: shape, mask: mask, out: out, lse: lse,
+                        products: products)
                 first = false
             } else {
-                forward(q: q, k: r.k, v: r.v, queryCount: queryCount, keyCount: r.count, shape: shape, mask: mask, out: partOut, lse: partLSE)
+                forward(q: q, k: r.k, v: r.v, queryCount: queryCount, keyCount: r.count, shape: shape, mask: mask, out: partOut, lse: partLSE,
+                        products: products)
                 AttentionMerge.merge(out: out, lse: lse, otherOut: partOut, otherLSE: partLSE,
                                      rows: queryCount, heads: shape.queryHeads, headDim: shape.headDim)
             }
@@ -88,8 +94,11 @@ public enum BlockAttention {
     static func forwardBlock(
         q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
         queryCount: Int, keyCount: Int, shape: AttentionShape, mask: AttentionMask,
-        out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>
+        out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, products: AttentionProducts = .float32
     ) {
+        if products == .bfloat16 && BFloat16Linear.accelerated && queryCount > 1 {
+            return forwardBlockBFloat16(q: q, k: k, v: v, queryCount: queryCount, keyCount: keyCount, shape: shape, mask: mask, out: out, lse: lse)
+        }
         let d = shape.headDim, qw = shape.queryWidth, kw = shape.keyValueWidth
         Parallel.forEach(shape.queryHeads) { h in
             let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(1, min(tileRows, queryCount) * keyCount))
@@ -136,6 +145,68 @@ public enum BlockAttention {
                     BLAS.gemm(m: rows, n: d, k: nk, a: scores, lda: nk, b: v + g * d, ldb: kw, c: outTile, ldc: qw)
                 }
                 i0 += rows
+            }
+        }
+    }
+
+    /// `forwardBlock` with bfloat16 products (fp32 sums): each key/value head's keys and values
+    /// packed once for the bfloat16 kernel and shared by its query heads; queries and
+    /// probabilities rounded per tile. Each tile computes only the keys its last row sees.
+    static func forwardBlockBFloat16(
+        q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+        queryCount: Int, keyCount: Int, shape: AttentionShape, mask: AttentionMask,
+        out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>
+    ) {
+        let d = shape.headDim, qw = shape.queryWidth, kw = shape.keyValueWidth, hq = shape.queryHeads
+        let visible = mask.visibleKeys(row: queryCount - 1, keyCount: keyCount)
+        let tile = min(tileRows, queryCount), headPairs = (d + 1) / 2, keyPairs = (visible + 1) / 2
+        Parallel.forEach(shape.keyValueHeads) { g in
+            // Keys as the weights of scores = q K^T ([visible, d]); values transposed as those of o = p V ([d, visible]).
+            let keys = UnsafeMutablePointer<UInt16>.allocate(capacity: max(1, torus_bf16_packed_count(visible, d)))
+            let values = UnsafeMutablePointer<UInt16>.allocate(capacity: max(1, torus_bf16_packed_count(d, visible)))
+            let queries = UnsafeMutablePointer<UInt16>.allocate(capacity: tile * 2 * headPairs)
+            let probabilities = UnsafeMutablePointer<UInt16>.allocate(capacity: max(1, tile * 2 * keyPairs))
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(1, tile * visible))
+            defer { keys.deallocate(); values.deallocate(); queries.deallocate(); probabilities.deallocate(); scores.deallocate() }
+            if visible > 0 {
+                torus_bf16_pack_strided(k + g * d, kw, 1, visible, d, keys)
+                torus_bf16_pack_strided(v + g * d, 1, kw, d, visible, values)
+            }
+            for h in (g * shape.groupSize)..<((g + 1) * shape.groupSize) {
+                var i0 = 0
+                while i0 < queryCount {
+                    let rows = min(tile, queryCount - i0)
+                    let nk = mask.visibleKeys(row: i0 + rows - 1, keyCount: keyCount)
+                    let outTile = out + i0 * qw + h * d
+                    if nk == 0 {
+                        for r in 0..<rows {
+                            (outTile + r * qw).update(repeating: 0, count: d)
+                            lse[(i0 + r) * hq + h] = -Float.infinity
+                        }
+                        i0 += rows
+                        continue
+                    }
+                    torus_bf16_rows_strided(q + i0 * qw + h * d, qw, queries, rows, d)
+                    torus_linear_bf16_strided(queries, headPairs, keys, headPairs, scores, nk, rows, d, nk, 0, (nk + 15) / 16, 0)
+                    for r in 0..<rows {
+                        let s = scores + r * nk
+                        let seen = mask.visibleKeys(row: i0 + r, keyCount: nk)
+                        if seen == 0 {
+                            s.update(repeating: 0, count: nk)
+                            lse[(i0 + r) * hq + h] = -Float.infinity
+                            continue
+                        }
+                        VectorMath.scale(s, count: seen, by: shape.scale)
+                        let m = VectorMath.max(s, count: seen)
+                        let sum = VectorMath.expShifted(s, count: seen, shift: m)
+                        VectorMath.scale(s, count: seen, by: 1 / sum)
+                        if seen < nk { (s + seen).update(repeating: 0, count: nk - seen) }
+                        lse[(i0 + r) * hq + h] = m + logf(sum)
+                    }
+                    torus_bf16_rows(scores, probabilities, rows, nk)
+                    torus_linear_bf16_strided(probabilities, (nk + 1) / 2, values, keyPairs, outTile, qw, rows, nk, d, 0, (d + 15) / 16, 0)
+                    i0 += rows
+                }
             }
         }
     }
@@ -218,4 +289,14 @@ public enum BlockAttention {
           }
         }
     }
+}
+
+/// The arithmetic of attention's two products (scores `q k^T` and outputs `p v`).
+public enum AttentionProducts: Sendable {
+    /// fp32 throughout (training's arithmetic).
+    case float32
+    /// Queries, keys, values and probabilities rounded to bfloat16, products summed in fp32, as
+    /// vLLM's CPU attention computes in a bfloat16 model; for keys and values a cache already
+    /// holds in bfloat16 (their rounding then changes nothing).
+    case bfloat16
 }

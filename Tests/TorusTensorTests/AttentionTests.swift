@@ -176,3 +176,37 @@ struct AttentionCase: CustomTestStringConvertible, Sendable {
         #expect(Ref.relativeError(dv.array, rdv) < 1e-4)
     }
 }
+
+/// Attention with bfloat16 products (the paged KV cache's in bfloat16) against the Double
+/// reference on the same bfloat16-rounded queries, keys and values: what remains is the
+/// probabilities' rounding (8 bits) before `p v`. Without AVX512-BF16 the fp32 products run.
+@Suite struct BFloat16AttentionTests {
+    @Test(arguments: [(4, 2, 64, 50), (2, 2, 20, 0), (8, 4, 64, -10)])
+    func matchesTheReferenceOnRoundedInputs(hq: Int, hkv: Int, d: Int, keyOffset: Int) {
+        // Queries at positions 0..<nq after `prefix` keys; a negative key offset leaves the first rows no key.
+        let nq = BlockAttention.tileRows + 37, prefix = max(0, keyOffset), nk = nq + prefix
+        let round = { (x: [Double]) in x.map { Double(BFloat16Linear.rounded(Float($0))) } }
+        let q = round(Ref.random(nq * hq * d, seed: 51)), k = round(Ref.random(nk * hkv * d, seed: 52)), v = round(Ref.random(nk * hkv * d, seed: 53))
+        let shape = AttentionShape(queryHeads: hq, keyValueHeads: hkv, headDim: d)
+        let mask = AttentionMask(causal: true, queryOffset: prefix, keyOffset: keyOffset < 0 ? -keyOffset : 0)
+        let out = Tensor(zeros: [nq, hq * d]), lse = Tensor(zeros: [nq, hq])
+        let qt = Ref.tensor(q, [nq, hq * d]), kt = Ref.tensor(k, [nk, hkv * d]), vt = Ref.tensor(v, [nk, hkv * d])
+        withExtendedLifetime((qt, kt, vt)) {
+            BlockAttention.forward(q: qt.pointer, k: kt.pointer, v: vt.pointer, queryCount: nq, keyCount: nk, shape: shape, mask: mask,
+                                   out: out.pointer, lse: lse.pointer, products: .bfloat16)
+        }
+        let ref = Ref.attention(q: q, k: k, v: v, nq: nq, nk: nk, hq: hq, hkv: hkv, d: d, causal: true,
+                                qOff: mask.queryOffset, kOff: mask.keyOffset)
+        // Measured: 2e-3 (the probabilities' rounding); fp32 products: 1e-7.
+        let error = Ref.relativeError(out.array, ref.out)
+        #expect(error < 1e-2)
+        #expect(error > 1e-5 || !BFloat16Linear.accelerated, "relative error \(error): the bfloat16 products did not run")
+        var worst = 0.0
+        for (a, b) in zip(lse.array, ref.lse) {
+            if b == -.infinity { #expect(a == -.infinity); continue }
+            worst = max(worst, abs(Double(a) - b))
+        }
+        #expect(worst < 1e-4, "lse differs by \(worst)")
+        if keyOffset < 0 { #expect(ref.lse.contains(-.infinity) && out.array.prefix(hq * d).allSatisfy { $0 == 0 }) }
+    }
+}

@@ -81,11 +81,20 @@ void torus_bf16_widen(const uint16_t *src, float *dst, long n);
 /* Elements of a packed [out, in] weight matrix. */
 long torus_bf16_packed_count(long out, long in);
 void torus_bf16_pack(const float *w, long out, long in, uint16_t *packed);
+/* The same for W[o][k] = w[o * row_stride + k * col_stride] (a matrix's columns of a strided
+   block, or a matrix read transposed). */
+void torus_bf16_pack_strided(const float *w, long row_stride, long col_stride, long out, long in, uint16_t *packed);
 /* rows x in activations into xb (rows x 2 * ceil(in / 2)). */
 void torus_bf16_rows(const float *x, uint16_t *xb, long rows, long in);
+/* The same with rows of x `ldx` floats apart. */
+void torus_bf16_rows_strided(const float *x, long ldx, uint16_t *xb, long rows, long in);
 /* y[rows, out] = xb W^T (or +=) for the output panels [p_begin, p_end) (16 outputs each). */
 void torus_linear_bf16(const uint16_t *xb, const uint16_t *packed, float *y, long rows, long in, long out, long p_begin,
                        long p_end, int accumulate);
+/* The same over the first `in` inputs of rows `lda` pairs apart, weights packed with
+   `panel_pairs` pairs a panel (a matrix of more inputs), y rows `ldy` floats apart. */
+void torus_linear_bf16_strided(const uint16_t *xb, long lda, const uint16_t *packed, long panel_pairs, float *y, long ldy, long rows,
+                               long in, long out, long p_begin, long p_end, int accumulate);
 /* LLaMA's RMSNorm of rows [row_begin, row_end) of x [rows, dim] into y, reciprocal RMS per row
    into rstd. */
 void torus_rms_norm(const float *x, const float *w, float *y, float *rstd, long row_begin, long row_end, long dim, float eps);
