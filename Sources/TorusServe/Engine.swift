@@ -129,6 +129,7 @@ public final class Engine: @unchecked Sendable {
     static func makeExecutor(model: LlamaModel, config: EngineConfig, blocks: Int, maxLength: Int, group: ServeGroup) -> StepExecutor {
         let cache = PagedKVCache(config: model.config, blockCount: blocks, blockSize: config.blockSize, maxPositions: maxLength,
                                  maxRows: config.limits.maxBatchedTokens, precision: config.kvCachePrecision)
+        if config.residentKVCache { cache.populate() }
         let workspace = StepWorkspace(config: model.config, rowCapacity: config.limits.maxBatchedTokens,
                                       logitCapacity: config.limits.maxRunning)
         return StepExecutor(model: model, cache: cache, workspace: workspace, group: group)

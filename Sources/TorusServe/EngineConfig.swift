@@ -15,10 +15,15 @@ public struct EngineConfig: Sendable, Equatable {
     /// Full prompt blocks are hashed and reused by later prompts with the same prefix (vLLM's
     /// `--enable-prefix-caching`, on by default); off, every prompt is computed in full.
     public var enablePrefixCaching: Bool
+    /// The whole KV pool is backed with memory when the engine starts, as vLLM's is, so that no
+    /// step waits on the page faults of blocks written for the first time; off, pages are mapped
+    /// as blocks are first written and resident memory follows use.
+    public var residentKVCache: Bool
 
     public init(blockSize: Int = 16, kvCacheBytes: Int = 1 << 30, maxModelLength: Int? = nil, limits: SchedulerLimits = .init(),
-                kvCachePrecision: InferencePrecision = .float32, enablePrefixCaching: Bool = true) {
+                kvCachePrecision: InferencePrecision = .float32, enablePrefixCaching: Bool = true, residentKVCache: Bool = false) {
         self.enablePrefixCaching = enablePrefixCaching
+        self.residentKVCache = residentKVCache
         self.blockSize = blockSize
         self.kvCacheBytes = kvCacheBytes
         self.maxModelLength = maxModelLength

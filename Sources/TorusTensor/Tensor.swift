@@ -83,6 +83,19 @@ public final class Tensor: @unchecked Sendable {
         }
     }
 
+    /// Backs bytes `from..<from+count` of this tensor with memory now (Linux's
+    /// MADV_POPULATE_WRITE, the range widened to whole pages) without changing its contents, so
+    /// that first writes there take no page fault; false where the kernel cannot (before Linux
+    /// 5.14) or the tensor is not an mmap of its own. Safe while other threads use the memory.
+    @discardableResult
+    public func populate(from: Int, count: Int) -> Bool {
+        guard mappedBase != nil, count > 0, from >= 0, from + count <= self.count * 4 else { return false }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (Int(bitPattern: pointer) + from) / page * page, end = Int(bitPattern: pointer) + from + count
+        guard let address = UnsafeMutableRawPointer(bitPattern: start) else { return false }
+        return madvise(address, end - start, 23 /* MADV_POPULATE_WRITE */) == 0
+    }
+
     /// A tensor holding a copy of `values`; `values.count` must equal the shape's product.
     public convenience init(shape: [Int], values: [Float]) {
         self.init(zeros: shape)

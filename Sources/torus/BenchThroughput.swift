@@ -41,7 +41,7 @@ struct BenchThroughput: ParsableCommand {
         let engine = try Engine(model: m, config: EngineConfig(kvCacheBytes: kvCacheMemoryMb << 20,
                                                                maxModelLength: m.config.maxPositionEmbeddings, limits: limits,
                                                                kvCachePrecision: try InferencePrecision(option: kvCacheDtype),
-                                                               enablePrefixCaching: false))
+                                                               enablePrefixCaching: false, residentKVCache: true))
         defer { engine.shutdown() }
         // The request set of bench serve for the same seed and lengths (token ids over the vocabulary).
         var rng = SeededGenerator(seed: seed)

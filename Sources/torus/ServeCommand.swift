@@ -19,6 +19,8 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Positions per KV block.") var blockSize: Int?
     @Flag(inversion: .prefixedNo, help: "Reuse full prompt blocks across requests (serve.enable_prefix_caching; vLLM's flag).")
     var enablePrefixCaching: Bool?
+    @Flag(inversion: .prefixedNo, help: "Back the whole KV pool with memory from the start (serve.kv_cache_resident; default on).")
+    var kvCacheResident: Bool?
     @Option(help: "Memory for the KV cache, MiB.") var kvCacheMemoryMb: Int?
     @Option(help: "Longest prompt + output (default: max_position_embeddings).") var maxModelLen: Int?
     @Option(help: "Rows per model step (prefill chunk budget).") var maxNumBatchedTokens: Int?
@@ -52,6 +54,7 @@ struct ServeCommand: ParsableCommand {
         if let port { s.port = port }
         if let blockSize { s.blockSize = blockSize }
         if let enablePrefixCaching { s.enablePrefixCaching = enablePrefixCaching }
+        if let kvCacheResident { s.kvCacheResident = kvCacheResident }
         if let kvCacheMemoryMb { s.kvCacheMemoryMB = kvCacheMemoryMb }
         if let maxModelLen { s.maxModelLen = maxModelLen }
         if let maxNumBatchedTokens { s.maxNumBatchedTokens = maxNumBatchedTokens }

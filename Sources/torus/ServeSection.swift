@@ -14,6 +14,7 @@ import Yams
 ///       api_key_env: TORUS_API_KEY    # environment variable holding the API key
 ///       block_size: 16                # positions per KV block
 ///       kv_cache_memory_mb: 1024      # memory for KV blocks
+///       kv_cache_resident: true       # back the whole pool with memory from the start (false: as blocks are first written)
 ///       enable_prefix_caching: true   # reuse full prompt blocks across requests (vLLM's flag)
 ///       max_model_len: 4096           # longest prompt + output
 ///       max_num_batched_tokens: 2048  # rows per step (chunked prefill budget)
@@ -49,6 +50,7 @@ struct ServeSection {
     var blockSize = 16
     var kvCacheMemoryMB = 1024
     var enablePrefixCaching = true
+    var kvCacheResident = true
     var maxModelLen: Int?
     var maxNumBatchedTokens = 2048
     var maxNumSeqs = 64
@@ -71,7 +73,7 @@ struct ServeSection {
 
     static let keys = ["model", "served_model_name", "host", "port", "api_key_env", "block_size", "kv_cache_memory_mb",
                        "max_model_len", "max_num_batched_tokens", "max_num_seqs", "max_waiting", "chat_template",
-                       "dtype", "kv_cache_dtype", "enable_prefix_caching", "max_body_mb", "shutdown_grace_s", "sequence_parallel", "chunk_reuse"]
+                       "dtype", "kv_cache_dtype", "enable_prefix_caching", "kv_cache_resident", "max_body_mb", "shutdown_grace_s", "sequence_parallel", "chunk_reuse"]
 
     /// The `serve:` section of `path` (defaults when the file has none).
     static func load(path: String) throws -> ServeSection {
@@ -94,6 +96,7 @@ struct ServeSection {
         if m["block_size"] != nil { s.blockSize = try r.int(m, "block_size", section: "serve", min: 1) }
         if m["kv_cache_memory_mb"] != nil { s.kvCacheMemoryMB = try r.int(m, "kv_cache_memory_mb", section: "serve", min: 1) }
         if m["enable_prefix_caching"] != nil { s.enablePrefixCaching = try r.bool(m, "enable_prefix_caching", section: "serve") }
+        if m["kv_cache_resident"] != nil { s.kvCacheResident = try r.bool(m, "kv_cache_resident", section: "serve") }
         if m["max_model_len"] != nil { s.maxModelLen = try r.int(m, "max_model_len", section: "serve", min: 1) }
         if m["max_num_batched_tokens"] != nil { s.maxNumBatchedTokens = try r.int(m, "max_num_batched_tokens", section: "serve", min: 1) }
         if m["max_num_seqs"] != nil { s.maxNumSeqs = try r.int(m, "max_num_seqs", section: "serve", min: 1) }
@@ -177,6 +180,6 @@ struct ServeSection {
     var engineConfig: EngineConfig {
         EngineConfig(blockSize: blockSize, kvCacheBytes: kvCacheMemoryMB << 20, maxModelLength: maxModelLen,
                      limits: SchedulerLimits(maxBatchedTokens: maxNumBatchedTokens, maxRunning: maxNumSeqs, maxWaiting: maxWaiting),
-                     kvCachePrecision: kvCacheDtype, enablePrefixCaching: enablePrefixCaching)
+                     kvCachePrecision: kvCacheDtype, enablePrefixCaching: enablePrefixCaching, residentKVCache: kvCacheResident)
     }
 }
