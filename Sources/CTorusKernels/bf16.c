@@ -48,14 +48,69 @@ static inline int use_avx512bf16(void) { return avx512bf16_chosen; }
 
 long torus_bf16_packed_count(long out, long in) { return ((out + 15) / 16) * ((in + 1) / 2) * 32; }
 
+#if defined(__x86_64__) && defined(__clang__)
+/* torus_bf16_pack_strided's two shapes with vector rounding: rows read along (col_stride 1,
+   an even input count), or a matrix read transposed (row_stride 1). 0 for other shapes. */
+__attribute__((target("avx512f,avx512bf16,avx512vl,avx512bw")))
+static int pack_avx512(const float *w, long row_stride, long col_stride, long out, long in, uint32_t *words) {
+    long pairs = (in + 1) / 2;
+    if (col_stride == 1 && in % 32 == 0 && in <= 256) {
+        uint32_t row_words[128];
+        for (long o = 0; o < out; o++) {
+            const float *row = w + o * row_stride;
+            for (long k = 0; k < in; k += 32) {
+                __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + k + 16), _mm512_loadu_ps(row + k));
+                _mm512_storeu_si512((void *)(row_words + k / 2), (__m512i)v);
+            }
+            uint32_t *dst = words + (o / 16) * pairs * 16 + o % 16;
+            for (long p = 0; p < pairs; p++) dst[p * 16] = row_words[p];
+        }
+        return 1;
+    }
+    if (row_stride == 1 && col_stride != 1 && out % 16 == 0) {
+        for (long k = 0; k < in; k += 2) {
+            const float *r0 = w + k * col_stride, *r1 = w + (k + 1) * col_stride;
+            for (long o = 0; o < out; o += 16) {
+                __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r0 + o)));
+                __m512i hi = k + 1 < in ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r1 + o))) : _mm512_setzero_si512();
+                _mm512_storeu_si512((void *)(words + ((o / 16) * pairs + k / 2) * 16), _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+            }
+        }
+        return 1;
+    }
+    return 0;
+}
+#endif
+
 void torus_bf16_pack(const float *w, long out, long in, uint16_t *packed) { torus_bf16_pack_strided(w, in, 1, out, in, packed); }
 
 void torus_bf16_pack_strided(const float *w, long row_stride, long col_stride, long out, long in, uint16_t *packed) {
     long pairs = (in + 1) / 2, panels = (out + 15) / 16;
-    memset(packed, 0, sizeof(uint16_t) * (size_t)(panels * pairs * 32));
-    for (long o = 0; o < out; o++)
-        for (long k = 0; k < in; k++)
-            packed[((o / 16) * pairs + k / 2) * 32 + (o % 16) * 2 + (k % 2)] = torus_bf16_round(w[o * row_stride + k * col_stride]);
+    /* Padding (a last panel of fewer than 16 outputs, an odd input count) stays zero. */
+    if (out % 16 || in % 2) memset(packed, 0, sizeof(uint16_t) * (size_t)(panels * pairs * 32));
+    uint32_t *words = (uint32_t *)(void *)packed;   /* one word: an output's pair of inputs */
+#if defined(__x86_64__) && defined(__clang__)
+    if (use_avx512bf16() && pack_avx512(w, row_stride, col_stride, out, in, words)) return;
+#endif
+    if (row_stride == 1 && col_stride != 1) {
+        /* A matrix read transposed (attention's values): inputs are rows of w, read along. */
+        for (long k = 0; k < in; k += 2) {
+            const float *r0 = w + k * col_stride, *r1 = k + 1 < in ? w + (k + 1) * col_stride : NULL;
+            for (long o = 0; o < out; o++) {
+                uint32_t lo = torus_bf16_round(r0[o]), hi = r1 ? torus_bf16_round(r1[o]) : 0;
+                words[((o / 16) * pairs + k / 2) * 16 + o % 16] = lo | hi << 16;
+            }
+        }
+        return;
+    }
+    for (long o = 0; o < out; o++) {
+        uint32_t *dst = words + (o / 16) * pairs * 16 + o % 16;
+        const float *row = w + o * row_stride;
+        for (long k = 0; k < in; k += 2) {
+            uint32_t lo = torus_bf16_round(row[k * col_stride]), hi = k + 1 < in ? torus_bf16_round(row[(k + 1) * col_stride]) : 0;
+            dst[(k / 2) * 16] = lo | hi << 16;
+        }
+    }
 }
 
 #if defined(__x86_64__) && defined(__clang__)
