@@ -119,23 +119,37 @@ struct CompletionResponder: Sendable {
 
     func stream() throws -> Response {
         let generations = try start()
-        let (merged, sink) = AsyncStream<(Int, TextEvent)>.makeStream()
-        let forwarders = Task {
-            await withTaskGroup(of: Void.self) { group in
-                for (i, g) in generations.enumerated() {
-                    group.addTask { for await e in g.events { sink.yield((i, e)) } }
+        let responder = self
+        let body: ResponseBody
+        if generations.count == 1, let only = generations.first {
+            // One choice: its events are written as they come (no task merging streams, one
+            // task switch a token fewer).
+            body = ResponseBody { writer in
+                do {
+                    try await responder.writeEvents(only.events.map { (0, $0) }, choices: 1, to: &writer)
+                } catch {
+                    // The client went away (a write failed): stop generating for it.
+                    only.cancel()
                 }
             }
-            sink.finish()
-        }
-        let responder = self
-        let body = ResponseBody { writer in
-            do {
-                try await responder.writeEvents(merged, choices: generations.count, to: &writer)
-            } catch {
-                // The client went away (a write failed): stop generating for it.
-                for g in generations { g.cancel() }
-                forwarders.cancel()
+        } else {
+            let (merged, sink) = AsyncStream<(Int, TextEvent)>.makeStream()
+            let forwarders = Task {
+                await withTaskGroup(of: Void.self) { group in
+                    for (i, g) in generations.enumerated() {
+                        group.addTask { for await e in g.events { sink.yield((i, e)) } }
+                    }
+                }
+                sink.finish()
+            }
+            body = ResponseBody { writer in
+                do {
+                    try await responder.writeEvents(merged, choices: generations.count, to: &writer)
+                } catch {
+                    // The client went away (a write failed): stop generating for it.
+                    for g in generations { g.cancel() }
+                    forwarders.cancel()
+                }
             }
         }
         var headers = HTTPFields()
@@ -144,7 +158,8 @@ struct CompletionResponder: Sendable {
         return Response(status: .ok, headers: headers, body: body)
     }
 
-    private func writeEvents(_ events: AsyncStream<(Int, TextEvent)>, choices: Int, to writer: inout any ResponseBodyWriter) async throws {
+    private func writeEvents<Events: AsyncSequence>(_ events: Events, choices: Int, to writer: inout any ResponseBodyWriter) async throws
+        where Events.Element == (Int, TextEvent) {
         var outputTokens = 0
         var timings = [GenerationTimings?](repeating: nil, count: choices)
         var roleSent = Array(repeating: false, count: choices)
@@ -158,7 +173,7 @@ struct CompletionResponder: Sendable {
                 textLength[i] = text.utf8.count
             }
         }
-        for await (i, event) in events {
+        for try await (i, event) in events {
             switch event {
             case let .delta(text, tokens, lps, finish):
                 // One chunk per token, as vLLM sends them: a token that completes no character yet
