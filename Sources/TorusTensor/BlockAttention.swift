@@ -104,19 +104,8 @@ public enum BlockAttention {
             let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(1, min(tileRows, queryCount) * keyCount))
             defer { scores.deallocate() }
             let g = h / shape.groupSize
-            var i0 = 0
-            while i0 < queryCount {
-                let rows = min(tileRows, queryCount - i0)
-                let nk = mask.visibleKeys(row: i0 + rows - 1, keyCount: keyCount)
-                let outTile = out + i0 * qw + h * d
-                if nk == 0 {
-                    for r in 0..<rows {
-                        for c in 0..<d { outTile[r * qw + c] = 0 }
-                        lse[(i0 + r) * shape.queryHeads + h] = -Float.infinity
-                    }
-                    i0 += rows
-                    continue
-                }
+            forEachTile(head: h, queryCount: queryCount, keyCount: keyCount, tile: tileRows, shape: shape, mask: mask, out: out, lse: lse) {
+                i0, rows, nk, outTile in
                 // One query row (decoding): matrix-vector products read K and V once, where
                 // sgemm would first copy (pack) them.
                 if rows == 1 {
@@ -125,27 +114,57 @@ public enum BlockAttention {
                     BLAS.gemm(transB: true, m: rows, n: nk, k: d, alpha: shape.scale,
                               a: q + i0 * qw + h * d, lda: qw, b: k + g * d, ldb: kw, c: scores, ldc: nk)
                 }
-                for r in 0..<rows {
-                    let s = scores + r * nk
-                    let visible = mask.visibleKeys(row: i0 + r, keyCount: nk)
-                    if visible == 0 {
-                        for j in 0..<nk { s[j] = 0 }
-                        lse[(i0 + r) * shape.queryHeads + h] = -Float.infinity
-                        continue
-                    }
-                    let m = VectorMath.max(s, count: visible)
-                    let sum = VectorMath.expShifted(s, count: visible, shift: m)
-                    VectorMath.scale(s, count: visible, by: 1 / sum)
-                    for j in visible..<nk { s[j] = 0 }
-                    lse[(i0 + r) * shape.queryHeads + h] = m + logf(sum)
-                }
+                softmax(scores, rows: rows, keys: nk, firstRow: i0, head: h, shape: shape, mask: mask, lse: lse)
                 if rows == 1 {
                     BLAS.gemv(trans: true, m: nk, n: d, a: v + g * d, lda: kw, x: scores, y: outTile)
                 } else {
                     BLAS.gemm(m: rows, n: d, k: nk, a: scores, lda: nk, b: v + g * d, ldb: kw, c: outTile, ldc: qw)
                 }
-                i0 += rows
             }
+        }
+    }
+
+    /// Walks head `h`'s query rows in tiles of `tile`; `body(firstRow, rows, keys, outTile)` gets
+    /// each tile that sees a key (`keys`: those its last row sees); a tile that sees none gets
+    /// `out = 0` and `lse = -inf` here.
+    private static func forEachTile(head h: Int, queryCount: Int, keyCount: Int, tile: Int, shape: AttentionShape, mask: AttentionMask,
+                                    out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                                    _ body: (Int, Int, Int, UnsafeMutablePointer<Float>) -> Void) {
+        let d = shape.headDim, qw = shape.queryWidth
+        var i0 = 0
+        while i0 < queryCount {
+            let rows = min(tile, queryCount - i0)
+            let nk = mask.visibleKeys(row: i0 + rows - 1, keyCount: keyCount)
+            let outTile = out + i0 * qw + h * d
+            if nk == 0 {
+                for r in 0..<rows {
+                    (outTile + r * qw).update(repeating: 0, count: d)
+                    lse[(i0 + r) * shape.queryHeads + h] = -Float.infinity
+                }
+            } else {
+                body(i0, rows, nk, outTile)
+            }
+            i0 += rows
+        }
+    }
+
+    /// Softmax of a tile's scaled scores in place ([rows, keys], row r the query at `firstRow + r`),
+    /// each row over the keys it sees (the rest set to 0), and its log-sum-exp into `lse`.
+    private static func softmax(_ scores: UnsafeMutablePointer<Float>, rows: Int, keys nk: Int, firstRow i0: Int, head h: Int,
+                                shape: AttentionShape, mask: AttentionMask, lse: UnsafeMutablePointer<Float>) {
+        for r in 0..<rows {
+            let s = scores + r * nk
+            let visible = mask.visibleKeys(row: i0 + r, keyCount: nk)
+            if visible == 0 {
+                s.update(repeating: 0, count: nk)
+                lse[(i0 + r) * shape.queryHeads + h] = -Float.infinity
+                continue
+            }
+            let m = VectorMath.max(s, count: visible)
+            let sum = VectorMath.expShifted(s, count: visible, shift: m)
+            VectorMath.scale(s, count: visible, by: 1 / sum)
+            if visible < nk { (s + visible).update(repeating: 0, count: nk - visible) }
+            lse[(i0 + r) * shape.queryHeads + h] = m + logf(sum)
         }
     }
 
@@ -157,7 +176,7 @@ public enum BlockAttention {
         queryCount: Int, keyCount: Int, shape: AttentionShape, mask: AttentionMask,
         out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>
     ) {
-        let d = shape.headDim, qw = shape.queryWidth, kw = shape.keyValueWidth, hq = shape.queryHeads
+        let d = shape.headDim, qw = shape.queryWidth, kw = shape.keyValueWidth
         let visible = mask.visibleKeys(row: queryCount - 1, keyCount: keyCount)
         let tile = min(tileRows, queryCount), headPairs = (d + 1) / 2, keyPairs = (visible + 1) / 2
         Parallel.forEach(shape.keyValueHeads) { g in
@@ -173,39 +192,14 @@ public enum BlockAttention {
                 torus_bf16_pack_strided(v + g * d, 1, kw, d, visible, values)
             }
             for h in (g * shape.groupSize)..<((g + 1) * shape.groupSize) {
-                var i0 = 0
-                while i0 < queryCount {
-                    let rows = min(tile, queryCount - i0)
-                    let nk = mask.visibleKeys(row: i0 + rows - 1, keyCount: keyCount)
-                    let outTile = out + i0 * qw + h * d
-                    if nk == 0 {
-                        for r in 0..<rows {
-                            (outTile + r * qw).update(repeating: 0, count: d)
-                            lse[(i0 + r) * hq + h] = -Float.infinity
-                        }
-                        i0 += rows
-                        continue
-                    }
+                forEachTile(head: h, queryCount: queryCount, keyCount: keyCount, tile: tile, shape: shape, mask: mask, out: out, lse: lse) {
+                    i0, rows, nk, outTile in
                     torus_bf16_rows_strided(q + i0 * qw + h * d, qw, queries, rows, d)
                     torus_linear_bf16_strided(queries, headPairs, keys, headPairs, scores, nk, rows, d, nk, 0, (nk + 15) / 16, 0)
-                    for r in 0..<rows {
-                        let s = scores + r * nk
-                        let seen = mask.visibleKeys(row: i0 + r, keyCount: nk)
-                        if seen == 0 {
-                            s.update(repeating: 0, count: nk)
-                            lse[(i0 + r) * hq + h] = -Float.infinity
-                            continue
-                        }
-                        VectorMath.scale(s, count: seen, by: shape.scale)
-                        let m = VectorMath.max(s, count: seen)
-                        let sum = VectorMath.expShifted(s, count: seen, shift: m)
-                        VectorMath.scale(s, count: seen, by: 1 / sum)
-                        if seen < nk { (s + seen).update(repeating: 0, count: nk - seen) }
-                        lse[(i0 + r) * hq + h] = m + logf(sum)
-                    }
+                    VectorMath.scale(scores, count: rows * nk, by: shape.scale)
+                    softmax(scores, rows: rows, keys: nk, firstRow: i0, head: h, shape: shape, mask: mask, lse: lse)
                     torus_bf16_rows(scores, probabilities, rows, nk)
                     torus_linear_bf16_strided(probabilities, (nk + 1) / 2, values, keyPairs, outTile, qw, rows, nk, d, 0, (d + 15) / 16, 0)
-                    i0 += rows
                 }
             }
         }

@@ -12,10 +12,7 @@ struct BenchServe: ParsableCommand {
     @Option(help: "Server, e.g. http://127.0.0.1:8000.") var base: String
     @Option(help: "Model name to send.") var model: String
     @Option(help: "API key (Authorization: Bearer).") var apiKey: String?
-    @Option(help: "Requests.") var numPrompts: Int = 64
-    @Option(help: "Mean prompt length, tokens.") var inputLen: Int = 256
-    @Option(help: "Mean output length, tokens.") var outputLen: Int = 64
-    @Option(help: "Lengths are uniform in [len*(1-r), len*(1+r)].") var rangeRatio: Double = 0
+    @OptionGroup var requestSet: RequestSetOptions
     @Option(help: "Vocabulary to draw random prompt token ids from.") var vocab: Int = 256
     @Flag(help: "Draw prompt tokens from printable ASCII (32-126), so that prompts are text any byte tokenizer round-trips.") var ascii = false
     @Option(help: "Requests from a JSONL file of {\"prompt\": text, \"output_tokens\": N} (vllm bench serve's custom dataset; an optional \"documents\" list is sent as Torus's documents field) instead of random ones.") var dataset: String?
@@ -27,8 +24,6 @@ struct BenchServe: ParsableCommand {
     @Option(help: "A label printed with the results.") var label: String?
 
     func validate() throws {
-        if numPrompts < 1 || inputLen < 1 || outputLen < 1 { throw ValidationError("--num-prompts, --input-len and --output-len must be positive") }
-        if !(0..<1).contains(rangeRatio) { throw ValidationError("--range-ratio must be in [0, 1)") }
         if requestRate != "inf", Double(requestRate).map({ $0 <= 0 }) ?? true { throw ValidationError("--request-rate must be positive or inf") }
         if let c = maxConcurrency, c < 1 { throw ValidationError("--max-concurrency must be positive") }
         if saveDataset != nil && !ascii { throw ValidationError("--save-dataset needs --ascii (text prompts)") }
@@ -47,14 +42,9 @@ struct BenchServe: ParsableCommand {
     func run() throws {
         let client = try StreamingHTTPClient(base: base, apiKey: apiKey)
         var rng = SeededGenerator(seed: seed)
-        func length(_ mean: Int) -> Int {
-            let lo = max(1, Int(Double(mean) * (1 - rangeRatio))), hi = max(lo, Int(Double(mean) * (1 + rangeRatio)))
-            return lo + Int(rng.next() % UInt64(hi - lo + 1))
-        }
-        var requests: [Request] = (0..<numPrompts).map { _ in
-            let n = length(inputLen)
-            let ids = (0..<n).map { _ in ascii ? 32 + Int(rng.next() % 95) : Int(rng.next() % UInt64(vocab)) }
-            return Request(prompt: ascii ? .text(String(decoding: ids.map(UInt8.init), as: UTF8.self)) : .ids(ids), output: length(outputLen))
+        let numPrompts = requestSet.numPrompts
+        var requests: [Request] = requestSet.draw(&rng) { ascii ? 32 + Int($0 % 95) : Int($0 % UInt64(vocab)) }.map { ids, output in
+            Request(prompt: ascii ? .text(String(decoding: ids.map(UInt8.init), as: UTF8.self)) : .ids(ids), output: output)
         }
         if let dataset { requests = try Self.load(dataset: dataset, limit: numPrompts) }
         if let saveDataset {
@@ -73,7 +63,7 @@ struct BenchServe: ParsableCommand {
             if let rate { t += -log(max(1e-12, rng.nextUniform())) / rate }
         }
         print("bench serve: \(requests.count) requests to \(base) (model \(model)), "
-              + (dataset.map { "from \($0)" } ?? "input \(inputLen) / output \(outputLen) tokens (range ratio \(rangeRatio))") + ", rate \(requestRate), max concurrency \(maxConcurrency.map(String.init) ?? "none"), seed \(seed)")
+              + (dataset.map { "from \($0)" } ?? requestSet.summary) + ", rate \(requestRate), max concurrency \(maxConcurrency.map(String.init) ?? "none"), seed \(seed)")
         let total = requests.count
         let results = Results(count: total)
         let slots = DispatchSemaphore(value: maxConcurrency ?? requests.count)

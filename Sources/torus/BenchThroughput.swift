@@ -14,10 +14,7 @@ struct BenchThroughput: ParsableCommand {
     @Option(help: "Hugging Face model directory.") var model: String
     @Option(help: "Dense layers in float32 or bfloat16 (as torus serve --dtype).") var dtype: String = "float32"
     @Option(help: "KV cache in float32 or bfloat16 (as torus serve --kv-cache-dtype).") var kvCacheDtype: String = "float32"
-    @Option(help: "Requests.") var numPrompts: Int = 64
-    @Option(help: "Mean prompt length, tokens.") var inputLen: Int = 256
-    @Option(help: "Mean output length, tokens.") var outputLen: Int = 64
-    @Option(help: "Lengths are uniform in [len*(1-r), len*(1+r)] (bench serve's request sets for the same seed).") var rangeRatio: Double = 0
+    @OptionGroup var requestSet: RequestSetOptions
     @Option(help: "Requests in the engine at most (a new one is submitted as one finishes); default: all at once.") var maxConcurrency: Int?
     @Option(help: "Rows per model step (as torus serve).") var maxNumBatchedTokens: Int = 2048
     @Option(help: "Running sequences at most (as torus serve).") var maxNumSeqs: Int = 64
@@ -26,10 +23,7 @@ struct BenchThroughput: ParsableCommand {
     @Option(help: "Timed runs of the same request set (after one warm-up run).") var repeats: Int = 3
 
     func validate() throws {
-        if numPrompts < 1 || inputLen < 1 || outputLen < 1 || repeats < 1 {
-            throw ValidationError("--num-prompts, --input-len, --output-len and --repeats must be positive")
-        }
-        if !(0..<1).contains(rangeRatio) { throw ValidationError("--range-ratio must be in [0, 1)") }
+        if repeats < 1 { throw ValidationError("--repeats must be positive") }
         if let c = maxConcurrency, c < 1 { throw ValidationError("--max-concurrency must be positive") }
     }
 
@@ -37,7 +31,7 @@ struct BenchThroughput: ParsableCommand {
         BLASCoreCheck.warnOnce()
         let m = try HFCheckpoint.load(directory: model)
         m.setInferencePrecision(try InferencePrecision(option: dtype))
-        let limits = SchedulerLimits(maxBatchedTokens: maxNumBatchedTokens, maxRunning: maxNumSeqs, maxWaiting: numPrompts)
+        let limits = SchedulerLimits(maxBatchedTokens: maxNumBatchedTokens, maxRunning: maxNumSeqs, maxWaiting: requestSet.numPrompts)
         let engine = try Engine(model: m, config: EngineConfig(kvCacheBytes: kvCacheMemoryMb << 20,
                                                                maxModelLength: m.config.maxPositionEmbeddings, limits: limits,
                                                                kvCachePrecision: try InferencePrecision(option: kvCacheDtype),
@@ -45,19 +39,14 @@ struct BenchThroughput: ParsableCommand {
         defer { engine.shutdown() }
         // The request set of bench serve for the same seed and lengths (token ids over the vocabulary).
         var rng = SeededGenerator(seed: seed)
-        func length(_ mean: Int) -> Int {
-            let lo = max(1, Int(Double(mean) * (1 - rangeRatio))), hi = max(lo, Int(Double(mean) * (1 + rangeRatio)))
-            return lo + Int(rng.next() % UInt64(hi - lo + 1))
-        }
-        let vocab = UInt64(m.config.vocabSize)
-        let requests: [GenerationRequest] = (0..<numPrompts).map { _ in
-            let prompt = (0..<length(inputLen)).map { _ in Int32(rng.next() % vocab) }
-            return GenerationRequest(prompt: prompt, maxTokens: length(outputLen), ignoreEOS: true)
+        let vocab = UInt64(m.config.vocabSize), numPrompts = requestSet.numPrompts
+        let requests = requestSet.draw(&rng) { Int($0 % vocab) }.map { ids, output in
+            GenerationRequest(prompt: ids.map(Int32.init), maxTokens: output, ignoreEOS: true)
         }
         let inputTokens = requests.reduce(0) { $0 + $1.prompt.count }, outputTokens = requests.reduce(0) { $0 + ($1.maxTokens ?? 0) }
         print("machine: \(BLASEnvironment.availableCores) cores, OpenBLAS core \(BLAS.coreName), OPENBLAS_CORETYPE="
               + (ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "(unset)"))
-        print("bench throughput: \(numPrompts) requests, input \(inputLen) / output \(outputLen) tokens (range ratio \(rangeRatio)), "
+        print("bench throughput: \(numPrompts) requests, \(requestSet.summary), "
               + "\(inputTokens) prompt and \(outputTokens) output tokens, max concurrency \(maxConcurrency.map(String.init) ?? "none"), "
               + "\(dtype) weights, \(kvCacheDtype) KV, max_num_batched_tokens \(maxNumBatchedTokens), seed \(seed)")
         var rates: [Double] = []
