@@ -46,6 +46,8 @@ __attribute__((constructor)) static void choose_bf16_kernel(void) {
 
 static inline int use_avx512bf16(void) { return avx512bf16_chosen; }
 
+int torus_bf16_kernel_accelerated(void) { return avx512bf16_chosen; }
+
 long torus_bf16_packed_count(long out, long in) { return ((out + 15) / 16) * ((in + 1) / 2) * 32; }
 
 #if defined(__x86_64__) && defined(__clang__)

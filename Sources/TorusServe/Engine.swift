@@ -129,7 +129,9 @@ public final class Engine: @unchecked Sendable {
     static func makeExecutor(model: LlamaModel, config: EngineConfig, blocks: Int, maxLength: Int, group: ServeGroup) -> StepExecutor {
         let cache = PagedKVCache(config: model.config, blockCount: blocks, blockSize: config.blockSize, maxPositions: maxLength,
                                  maxRows: config.limits.maxBatchedTokens, precision: config.kvCachePrecision)
-        if config.residentKVCache { cache.populate() }
+        if config.residentKVCache, !cache.populate() {
+            FileHandle.standardError.write(Data("warning: the KV pool could not be backed with memory at startup (MADV_POPULATE_WRITE needs Linux 5.14); its pages are mapped as blocks are first written\n".utf8))
+        }
         let workspace = StepWorkspace(config: model.config, rowCapacity: config.limits.maxBatchedTokens,
                                       logitCapacity: config.limits.maxRunning)
         return StepExecutor(model: model, cache: cache, workspace: workspace, group: group)

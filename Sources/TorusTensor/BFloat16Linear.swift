@@ -21,8 +21,9 @@ public final class BFloat16Linear: @unchecked Sendable {
         if let v = ProcessInfo.processInfo.environment["TORUS_BF16_SERIAL_ROWS"].flatMap({ Int($0) }), v >= 0 { return v }
         return 0
     }()
-    /// Whether this CPU runs the AVX512-BF16 kernel (else the portable one).
-    public static let accelerated = torus_has_avx512bf16() != 0
+    /// Whether the kernels run AVX512-BF16 code (else the portable kernel: a CPU without it, or
+    /// TORUS_BF16_KERNEL=portable).
+    public static let accelerated = torus_bf16_kernel_accelerated() != 0
     private let packed: UnsafeMutablePointer<UInt16>
     private let packedCount: Int
     /// The memory `packed` lies in (a model's shared arena, or this layer's own), kept alive.
@@ -92,10 +93,11 @@ public final class BFloat16Linear: @unchecked Sendable {
                 let per = ((panels + parts - 1) / parts + 1) / 2 * 2
                 for p in 0..<parts where p * per < panels { items.append((i, p * per, min(panels, (p + 1) * per))) }
             }
-            Parallel.forEach(items.count) { t in
+            func run(_ t: Int) {
                 let item = items[t], l = layers[item.layer]
                 torus_linear_bf16(xb, l.layer.packed, l.y, rows, inFeatures, l.layer.outFeatures, item.begin, item.end, accumulate ? 1 : 0)
             }
+            if rows <= serialRows { for t in items.indices { run(t) } } else { Parallel.forEach(items.count, run) }
         }
     }
 }

@@ -169,8 +169,9 @@ public enum BlockAttention {
     }
 
     /// `forwardBlock` with bfloat16 products (fp32 sums): each key/value head's keys and values
-    /// packed once for the bfloat16 kernel and shared by its query heads; queries and
-    /// probabilities rounded per tile. Each tile computes only the keys its last row sees.
+    /// packed once for the bfloat16 kernel (split over the key/value heads) and shared by its
+    /// query heads (split over the query heads); queries and probabilities rounded per tile. Each
+    /// tile computes only the keys its last row sees.
     static func forwardBlockBFloat16(
         q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
         queryCount: Int, keyCount: Int, shape: AttentionShape, mask: AttentionMask,
@@ -179,28 +180,32 @@ public enum BlockAttention {
         let d = shape.headDim, qw = shape.queryWidth, kw = shape.keyValueWidth
         let visible = mask.visibleKeys(row: queryCount - 1, keyCount: keyCount)
         let tile = min(tileRows, queryCount), headPairs = (d + 1) / 2, keyPairs = (visible + 1) / 2
-        Parallel.forEach(shape.keyValueHeads) { g in
-            // Keys as the weights of scores = q K^T ([visible, d]); values transposed as those of o = p V ([d, visible]).
-            let keys = UnsafeMutablePointer<UInt16>.allocate(capacity: max(1, torus_bf16_packed_count(visible, d)))
-            let values = UnsafeMutablePointer<UInt16>.allocate(capacity: max(1, torus_bf16_packed_count(d, visible)))
+        // Keys as the weights of scores = q K^T ([visible, d]); values transposed as those of o = p V ([d, visible]).
+        let keysCount = max(1, torus_bf16_packed_count(visible, d)), valuesCount = max(1, torus_bf16_packed_count(d, visible))
+        let keys = UnsafeMutablePointer<UInt16>.allocate(capacity: shape.keyValueHeads * keysCount)
+        let values = UnsafeMutablePointer<UInt16>.allocate(capacity: shape.keyValueHeads * valuesCount)
+        defer { keys.deallocate(); values.deallocate() }
+        if visible > 0 {
+            Parallel.forEach(shape.keyValueHeads) { g in
+                torus_bf16_pack_strided(k + g * d, kw, 1, visible, d, keys + g * keysCount)
+                torus_bf16_pack_strided(v + g * d, 1, kw, d, visible, values + g * valuesCount)
+            }
+        }
+        Parallel.forEach(shape.queryHeads) { h in
+            let g = h / shape.groupSize
             let queries = UnsafeMutablePointer<UInt16>.allocate(capacity: tile * 2 * headPairs)
             let probabilities = UnsafeMutablePointer<UInt16>.allocate(capacity: max(1, tile * 2 * keyPairs))
             let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(1, tile * visible))
-            defer { keys.deallocate(); values.deallocate(); queries.deallocate(); probabilities.deallocate(); scores.deallocate() }
-            if visible > 0 {
-                torus_bf16_pack_strided(k + g * d, kw, 1, visible, d, keys)
-                torus_bf16_pack_strided(v + g * d, 1, kw, d, visible, values)
-            }
-            for h in (g * shape.groupSize)..<((g + 1) * shape.groupSize) {
-                forEachTile(head: h, queryCount: queryCount, keyCount: keyCount, tile: tile, shape: shape, mask: mask, out: out, lse: lse) {
-                    i0, rows, nk, outTile in
-                    torus_bf16_rows_strided(q + i0 * qw + h * d, qw, queries, rows, d)
-                    torus_linear_bf16_strided(queries, headPairs, keys, headPairs, scores, nk, rows, d, nk, 0, (nk + 15) / 16, 0)
-                    VectorMath.scale(scores, count: rows * nk, by: shape.scale)
-                    softmax(scores, rows: rows, keys: nk, firstRow: i0, head: h, shape: shape, mask: mask, lse: lse)
-                    torus_bf16_rows(scores, probabilities, rows, nk)
-                    torus_linear_bf16_strided(probabilities, (nk + 1) / 2, values, keyPairs, outTile, qw, rows, nk, d, 0, (d + 15) / 16, 0)
-                }
+            defer { queries.deallocate(); probabilities.deallocate(); scores.deallocate() }
+            forEachTile(head: h, queryCount: queryCount, keyCount: keyCount, tile: tile, shape: shape, mask: mask, out: out, lse: lse) {
+                i0, rows, nk, outTile in
+                torus_bf16_rows_strided(q + i0 * qw + h * d, qw, queries, rows, d)
+                torus_linear_bf16_strided(queries, headPairs, keys + g * keysCount, headPairs, scores, nk, rows, d, nk, 0, (nk + 15) / 16, 0)
+                VectorMath.scale(scores, count: rows * nk, by: shape.scale)
+                softmax(scores, rows: rows, keys: nk, firstRow: i0, head: h, shape: shape, mask: mask, lse: lse)
+                torus_bf16_rows(scores, probabilities, rows, nk)
+                torus_linear_bf16_strided(probabilities, (nk + 1) / 2, values + g * valuesCount, keyPairs, outTile, qw, rows, nk, d, 0,
+                                          (d + 15) / 16, 0)
             }
         }
     }

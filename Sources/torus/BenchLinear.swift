@@ -44,7 +44,7 @@ struct BenchLinear: ParsableCommand {
         x.fillNormal(std: 1, generator: &g)
         print("machine: \(BLASEnvironment.availableCores) cores, OpenBLAS core \(BLAS.coreName), \(BLAS.threads) threads; "
             + "W [\(outFeatures), \(inFeatures)] (\(matrixBytes >> 10) KiB, \(copies) cycled); forward uses sgemv per row up to \(Linear.gemvRows) rows, the kernel up to \(Linear.fewRows), then sgemm")
-        print("bfloat16: \(BFloat16Linear.accelerated ? "AVX512-BF16 kernel" : "portable kernel (no AVX512-BF16)"), \(reduced.count) matrices cycled")
+        print("bfloat16: \(BFloat16Linear.accelerated ? "AVX512-BF16 kernel" : "portable kernel"), \(reduced.count) matrices cycled")
         print("  rows    kernel GFLOP/s (weight GB/s)    sgemm GFLOP/s    sgemv/row GFLOP/s    bfloat16 GFLOP/s (weight GB/s)")
         for n in counts {
             func measure(_ body: () -> Void) -> Double {

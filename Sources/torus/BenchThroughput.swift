@@ -19,11 +19,15 @@ struct BenchThroughput: ParsableCommand {
     @Option(help: "Rows per model step (as torus serve).") var maxNumBatchedTokens: Int = 2048
     @Option(help: "Running sequences at most (as torus serve).") var maxNumSeqs: Int = 64
     @Option(help: "KV cache memory, MiB.") var kvCacheMemoryMb: Int = 2048
+    @Option(help: "Longest prompt + output (default: max_position_embeddings).") var maxModelLen: Int?
+    @Flag(inversion: .prefixedNo, help: "Back the whole KV pool with memory before the runs (as torus serve by default).")
+    var kvCacheResident = true
     @Option(help: "Seed of the request set.") var seed: UInt64 = 0
     @Option(help: "Timed runs of the same request set (after one warm-up run).") var repeats: Int = 3
 
     func validate() throws {
         if repeats < 1 { throw ValidationError("--repeats must be positive") }
+        if let n = maxModelLen, n < 1 { throw ValidationError("--max-model-len must be positive") }
         if let c = maxConcurrency, c < 1 { throw ValidationError("--max-concurrency must be positive") }
     }
 
@@ -33,11 +37,11 @@ struct BenchThroughput: ParsableCommand {
         m.setInferencePrecision(try InferencePrecision(option: dtype))
         let limits = SchedulerLimits(maxBatchedTokens: maxNumBatchedTokens, maxRunning: maxNumSeqs, maxWaiting: requestSet.numPrompts)
         let engine = try Engine(model: m, config: EngineConfig(kvCacheBytes: kvCacheMemoryMb << 20,
-                                                               maxModelLength: m.config.maxPositionEmbeddings, limits: limits,
+                                                               maxModelLength: maxModelLen ?? m.config.maxPositionEmbeddings, limits: limits,
                                                                kvCachePrecision: try InferencePrecision(option: kvCacheDtype),
-                                                               enablePrefixCaching: false, residentKVCache: true))
+                                                               enablePrefixCaching: false, residentKVCache: kvCacheResident))
         defer { engine.shutdown() }
-        // The request set of bench serve for the same seed and lengths (token ids over the vocabulary).
+        // bench serve's request set for the same seed and lengths when its --vocab is the model's vocabulary (and no --ascii).
         var rng = SeededGenerator(seed: seed)
         let vocab = UInt64(m.config.vocabSize), numPrompts = requestSet.numPrompts
         let requests = requestSet.draw(&rng) { Int($0 % vocab) }.map { ids, output in
@@ -59,8 +63,9 @@ struct BenchThroughput: ParsableCommand {
                          Double(numPrompts) / seconds, Double(inputTokens + outputTokens) / seconds, Double(outputTokens) / seconds, steps))
             if run > 0 { rates.append(Double(outputTokens) / seconds) }
         }
-        let sorted = rates.sorted()
-        print(String(format: "Throughput: output tokens/s median %.1f (min %.1f, max %.1f over %d runs)", sorted[sorted.count / 2],
+        let sorted = rates.sorted(), mid = sorted.count / 2
+        let median = sorted.count % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
+        print(String(format: "Throughput: output tokens/s median %.1f (min %.1f, max %.1f over %d runs)", median,
                      sorted[0], sorted[sorted.count - 1], sorted.count))
     }
 

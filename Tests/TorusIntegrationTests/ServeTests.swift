@@ -194,7 +194,8 @@ import TorusModel
         #expect((obj["errors"] as? [String])?.allSatisfy(\.isEmpty) == true, "\(obj)")
 
         let t = try TorusBinary.torus(["bench", "throughput", "--model", model, "--num-prompts", "5", "--input-len", "20", "--output-len", "8",
-                                       "--max-concurrency", "2", "--max-num-batched-tokens", "16", "--repeats", "1"], timeout: 120)
+                                       "--max-concurrency", "2", "--max-num-batched-tokens", "16", "--repeats", "1",
+                                       "--kv-cache-memory-mb", "32"], timeout: 120)
         #expect(t.status == 0 && t.stdout.contains("5 requests, input 20 / output 8 tokens") && t.stdout.contains("100 prompt and 40 output tokens"),
                 "\(t.output)")
         #expect(t.stdout.contains("run 1: ") && t.stdout.contains("Throughput: output tokens/s median"), "\(t.output)")

@@ -179,9 +179,10 @@ struct AttentionCase: CustomTestStringConvertible, Sendable {
 
 /// Attention with bfloat16 products (the paged KV cache's in bfloat16) against the Double
 /// reference on the same bfloat16-rounded queries, keys and values: what remains is the
-/// probabilities' rounding (8 bits) before `p v`. Without AVX512-BF16 the fp32 products run.
+/// probabilities' rounding (8 bits) before `p v`. Without the AVX512-BF16 kernel (a CPU without it,
+/// or TORUS_BF16_KERNEL=portable) the fp32 products run.
 @Suite struct BFloat16AttentionTests {
-    @Test(arguments: [(4, 2, 64, 50), (2, 2, 20, 0), (8, 4, 64, -10)])
+    @Test(arguments: [(4, 2, 64, 50), (4, 2, 64, 49), (2, 2, 20, 0), (8, 4, 64, -10), (2, 1, 16, BlockAttention.keyBlock + 31)])
     func matchesTheReferenceOnRoundedInputs(hq: Int, hkv: Int, d: Int, keyOffset: Int) {
         // Queries at positions 0..<nq after `prefix` keys; a negative key offset leaves the first rows no key.
         let nq = BlockAttention.tileRows + 37, prefix = max(0, keyOffset), nk = nq + prefix

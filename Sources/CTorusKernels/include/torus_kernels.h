@@ -67,6 +67,9 @@ void torus_decode_attention_bf16(const float *q, const uint16_t *keys, const uin
 #include <stdint.h>
 /* Nonzero when the CPU and OS run AVX512-BF16 (otherwise a portable kernel is used). */
 int torus_has_avx512bf16(void);
+/* Nonzero when the kernels run AVX512-BF16 code: the CPU has it and TORUS_BF16_KERNEL is not
+   "portable". */
+int torus_bf16_kernel_accelerated(void);
 /* f rounded to the nearest bfloat16 (ties to even). */
 uint16_t torus_bf16_round(float f);
 /* The fp32 value of bfloat16 h (exact: its top 16 bits). */
