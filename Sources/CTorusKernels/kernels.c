@@ -42,19 +42,19 @@ static inline float exp_poly(float x) {
 float torus_exp(float x) { return exp_poly(x); }
 
 TORUS_CLONES
-float torus_exp_shifted(float *x, long n, float shift) {
+float torus_exp_shifted(float *x, long n, float shift, float scale) {
     float acc[16] = {0};
     long i = 0;
     for (; i + 16 <= n; i += 16) {
         for (int j = 0; j < 16; j++) {
-            float e = exp_poly(x[i + j] - shift);
+            float e = exp_poly((x[i + j] - shift) * scale);
             x[i + j] = e;
             acc[j] += e;
         }
     }
     float sum = 0;
     for (; i < n; i++) {
-        float e = exp_poly(x[i] - shift);
+        float e = exp_poly((x[i] - shift) * scale);
         x[i] = e;
         sum += e;
     }

@@ -148,10 +148,11 @@ public enum BlockAttention {
         }
     }
 
-    /// Softmax of a tile's scaled scores in place ([rows, keys], row r the query at `firstRow + r`),
-    /// each row over the keys it sees (the rest set to 0), and its log-sum-exp into `lse`.
+    /// Softmax of a tile's scores times `scale` in place ([rows, keys], row r the query at
+    /// `firstRow + r`), each row over the keys it sees (the rest set to 0), and its log-sum-exp
+    /// into `lse` (the scale folded into the exponentials: no pass of its own).
     private static func softmax(_ scores: UnsafeMutablePointer<Float>, rows: Int, keys nk: Int, firstRow i0: Int, head h: Int,
-                                shape: AttentionShape, mask: AttentionMask, lse: UnsafeMutablePointer<Float>) {
+                                shape: AttentionShape, mask: AttentionMask, lse: UnsafeMutablePointer<Float>, scale: Float = 1) {
         for r in 0..<rows {
             let s = scores + r * nk
             let visible = mask.visibleKeys(row: i0 + r, keyCount: nk)
@@ -161,10 +162,10 @@ public enum BlockAttention {
                 continue
             }
             let m = VectorMath.max(s, count: visible)
-            let sum = VectorMath.expShifted(s, count: visible, shift: m)
+            let sum = VectorMath.expShifted(s, count: visible, shift: m, scale: scale)
             VectorMath.scale(s, count: visible, by: 1 / sum)
             if visible < nk { (s + visible).update(repeating: 0, count: nk - visible) }
-            lse[(i0 + r) * shape.queryHeads + h] = m + logf(sum)
+            lse[(i0 + r) * shape.queryHeads + h] = m * scale + logf(sum)
         }
     }
 
@@ -201,8 +202,7 @@ public enum BlockAttention {
                 i0, rows, nk, outTile in
                 torus_bf16_rows_strided(q + i0 * qw + h * d, qw, queries, rows, d)
                 torus_linear_bf16_strided(queries, headPairs, keys + g * keysCount, headPairs, scores, nk, rows, d, nk, 0, (nk + 15) / 16, 0)
-                VectorMath.scale(scores, count: rows * nk, by: shape.scale)
-                softmax(scores, rows: rows, keys: nk, firstRow: i0, head: h, shape: shape, mask: mask, lse: lse)
+                softmax(scores, rows: rows, keys: nk, firstRow: i0, head: h, shape: shape, mask: mask, lse: lse, scale: shape.scale)
                 torus_bf16_rows(scores, probabilities, rows, nk)
                 torus_linear_bf16_strided(probabilities, (nk + 1) / 2, values + g * valuesCount, keyPairs, outTile, qw, rows, nk, d, 0,
                                           (d + 15) / 16, 0)

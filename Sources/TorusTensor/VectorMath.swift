@@ -9,8 +9,8 @@ public enum VectorMath {
 
     /// `x[i] = e^(x[i] - shift)` for `count` values; returns their sum.
     @inline(__always) @discardableResult
-    public static func expShifted(_ x: UnsafeMutablePointer<Float>, count: Int, shift: Float) -> Float {
-        torus_exp_shifted(x, count, shift)
+    public static func expShifted(_ x: UnsafeMutablePointer<Float>, count: Int, shift: Float, scale: Float = 1) -> Float {
+        torus_exp_shifted(x, count, shift, scale)
     }
 
     /// The largest of `count` values (-inf when empty).

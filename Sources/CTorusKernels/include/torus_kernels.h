@@ -4,7 +4,7 @@
    and picked at load time for the running CPU. */
 
 /* x[i] = exp(x[i] - shift) for i < n; returns the sum of the results. */
-float torus_exp_shifted(float *x, long n, float shift);
+float torus_exp_shifted(float *x, long n, float shift, float scale);
 /* out[i] = 1 / (1 + exp(-x[i])). */
 void torus_sigmoid(const float *x, float *out, long n);
 /* The largest of x[0..n) (-inf when n == 0). */
