@@ -51,10 +51,11 @@ public final class PagedKVCache: @unchecked Sendable {
     }
 
     /// Backs the whole pool with memory now (contents unchanged), so that serving takes no
-    /// page fault when it first writes a block: on the VMs measured, a first touch cost up to
-    /// ~9 us per 4 KiB (2 GiB took 4.8 s), and with the pool backed from the start c=32 served
-    /// 1,948-2,035 against 1,689-1,903 output tokens/s. Resident memory becomes the pool's size,
-    /// as vLLM's does. False where the kernel cannot (pages are then mapped on first write).
+    /// page fault when it first writes a block: on the VM measured, a first touch cost up to
+    /// ~9 us per 4 KiB (2 GiB took 4.8 s), and with the pool backed at startup three alternating
+    /// fresh servers gave c=8 1,767-1,822 against 1,574-1,722 and c=32 1,822-1,972 against
+    /// 1,725-1,874 output tokens/s. Resident memory becomes the pool's size, as vLLM's does.
+    /// False where the kernel cannot (pages are then mapped on first write).
     @discardableResult
     func populate() -> Bool {
         (keys + values).allSatisfy { $0.populate(from: 0, count: $0.count * 4) }

@@ -198,16 +198,17 @@ struct AttentionCase: CustomTestStringConvertible, Sendable {
         }
         let ref = Ref.attention(q: q, k: k, v: v, nq: nq, nk: nk, hq: hq, hkv: hkv, d: d, causal: true,
                                 qOff: mask.queryOffset, kOff: mask.keyOffset)
-        // Measured: 2e-3 (the probabilities' rounding); fp32 products: 1e-7.
+        // Measured (Zen 5, the five cases): 3.4e-4 to 2.2e-3 (the probabilities' rounding), lse within
+        // 1.1e-6; the fp32 products (TORUS_BF16_KERNEL=portable): 1.6e-7 to 4.3e-7.
         let error = Ref.relativeError(out.array, ref.out)
-        #expect(error < 1e-2)
+        #expect(error < 5e-3)
         #expect(error > 1e-5 || !BFloat16Linear.accelerated, "relative error \(error): the bfloat16 products did not run")
         var worst = 0.0
         for (a, b) in zip(lse.array, ref.lse) {
             if b == -.infinity { #expect(a == -.infinity); continue }
             worst = max(worst, abs(Double(a) - b))
         }
-        #expect(worst < 1e-4, "lse differs by \(worst)")
+        #expect(worst < 1e-5, "lse differs by \(worst)")
         if keyOffset < 0 { #expect(ref.lse.contains(-.infinity) && out.array.prefix(hq * d).allSatisfy { $0 == 0 }) }
     }
 }
